@@ -1,0 +1,34 @@
+"""The two expert protocols the engine relies on, and nothing more."""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@runtime_checkable
+class GenerativeExpert(Protocol):
+    """A denoiser in the VE convention ``x = x0 + sigma * eps``.
+
+    Optional attributes the engine reads when present: ``name``, ``shape`` (event shape),
+    ``sigma_min`` / ``sigma_max`` (the noise range it was trained on), and
+    ``log_density(x, sigma) -> (N,)`` (normalised, enables MALA and exact weights).
+    """
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """x0_hat, same shape as x; sigma is 0-d or (N,)."""
+        ...
+
+
+@runtime_checkable
+class DiscriminativeExpert(Protocol):
+    """A black-box log-potential on a clean image; -inf marks a violated hard constraint."""
+
+    def log_potential(self, x0: Tensor) -> Tensor:
+        """(N,) log-potential of each clean sample."""
+        ...
+
+
+def expert_name(expert, index: int) -> str:
+    """The expert's ``name`` attribute, else its class name with its position."""
+    return getattr(expert, "name", None) or f"{type(expert).__name__}[{index}]"

@@ -1,0 +1,1 @@
+"""The embedded shapes world: scenes, renderer, checker, tokenizer, prior and VLM experts."""

@@ -1,0 +1,165 @@
+"""A product of experts: weighted (optionally masked) generative experts and annealed potentials.
+
+    pi_sigma(x)  ∝  prod_i p_i(x; sigma)^{beta_i m_i}  *  exp(sum_j lambda_j a(t) r_j(x0_hat(x)))
+
+The product's score is sum_i beta_i m_i score_i; its denoised estimate normalises by the total
+weight B = sum_i beta_i m_i, so with B = 1 it is the composable-diffusion combination of the
+experts' denoisers and with B > 1 it is the mode of a sharper product (noise variance sigma^2 / B).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .experts.base import expert_name
+
+Schedule = Union[str, Callable[[float], float]]
+
+
+def lambda_schedule(name: Schedule, rate: float = 5.0) -> Callable[[float], float]:
+    """Factor a(t) on potentials at progress t in [0, 1] (0 = highest noise, 1 = clean)."""
+    if callable(name):
+        return name
+    if name == "constant":
+        return lambda t: 1.0
+    if name == "linear":
+        return lambda t: t
+    if name == "exponential":
+        return lambda t: math.expm1(rate * t) / math.expm1(rate)
+    raise ValueError(f"unknown lambda schedule {name!r}; known: constant, linear, exponential (or a callable)")
+
+
+@dataclass
+class Evaluation:
+    """The product evaluated at x and sigma: denoised estimate, score, log density and dead rows."""
+
+    x0: Tensor
+    score: Tensor
+    log_gamma: Optional[Tensor]
+    bad: Tensor            # (E, N) bool: expert e returned a non-finite value for particle n
+
+    def where(self, mask: Tensor, other: "Evaluation") -> "Evaluation":
+        """Rows of ``other`` where mask (N,) is true, else of self."""
+        m = mask.reshape(-1, *[1] * (self.x0.dim() - 1))
+        lg = None if self.log_gamma is None else torch.where(mask, other.log_gamma, self.log_gamma)
+        return Evaluation(torch.where(m, other.x0, self.x0), torch.where(m, other.score, self.score), lg,
+                          torch.where(mask[None], other.bad, self.bad))
+
+
+class Product:
+    """Generative experts with weights ``beta`` (negative allowed) and optional spatial masks,
+    times discriminative experts with weights ``lambdas`` annealed by ``schedule``."""
+
+    def __init__(self, experts: Sequence, weights: Optional[Sequence[float]] = None,
+                 masks: Optional[Sequence[Optional[Tensor]]] = None, potentials: Sequence = (),
+                 lambdas: Optional[Sequence[float]] = None, schedule: Schedule = "constant",
+                 decode: Optional[Callable[[Tensor], Tensor]] = None):
+        self.experts = list(experts)
+        self.potentials = list(potentials)
+        if not self.experts:
+            raise ValueError("Product needs at least one generative expert")
+        for i, e in enumerate(self.experts):
+            if not callable(getattr(e, "denoise", None)):
+                raise TypeError(f"generative expert {expert_name(e, i)} has no denoise(x, sigma) method")
+        for j, r in enumerate(self.potentials):
+            if not callable(getattr(r, "log_potential", None)):
+                raise TypeError(f"potential {expert_name(r, j)} has no log_potential(x0) method")
+        self.names = [expert_name(e, i) for i, e in enumerate(self.experts)]
+        self.potential_names = [expert_name(r, j) for j, r in enumerate(self.potentials)]
+        self.weights = [1.0] * len(self.experts) if weights is None else [float(w) for w in weights]
+        self.masks = [None] * len(self.experts) if masks is None else list(masks)
+        self.lambdas = [1.0] * len(self.potentials) if lambdas is None else [float(v) for v in lambdas]
+        for field, values, n in (("weights", self.weights, len(self.experts)), ("masks", self.masks, len(self.experts)),
+                                 ("lambdas", self.lambdas, len(self.potentials))):
+            if len(values) != n:
+                raise ValueError(f"Product: {field} has {len(values)} entries for {n} experts")
+        self.schedule = lambda_schedule(schedule)
+        self.decode = decode
+        self.shape = self._event_shape()
+        self.nfe: Dict[str, int] = {n: 0 for n in self.names + self.potential_names}
+
+    def _event_shape(self):
+        shapes = {n: tuple(e.shape) for n, e in zip(self.names, self.experts) if getattr(e, "shape", None) is not None}
+        if len(set(shapes.values())) > 1:
+            raise ValueError("generative experts disagree on the sample shape: "
+                             + ", ".join(f"{n} {s}" for n, s in shapes.items()))
+        shape = next(iter(shapes.values()), None)
+        for n, m in zip(self.names, self.masks):
+            if m is not None and shape is not None:
+                try:
+                    torch.broadcast_shapes(tuple(m.shape), shape)
+                except RuntimeError:
+                    raise ValueError(f"mask of expert {n} has shape {tuple(m.shape)}, not broadcastable to {shape}") from None
+        return shape
+
+    # ---- generative part ---------------------------------------------------------------------
+
+    @property
+    def has_density(self) -> bool:
+        """True when every generative expert has log_density and none is masked (exact weights, MALA)."""
+        return all(callable(getattr(e, "log_density", None)) for e in self.experts) and all(m is None for m in self.masks)
+
+    def total_weight(self, shape, device, dtype) -> Tensor:
+        """B = sum_i beta_i m_i broadcast to (1, *shape); must be positive everywhere."""
+        B = torch.zeros((1, *shape), device=device, dtype=dtype)
+        for beta, m in zip(self.weights, self.masks):
+            B = B + beta * (1.0 if m is None else m.to(device, dtype))
+        if not bool((B > 0).all()):
+            raise ValueError(f"the generative weights {self.weights} (times masks) must sum to a positive value "
+                             "at every position; add a prior expert or raise the positive weights")
+        return B
+
+    def sigma_range(self, sigma_min: Optional[float] = None, sigma_max: Optional[float] = None):
+        """The noise range every expert supports (user values take precedence)."""
+        lo = max([getattr(e, "sigma_min", 0.0) or 0.0 for e in self.experts] + [0.0])
+        hi = min([getattr(e, "sigma_max", math.inf) or math.inf for e in self.experts] + [math.inf])
+        lo = sigma_min if sigma_min is not None else (lo if lo > 0 else 0.002)
+        hi = sigma_max if sigma_max is not None else (hi if math.isfinite(hi) else 80.0)
+        return float(lo), float(hi)
+
+    def evaluate(self, x: Tensor, sigma: Tensor, B: Tensor, density: bool = False) -> Evaluation:
+        """Product score, denoised estimate and (if ``density``) log density at x, sigma."""
+        score = torch.zeros_like(x)
+        log_gamma = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) if density else None
+        bad = []
+        for name, e, beta, m in zip(self.names, self.experts, self.weights, self.masks):
+            x0 = e.denoise(x, sigma)
+            self.nfe[name] += x.shape[0]
+            if x0.shape != x.shape:
+                raise ValueError(f"expert {name} returned shape {tuple(x0.shape)} for input {tuple(x.shape)}")
+            s = (x0 - x) / sigma ** 2
+            score = score + beta * (s if m is None else m.to(x) * s)
+            b = ~torch.isfinite(x0).flatten(1).all(1)
+            if density:
+                lg = e.log_density(x, sigma)
+                log_gamma = log_gamma + beta * lg
+                b = b | ~torch.isfinite(lg)
+            bad.append(b)
+        return Evaluation(x + sigma ** 2 * score / B, score, log_gamma, torch.stack(bad))
+
+    # ---- discriminative part -----------------------------------------------------------------
+
+    def log_potentials(self, x0: Tensor, t: float):
+        """(total (N,), per-expert (J, N)) annealed log-potentials lambda_j a(t) r_j at progress t."""
+        n = x0.shape[0]
+        if not self.potentials:
+            z = torch.zeros(n, device=x0.device, dtype=x0.dtype)
+            return z, z[None, :0].reshape(0, n)
+        image = self.decode(x0) if self.decode is not None else x0
+        a = self.schedule(t)
+        per: List[Tensor] = []
+        for name, r, lam in zip(self.potential_names, self.potentials, self.lambdas):
+            if lam * a == 0:  # not active yet: skip the call (and 0 * -inf)
+                per.append(torch.zeros(n, device=x0.device, dtype=x0.dtype))
+                continue
+            v = r.log_potential(image)
+            self.nfe[name] += n
+            if v.shape != (n,):
+                raise ValueError(f"potential {name} returned shape {tuple(v.shape)}; expected ({n},)")
+            per.append(lam * a * v.to(x0.dtype))
+        per_t = torch.stack(per)
+        return per_t.sum(0), per_t

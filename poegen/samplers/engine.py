@@ -1,0 +1,248 @@
+"""The one sampling loop: annealing along noise levels, proposal plus MCMC moves on the product's
+generative score, SMC reweighting by the annealed potentials, adaptive resampling (Zhang et al.
+2025, "Product of Experts for Visual Generation"; Del Moral et al. 2006 for the SMC sampler).
+
+In Feynman-Kac terms (see DESIGN.md) the mutation is proposal + MCMC, and the potential at level
+k+1 is  f_{k+1}(x_{k+1}) - f_k(x_k)  (telescoping annealed rewards), plus, when every generative
+expert has a normalised density and the proposal has one too, the exact SMC-sampler ratio
+gamma_{k+1}(x') L(x|x') / (gamma_k(x) q(x'|x)), which makes means and log Z exact as N grows.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import resampling, schedules
+from ..particles import Particles
+from ..product import Evaluation, Product
+from . import kernels
+
+log = logging.getLogger("poegen.engine")
+
+
+class AllParticlesDead(RuntimeError):
+    """Every particle has weight zero (log-weight -inf)."""
+
+
+@dataclass
+class SamplerConfig:
+    """Every switch of the loop; the named samplers are presets of it."""
+
+    proposal: str = "stochastic"       # "euler" (deterministic DDIM), "stochastic" (DDPM posterior) or "none"
+    mcmc_steps: int = 2                # Langevin moves per level
+    step_scale: float = 0.1            # Langevin step = step_scale * sigma^2 / B
+    kernel: str = "auto"               # "ula", "mala", or "auto" (MALA when every expert has log_density)
+    potentials: bool = True            # weight by the discriminative experts
+    exact: Union[str, bool] = "auto"   # generative density-ratio weights: True, False, "auto" (when possible)
+    resample: str = "systematic"       # scheme name in poegen.resampling.RESAMPLERS
+    ess_threshold: float = 0.5         # resample when ESS < threshold * N (0 never, 1 always)
+    select: str = "all"                # "all" particles with weights, the "best" weight, or a weighted "draw"
+    sigma_min: Optional[float] = None
+    sigma_max: Optional[float] = None
+    rho: float = 7.0
+    sigmas: Optional[Sequence[float]] = None  # explicit decreasing grid, overrides the Karras one
+    progress: bool = False
+
+    @classmethod
+    def build(cls, preset: Dict, options: Dict) -> "SamplerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown sampler option(s) {unknown}; known: {', '.join(sorted(known))}")
+        cfg = cls(**{**preset, **options})
+        choices = {"proposal": ("euler", "stochastic", "none"), "kernel": ("auto", "ula", "mala"),
+                   "select": ("all", "best", "draw"), "exact": ("auto", True, False)}
+        for name, allowed in choices.items():
+            if getattr(cfg, name) not in allowed:
+                raise ValueError(f"{name}={getattr(cfg, name)!r} is not one of {allowed}")
+        resampling.get(cfg.resample)
+        if cfg.mcmc_steps < 0 or cfg.step_scale <= 0 or not 0 <= cfg.ess_threshold <= 1:
+            raise ValueError("need mcmc_steps >= 0, step_scale > 0 and 0 <= ess_threshold <= 1")
+        return cfg
+
+
+@dataclass
+class SampleResult:
+    """Selected samples ``x`` with ``log_w``; ``log_Z`` estimate; per-level ``diagnostics``; NFE per expert."""
+
+    x: Tensor
+    log_w: Tensor
+    log_Z: float
+    diagnostics: Dict[str, List]
+    nfe: Dict[str, int]
+    particles: Particles = field(repr=False)
+
+
+def _add(log_w: Tensor, g: Tensor) -> Tensor:
+    """log_w + g where a dead particle stays dead and a NaN increment kills (never zeroes)."""
+    out = log_w + g
+    return torch.where(torch.isnan(out) | torch.isneginf(log_w), torch.full_like(out, -math.inf), out)
+
+
+class _Monitor:
+    """Attributes particle deaths to experts; checks on the host only where that costs nothing (CPU)."""
+
+    def __init__(self, names: List[str], eager: bool):
+        self.names, self.eager, self.pending = names, eager, []
+
+    def record(self, sigma: float, alive_before: Tensor, log_w: Tensor, culprits: Tensor):
+        newly = alive_before & ~torch.isfinite(log_w)
+        self.pending.append((sigma, (culprits & newly[None]).sum(1), torch.isfinite(log_w).any()))
+        if self.eager:
+            self.flush()
+
+    def flush(self):
+        for sigma, counts, any_alive in self.pending:
+            counts = counts.tolist()
+            for name, c in zip(self.names, counts):
+                if c:
+                    log.warning("expert %s gave a non-finite value (NaN or -inf) for %d particle(s) at sigma=%.4g; "
+                                "they are dropped (log_w = -inf)", name, c, sigma)
+            if not bool(any_alive):
+                worst = self.names[max(range(len(counts)), key=counts.__getitem__)] if any(counts) else "the weights"
+                raise AllParticlesDead(f"all particles died at sigma={sigma:.4g}; killed by expert {worst}. "
+                                       "Check that expert's inputs, loosen its constraint or raise num_particles.")
+        self.pending.clear()
+
+
+def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int,
+        generator: Optional[torch.Generator] = None, shape: Optional[Sequence[int]] = None,
+        device=None, dtype: torch.dtype = torch.float32) -> SampleResult:
+    """Run the annealed SMC loop described in the module docstring."""
+    if num_particles < 1 or num_steps < 1:
+        raise ValueError(f"num_particles and num_steps must be >= 1, got {num_particles} and {num_steps}")
+    shape = tuple(shape or product.shape or ())
+    if not shape:
+        raise ValueError("no expert declares a sample shape: pass shape=(...) to sample()")
+    device = torch.device(device or (generator.device if generator is not None else "cpu"))
+    N, K = num_particles, num_steps
+    if cfg.sigmas is not None:
+        sigmas = torch.as_tensor(cfg.sigmas, dtype=torch.float64)
+        if sigmas.ndim != 1 or sigmas.shape[0] != K + 1 or not bool((sigmas[1:] < sigmas[:-1]).all()) or sigmas[-1] <= 0:
+            raise ValueError(f"sigmas must be {K + 1} positive decreasing values (num_steps + 1)")
+    else:
+        sigmas = schedules.karras(K, *product.sigma_range(cfg.sigma_min, cfg.sigma_max), rho=cfg.rho)
+    sig = [torch.tensor(float(s), device=device, dtype=dtype) for s in sigmas]
+    B = product.total_weight(shape, device, dtype)
+    exact = product.has_density if cfg.exact == "auto" else cfg.exact
+    if exact and not product.has_density:
+        raise ValueError("exact=True needs log_density on every generative expert and no masks")
+    if exact and cfg.proposal == "euler" and math.prod(shape) > 256:
+        raise ValueError("exact weights with proposal='euler' need the step's Jacobian: only for samples of "
+                         "<= 256 dimensions; use proposal='stochastic' or exact=False")
+    mala = cfg.mcmc_steps > 0 and (cfg.kernel == "mala" or (cfg.kernel == "auto" and product.has_density))
+    if mala and not product.has_density:
+        raise ValueError("kernel='mala' needs log_density on every generative expert and no masks")
+    density = exact or mala
+    resampler = resampling.get(cfg.resample)
+    monitor = _Monitor(product.names + product.potential_names + ["weights"], eager=device.type == "cpu")
+
+    def evaluate(x: Tensor, s: Tensor) -> Evaluation:
+        return product.evaluate(x, s, B, density)
+
+    def rewards(ev: Evaluation, t: float):
+        if not cfg.potentials:
+            z = torch.zeros(N, device=device, dtype=dtype)
+            return z, z[None, :0].reshape(0, N)
+        return product.log_potentials(ev.x0, t)
+
+    # level 0: x ~ N(0, sigma_0^2 / B)
+    var0 = sig[0] ** 2 / B
+    x = var0.sqrt() * torch.randn((N, *shape), generator=generator, device=device, dtype=dtype)
+    ev = evaluate(x, sig[0])
+    f, per = rewards(ev, 0.0)
+    g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, torch.zeros_like(x), var0) if exact else 0.0)
+    zeros = torch.zeros(N, device=device, dtype=dtype)
+    log_w = _add(zeros, torch.where(ev.bad.any(0), -math.inf, g))
+    monitor.record(float(sig[0]), torch.ones(N, dtype=torch.bool, device=device), log_w,
+                   torch.cat([ev.bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]))
+    log_Z = torch.logsumexp(log_w, 0) - math.log(N)
+    aux = {"x0": ev.x0, "score": ev.score, "f": f}
+    if density:
+        aux["log_gamma"] = ev.log_gamma
+    state = Particles(x, log_w, log_Z, aux)
+    diag = {k: [] for k in ("sigma", "ess", "resampled", "acceptance", "reward", "log_Z")}
+
+    for k in tqdm(range(K), desc="poegen", disable=not cfg.progress, leave=False):
+        s, s_next = sig[k], sig[k + 1]
+        x, a = state.x, state.aux
+        cur = Evaluation(a["x0"], a["score"], a.get("log_gamma"), torch.zeros_like(ev.bad))
+        # 1. proposal to the next level
+        log_ratio = 0.0
+        if cfg.proposal == "euler" and exact:  # change of variables: recompute x0 with a graph
+            with torch.enable_grad():
+                xg = x.detach().requires_grad_(True)
+                y = kernels.euler_step(xg, product.evaluate(xg, s, B).x0, s, s_next)
+                log_ratio = kernels.log_abs_det_jacobian(y, xg)
+            x = y.detach()
+        elif cfg.proposal == "euler":
+            x = kernels.euler_step(x, cur.x0, s, s_next)
+        elif cfg.proposal == "stochastic":
+            x, log_ratio = kernels.ancestral_step(x, cur.x0, s, s_next, B, generator)
+        ev = evaluate(x, s_next)
+        g = ev.log_gamma - cur.log_gamma + log_ratio if exact else torch.zeros(N, device=device, dtype=dtype)
+        bad = ev.bad
+        # 2. MCMC moves targeting the generative product at s_next
+        eps = cfg.step_scale * s_next ** 2 / B
+        accepted = []
+        for _ in range(cfg.mcmc_steps):
+            xp = kernels.langevin_proposal(x, ev.score, eps, generator)
+            evp = evaluate(xp, s_next)
+            if mala:
+                log_alpha = (evp.log_gamma - ev.log_gamma + kernels.langevin_log_q(x, xp, evp.score, eps)
+                             - kernels.langevin_log_q(xp, x, ev.score, eps))
+                acc = kernels.mala_accept(log_alpha, generator)
+                accepted.append(acc.to(dtype).mean())
+            else:
+                acc = torch.ones(N, dtype=torch.bool, device=device)
+            x = torch.where(acc.reshape(-1, *[1] * len(shape)), xp, x)
+            ev = ev.where(acc, evp)
+            bad = bad | ev.bad
+        # 3. reweight by the change in annealed potentials
+        f, per = rewards(ev, (k + 1) / K)
+        g = g + f - a["f"]
+        g = torch.where(bad.any(0), -math.inf, g)
+        log_w = _add(state.log_w, g)
+        monitor.record(float(s_next), torch.isfinite(state.log_w), log_w,
+                       torch.cat([bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]))
+        log_Z = state.log_Z + torch.logsumexp(log_w, 0) - torch.logsumexp(state.log_w, 0)
+        aux = {"x0": ev.x0, "score": ev.score, "f": f}
+        if density:
+            aux["log_gamma"] = ev.log_gamma
+        state = Particles(x, log_w, log_Z, aux)
+        # 4. resample when the ESS is low (no host sync: always draw, keep by torch.where)
+        e = resampling.ess(log_w)
+        do = e < cfg.ess_threshold * N
+        if cfg.ess_threshold > 0:
+            idx = torch.where(do, resampler(log_w, generator, N), torch.arange(N, device=device))
+            state = state.take(idx).replace(log_w=torch.where(do, zeros, state.log_w[idx]))
+        diag["sigma"].append(s_next)
+        diag["ess"].append(e)
+        diag["resampled"].append(do & (cfg.ess_threshold > 0))
+        diag["acceptance"].append(torch.stack(accepted).mean() if accepted else torch.tensor(float("nan")))
+        diag["reward"].append((torch.softmax(log_w, 0) * torch.nan_to_num(f, neginf=0.0)).sum())
+        diag["log_Z"].append(log_Z)
+
+    monitor.flush()
+    diagnostics = {k: torch.stack([v.to("cpu", torch.float64) if v.dtype != torch.bool else v.cpu() for v in vals]).tolist()
+                   for k, vals in diag.items()}
+    final = state.replace(x=state.aux["x0"])
+    return SampleResult(*_select(final, cfg.select, generator), float(state.log_Z), diagnostics,
+                        dict(product.nfe), final)
+
+
+def _select(p: Particles, how: str, generator):
+    """The returned samples: all particles, the highest weight, or one weighted draw."""
+    if how == "all":
+        return p.x, p.log_w
+    if how == "best":
+        i = p.log_w.argmax().reshape(1)
+    else:
+        i = torch.multinomial(torch.softmax(p.log_w.double(), 0), 1, generator=generator)
+    return p.x[i], p.log_w[i]
