@@ -93,7 +93,10 @@ class LinearPotential:
 
 
 class HalfSpace:
-    """Hard constraint a . x + b >= 0: log-potential 0 inside, -inf outside."""
+    """Hard constraint a . x + b >= 0: log-potential 0 inside, -inf outside.
+
+    Switched on before the last level it prunes every path whose x0_hat violates it on the way,
+    which biases the result; give it a schedule that is 0 until t = 1 for the exact constrained target."""
 
     def __init__(self, a, b: float = 0.0, name: Optional[str] = None):
         self.a, self.b, self.name = _as(a), float(b), name

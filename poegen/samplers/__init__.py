@@ -15,11 +15,11 @@ PRESETS: Dict[str, Dict] = {
     "best-of-n": dict(proposal="stochastic", mcmc_steps=0, potentials=True, exact=False, ess_threshold=0.0,
                       select="best"),
     # FK steering: stochastic proposal, potentials, adaptive resampling, no MCMC
-    "smc": dict(proposal="stochastic", mcmc_steps=0, potentials=True, ess_threshold=0.5),
+    "smc": dict(mcmc_steps=0, potentials=True, ess_threshold=0.5),
     # annealed importance sampling: MCMC moves and weights, never resample
-    "ais": dict(proposal="stochastic", mcmc_steps=2, potentials=True, ess_threshold=0.0),
+    "ais": dict(mcmc_steps=2, potentials=True, ess_threshold=0.0),
     # the PoE sampler: MCMC moves plus SMC resampling
-    "poe": dict(proposal="stochastic", mcmc_steps=2, potentials=True, ess_threshold=0.5),
+    "poe": dict(mcmc_steps=2, potentials=True, ess_threshold=0.5),
 }
 
 

@@ -34,7 +34,8 @@ class AllParticlesDead(RuntimeError):
 class SamplerConfig:
     """Every switch of the loop; the named samplers are presets of it."""
 
-    proposal: str = "stochastic"       # "euler" (deterministic DDIM), "stochastic" (DDPM posterior) or "none"
+    proposal: str = "auto"             # "euler" (DDIM), "stochastic" (DDPM posterior), "none", or "auto":
+    #                                    euler when weights are exact (see run), else stochastic
     mcmc_steps: int = 2                # Langevin moves per level
     step_scale: float = 0.1            # Langevin step = step_scale * sigma^2 / B
     kernel: str = "auto"               # "ula", "mala", or "auto" (MALA when every expert has log_density)
@@ -56,7 +57,7 @@ class SamplerConfig:
         if unknown:
             raise ValueError(f"unknown sampler option(s) {unknown}; known: {', '.join(sorted(known))}")
         cfg = cls(**{**preset, **options})
-        choices = {"proposal": ("euler", "stochastic", "none"), "kernel": ("auto", "ula", "mala"),
+        choices = {"proposal": ("auto", "euler", "stochastic", "none"), "kernel": ("auto", "ula", "mala"),
                    "select": ("all", "best", "draw"), "exact": ("auto", True, False)}
         for name, allowed in choices.items():
             if getattr(cfg, name) not in allowed:
@@ -86,10 +87,15 @@ def _add(log_w: Tensor, g: Tensor) -> Tensor:
 
 
 class _Monitor:
-    """Attributes particle deaths to experts; checks on the host only where that costs nothing (CPU)."""
+    """Attributes particle deaths to experts; checks on the host only where that costs nothing (CPU).
 
-    def __init__(self, names: List[str], eager: bool):
-        self.names, self.eager, self.pending = names, eager, []
+    Rows of ``culprits``: generative experts (NaN: a warning), potentials (-inf is a legal hard
+    constraint: info), then the weights themselves (NaN or -inf from an exact density ratio)."""
+
+    def __init__(self, generative: List[str], potentials: List[str], eager: bool):
+        self.names = generative + potentials + ["the weights"]
+        self.levels = [logging.WARNING] * len(generative) + [logging.INFO] * len(potentials) + [logging.WARNING]
+        self.eager, self.pending = eager, []
 
     def record(self, sigma: float, alive_before: Tensor, log_w: Tensor, culprits: Tensor):
         newly = alive_before & ~torch.isfinite(log_w)
@@ -100,14 +106,16 @@ class _Monitor:
     def flush(self):
         for sigma, counts, any_alive in self.pending:
             counts = counts.tolist()
-            for name, c in zip(self.names, counts):
+            if any(counts[:-1]):
+                counts[-1] = 0  # an expert explains the deaths
+            for name, level, c in zip(self.names, self.levels, counts):
                 if c:
-                    log.warning("expert %s gave a non-finite value (NaN or -inf) for %d particle(s) at sigma=%.4g; "
-                                "they are dropped (log_w = -inf)", name, c, sigma)
+                    log.log(level, "%s gave NaN or -inf for %d particle(s) at sigma=%.4g; they are dropped "
+                            "(log_w = -inf)", name, c, sigma)
             if not bool(any_alive):
-                worst = self.names[max(range(len(counts)), key=counts.__getitem__)] if any(counts) else "the weights"
-                raise AllParticlesDead(f"all particles died at sigma={sigma:.4g}; killed by expert {worst}. "
-                                       "Check that expert's inputs, loosen its constraint or raise num_particles.")
+                worst = self.names[max(range(len(counts)), key=counts.__getitem__)]
+                raise AllParticlesDead(f"all particles died at sigma={sigma:.4g}, killed by {worst}. Check that "
+                                       "expert's inputs, anneal its lambda in later (schedule=...) or raise num_particles.")
         self.pending.clear()
 
 
@@ -131,9 +139,12 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
     sig = [torch.tensor(float(s), device=device, dtype=dtype) for s in sigmas]
     B = product.total_weight(shape, device, dtype)
     exact = product.has_density if cfg.exact == "auto" else cfg.exact
+    # With exact weights, a deterministic step weighted by its Jacobian (randomness from the MCMC moves)
+    # has far lower weight variance than the DDPM posterior step, whose noise is mis-sized at low sigma.
+    proposal = ("euler" if exact else "stochastic") if cfg.proposal == "auto" else cfg.proposal
     if exact and not product.has_density:
         raise ValueError("exact=True needs log_density on every generative expert and no masks")
-    if exact and cfg.proposal == "euler" and math.prod(shape) > 256:
+    if exact and proposal == "euler" and math.prod(shape) > 256:
         raise ValueError("exact weights with proposal='euler' need the step's Jacobian: only for samples of "
                          "<= 256 dimensions; use proposal='stochastic' or exact=False")
     mala = cfg.mcmc_steps > 0 and (cfg.kernel == "mala" or (cfg.kernel == "auto" and product.has_density))
@@ -141,7 +152,8 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         raise ValueError("kernel='mala' needs log_density on every generative expert and no masks")
     density = exact or mala
     resampler = resampling.get(cfg.resample)
-    monitor = _Monitor(product.names + product.potential_names + ["weights"], eager=device.type == "cpu")
+    monitor = _Monitor([f"expert {n}" for n in product.names], [f"potential {n}" for n in product.potential_names],
+                       eager=device.type == "cpu")
 
     def evaluate(x: Tensor, s: Tensor) -> Evaluation:
         return product.evaluate(x, s, B, density)
@@ -172,37 +184,27 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
     for k in tqdm(range(K), desc="poegen", disable=not cfg.progress, leave=False):
         s, s_next = sig[k], sig[k + 1]
         x, a = state.x, state.aux
-        cur = Evaluation(a["x0"], a["score"], a.get("log_gamma"), torch.zeros_like(ev.bad))
         # 1. proposal to the next level
         log_ratio = 0.0
-        if cfg.proposal == "euler" and exact:  # change of variables: recompute x0 with a graph
+        if proposal == "euler" and exact:  # change of variables: recompute x0 with a graph
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
                 y = kernels.euler_step(xg, product.evaluate(xg, s, B).x0, s, s_next)
                 log_ratio = kernels.log_abs_det_jacobian(y, xg)
             x = y.detach()
-        elif cfg.proposal == "euler":
-            x = kernels.euler_step(x, cur.x0, s, s_next)
-        elif cfg.proposal == "stochastic":
-            x, log_ratio = kernels.ancestral_step(x, cur.x0, s, s_next, B, generator)
+        elif proposal == "euler":
+            x = kernels.euler_step(x, a["x0"], s, s_next)
+        elif proposal == "stochastic":
+            x, log_ratio = kernels.ancestral_step(x, a["x0"], s, s_next, B, generator)
         ev = evaluate(x, s_next)
-        g = ev.log_gamma - cur.log_gamma + log_ratio if exact else torch.zeros(N, device=device, dtype=dtype)
+        g = ev.log_gamma - a["log_gamma"] + log_ratio if exact else torch.zeros(N, device=device, dtype=dtype)
         bad = ev.bad
         # 2. MCMC moves targeting the generative product at s_next
         eps = cfg.step_scale * s_next ** 2 / B
         accepted = []
         for _ in range(cfg.mcmc_steps):
-            xp = kernels.langevin_proposal(x, ev.score, eps, generator)
-            evp = evaluate(xp, s_next)
-            if mala:
-                log_alpha = (evp.log_gamma - ev.log_gamma + kernels.langevin_log_q(x, xp, evp.score, eps)
-                             - kernels.langevin_log_q(xp, x, ev.score, eps))
-                acc = kernels.mala_accept(log_alpha, generator)
-                accepted.append(acc.to(dtype).mean())
-            else:
-                acc = torch.ones(N, dtype=torch.bool, device=device)
-            x = torch.where(acc.reshape(-1, *[1] * len(shape)), xp, x)
-            ev = ev.where(acc, evp)
+            x, ev, acc = kernels.langevin_move(x, ev, lambda z: evaluate(z, s_next), eps, mala, generator)
+            accepted.append(acc.to(dtype).mean())
             bad = bad | ev.bad
         # 3. reweight by the change in annealed potentials
         f, per = rewards(ev, (k + 1) / K)
@@ -225,7 +227,7 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         diag["sigma"].append(s_next)
         diag["ess"].append(e)
         diag["resampled"].append(do & (cfg.ess_threshold > 0))
-        diag["acceptance"].append(torch.stack(accepted).mean() if accepted else torch.tensor(float("nan")))
+        diag["acceptance"].append(torch.stack(accepted).mean() if mala else torch.tensor(float("nan")))
         diag["reward"].append((torch.softmax(log_w, 0) * torch.nan_to_num(f, neginf=0.0)).sum())
         diag["log_Z"].append(log_Z)
 

@@ -54,6 +54,19 @@ def langevin_log_q(x_to: Tensor, x_from: Tensor, score_from: Tensor, eps: Tensor
     return gaussian_logpdf(x_to, x_from + eps * score_from, 2 * eps)
 
 
+def langevin_move(x: Tensor, ev, evaluate, eps: Tensor, mala: bool, generator: Optional[torch.Generator]):
+    """One Langevin move on the product evaluated by ``evaluate``: unadjusted, or Metropolis-adjusted
+    (MALA) when ``mala``; returns the new state, its evaluation and the (N,) acceptance mask."""
+    xp = langevin_proposal(x, ev.score, eps, generator)
+    evp = evaluate(xp)
+    if not mala:
+        return xp, evp, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    log_alpha = (evp.log_gamma - ev.log_gamma + langevin_log_q(x, xp, evp.score, eps)
+                 - langevin_log_q(xp, x, ev.score, eps))
+    acc = mala_accept(log_alpha, generator)
+    return torch.where(acc.reshape(-1, *[1] * (x.dim() - 1)), xp, x), ev.where(acc, evp), acc
+
+
 def mala_accept(log_alpha: Tensor, generator: Optional[torch.Generator]) -> Tensor:
     """Metropolis-Hastings acceptance (NaN rejects) for MALA (Roberts & Tweedie 1996)."""
     u = torch.rand(log_alpha.shape, generator=generator, device=log_alpha.device, dtype=log_alpha.dtype)

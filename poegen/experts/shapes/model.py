@@ -29,7 +29,7 @@ TRAIN_SCRIPT = "scripts/train_shapes_prior.py (then --export)"
 
 DEFAULT_CONFIG = {
     "image_size": 32,
-    "block_out_channels": [32, 64, 64],
+    "block_out_channels": [16, 32, 64],
     "layers_per_block": 1,
     "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
     "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],

@@ -202,7 +202,8 @@ def simulate(objects: list[SceneObject], steps: int = 360, dt: float = 1.0 / 120
         out.append(replace(o, x=float(pos[0]), y=float(pos[2]), angle=_angle_from_quat(p, q)))
     for i, bi in enumerate(bodies):
         for j, bj in enumerate(bodies):
-            if i != j and out[i].y > out[j].y and p.getContactPoints(bi, bj, physicsClientId=cid):
+            # i rests on j when a contact normal (from j towards i) points up
+            if i != j and any(c[7][2] > 0.5 for c in p.getContactPoints(bi, bj, physicsClientId=cid)):
                 supports.append((i, j))
     return Scene(tuple(out), tuple(supports), settled=speed < 0.3)
 

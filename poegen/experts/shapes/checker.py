@@ -1,0 +1,184 @@
+"""Deterministic ground-truth reader of shapes-world images.
+
+Every pixel is unmixed against the palette: c = b + alpha (p - b) for a background colour b (sky or
+floor) and a palette colour p, keeping the best (p, b) and its coverage alpha. Pixels with alpha > 0.5
+form per-colour 4-connected components; each component's shape is the best of the ball / box / wedge
+templates fitted to its coverage map (centroid and area from the map, angle by grid search), and its
+size is the nearest nominal size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .render import pixels_per_unit, pixel_to_world, to_uint8
+from .world import BACKGROUND, COLOURS, COLOUR_NAMES, FLOOR, SIZES, WEDGE_SCALE, wedge_vertices
+
+PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
+BACKGROUNDS = np.array([BACKGROUND, FLOOR], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One object read from an image (pixel units; centroid is (col, row))."""
+
+    colour: str
+    shape: str
+    size: str
+    centroid: tuple[float, float]
+    bbox: tuple[int, int, int, int]  # (row0, col0, row1, col1), inclusive-exclusive
+    area: float  # coverage-weighted, in pixels
+    angle: float  # fitted CCW angle (radians)
+    fit_error: float  # mean absolute coverage error of the best template (0 = perfect)
+
+    @property
+    def x(self) -> float:
+        """World x of the centroid."""
+        return float(pixel_to_world(*self.centroid, size=self._size)[0])
+
+    @property
+    def y(self) -> float:
+        """World y of the centroid."""
+        return float(pixel_to_world(*self.centroid, size=self._size)[1])
+
+    _size: int = 32
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)  # (H, W) bool component
+
+    def rests_on(self, other: "Detection") -> bool:
+        """True when this object's pixels touch `other` from above more than from the side."""
+        if self.mask is None or other.mask is None or self.centroid[1] >= other.centroid[1]:
+            return False
+        a, b = self.mask, other.mask
+        below = (a[:-1] & b[1:]).sum() + (a[:-1, :-1] & b[1:, 1:]).sum() + (a[:-1, 1:] & b[1:, :-1]).sum()
+        side = (a[:, :-1] & b[:, 1:]).sum() + (a[:, 1:] & b[:, :-1]).sum()
+        return bool(below > 0 and below >= side)
+
+
+def unmix(image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel (colour index (H,W), coverage alpha (H,W), residual (H,W)) of a (3,H,W) image in [-1,1]."""
+    c = to_uint8(image).astype(np.float32)  # (H, W, 3)
+    b = BACKGROUNDS[None, None, None, :, :]  # (1,1,1,M,3)
+    d = PALETTE[None, None, :, None, :] - b  # (1,1,K,M,3)
+    rel = c[:, :, None, None, :] - b
+    alpha = np.clip((rel * d).sum(-1) / (d * d).sum(-1), 0.0, 1.0)  # (H,W,K,M)
+    resid = np.linalg.norm(rel - alpha[..., None] * d, axis=-1)
+    h, w, k, m = resid.shape
+    flat = resid.reshape(h, w, k * m)
+    best = flat.argmin(-1)
+    res = np.take_along_axis(flat, best[..., None], -1)[..., 0]
+    a = np.take_along_axis(alpha.reshape(h, w, k * m), best[..., None], -1)[..., 0]
+    return best // m, a, res
+
+
+def components(mask: np.ndarray) -> list[np.ndarray]:
+    """4-connected components of a boolean (H,W) mask, each as an (n, 2) array of (row, col)."""
+    seen = np.zeros_like(mask, dtype=bool)
+    out = []
+    h, w = mask.shape
+    for r0, c0 in zip(*np.nonzero(mask)):
+        if seen[r0, c0]:
+            continue
+        seen[r0, c0] = True
+        queue, comp = deque([(r0, c0)]), []
+        while queue:
+            r, c = queue.popleft()
+            comp.append((r, c))
+            for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+                if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not seen[rr, cc]:
+                    seen[rr, cc] = True
+                    queue.append((rr, cc))
+        out.append(np.array(comp))
+    return out
+
+
+def _polygon_coverage(verts: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Inside test of convex CCW polygons verts (A, K, 2) at points pts (P, 2) -> (A, P) bool."""
+    inside = np.ones((verts.shape[0], pts.shape[0]), dtype=bool)
+    nxt = np.roll(verts, -1, axis=1)
+    for k in range(verts.shape[1]):
+        a, b = verts[:, k, None, :], nxt[:, k, None, :]
+        inside &= (b[..., 0] - a[..., 0]) * (pts[None, :, 1] - a[..., 1]) - \
+                  (b[..., 1] - a[..., 1]) * (pts[None, :, 0] - a[..., 0]) >= 0
+    return inside
+
+
+def _fit_shape(cov: np.ndarray, r0: int, c0: int, cx: float, cy: float, area: float, ss: int = 4):
+    """Best (shape, angle, extent_px, error) template for the coverage patch `cov` at offset (r0, c0)."""
+    h, w = cov.shape
+    sub = (np.arange(ss) + 0.5) / ss - 0.5
+    rows = (np.arange(h)[:, None] + sub[None, :]).reshape(-1) + r0
+    cols = (np.arange(w)[:, None] + sub[None, :]).reshape(-1) + c0
+    # points in a y-up frame centred on the centroid (pixel units)
+    X = (cols[None, :] - cx).repeat(len(rows), 0).reshape(-1)
+    Y = (cy - rows[:, None]).repeat(len(cols), 1).reshape(-1)
+    pts = np.stack([X, Y], -1)
+
+    def coverage(inside: np.ndarray) -> np.ndarray:
+        """(A, P) inside flags -> (A, h, w) pixel coverage."""
+        return inside.reshape(-1, h, ss, w, ss).mean(axis=(2, 4))
+
+    results = []
+    r = np.sqrt(area / np.pi)  # ball
+    ball = coverage((X**2 + Y**2 <= r * r)[None])
+    results.append(("ball", 0.0, 2 * r, np.abs(ball[0] - cov).mean()))
+    side = np.sqrt(area)  # box
+    angs = np.deg2rad(np.arange(0, 90, 3.0))
+    sq = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64) * side / 2
+    for name, base, angs, ext in (("box", sq, angs, side),
+                                  ("wedge", wedge_vertices(np.sqrt(2 * area)), np.deg2rad(np.arange(0, 360, 5.0)),
+                                   np.sqrt(2 * area) / WEDGE_SCALE)):
+        cs, sn = np.cos(angs), np.sin(angs)
+        rot = np.stack([np.stack([cs, -sn], -1), np.stack([sn, cs], -1)], -2)  # (A, 2, 2)
+        verts = np.einsum("aij,kj->aki", rot, base)
+        err = np.abs(coverage(_polygon_coverage(verts, pts)) - cov[None]).mean(axis=(1, 2))
+        i = int(err.argmin())
+        results.append((name, float(angs[i]), ext, float(err[i])))
+    return min(results, key=lambda t: t[3])
+
+
+def _component_mask(comp: np.ndarray, shape) -> np.ndarray:
+    """Boolean (H, W) mask of a component given as (row, col) pairs."""
+    m = np.zeros(shape, dtype=bool)
+    m[comp[:, 0], comp[:, 1]] = True
+    return m
+
+
+def detect(image, min_area: float = 6.0, min_alpha: float = 0.5, max_resid: float = 60.0) -> list[Detection]:
+    """Read every object of a (3,H,W) image in [-1,1] (numpy or torch); sorted left to right."""
+    label, alpha, resid = unmix(image)
+    size = alpha.shape[1]
+    ppu = pixels_per_unit(size)
+    fg = (alpha > min_alpha) & (resid < max_resid)
+    dets = []
+    for k, name in enumerate(COLOUR_NAMES):
+        for comp in components(fg & (label == k)):
+            rmin, cmin = comp.min(0)
+            rmax, cmax = comp.max(0) + 1
+            # coverage patch with a 1-pixel rim of same-colour anti-aliased pixels
+            r0, c0 = max(rmin - 1, 0), max(cmin - 1, 0)
+            r1, c1 = min(rmax + 1, size), min(cmax + 1, size)
+            cov = np.where((label[r0:r1, c0:c1] == k) & (resid[r0:r1, c0:c1] < max_resid), alpha[r0:r1, c0:c1], 0.0)
+            inner = np.zeros_like(cov, dtype=bool)  # keep only the rim next to this component
+            inner[comp[:, 0] - r0, comp[:, 1] - c0] = True
+            grown = inner.copy()
+            grown[1:] |= inner[:-1]; grown[:-1] |= inner[1:]; grown[:, 1:] |= inner[:, :-1]; grown[:, :-1] |= inner[:, 1:]
+            cov = np.where(grown, cov, 0.0)
+            area = float(cov.sum())
+            if area < min_area:
+                continue
+            rr, cc = np.indices(cov.shape)
+            cy, cx = float((rr * cov).sum() / area) + r0, float((cc * cov).sum() / area) + c0
+            shape, angle, ext_px, err = _fit_shape(cov, r0, c0, cx, cy, area)
+            ext = ext_px / ppu
+            size_name = min(SIZES, key=lambda s: abs(np.log(SIZES[s] / ext)))
+            dets.append(Detection(name, shape, size_name, (cx, cy), (int(rmin), int(cmin), int(rmax), int(cmax)),
+                                  area, angle, float(err), size, _component_mask(comp, alpha.shape)))
+    return sorted(dets, key=lambda d: d.centroid[0])
+
+
+def describe(dets: list[Detection]) -> str:
+    """One line per detection, for logs and reports."""
+    return "; ".join(f"{d.size} {d.colour} {d.shape} at ({d.centroid[0]:.1f}, {d.centroid[1]:.1f})" for d in dets)

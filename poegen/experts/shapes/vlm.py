@@ -1,0 +1,302 @@
+"""A small trained yes/no scorer for shapes-world images (the world's "VLM"), and its question language.
+
+Questions (word order as below; 'a'/'an'/'the' optional, '?' ignored):
+    is there a [size] [colour] shape              e.g. "is there a red ball?"
+    is the <phrase> (left of | right of | on | above | below) the <phrase>
+    are there <n> <shape plural>                  e.g. "are there two boxes?"  (n = zero..four)
+A relation holds when some object matching the first phrase stands in it to a different object
+matching the second. The network is a CNN with coordinate channels, FiLM-conditioned (Perez et al.
+2018, arXiv 1709.07871) on a GRU encoding of the question; `ShapesVLMExpert.log_potential` returns
+log P(yes | image, question) as a discriminative expert.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import vocab
+from .vocab import NUMBERS, PLURALS, Phrase, encode, parse_phrase, split_words
+from .world import SHAPES
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+VLM_WEIGHTS = "vlm.safetensors"
+VLM_CONFIG = "vlm_config.json"
+MAX_LEN = 16
+RELATION_WORDS = ("left", "right", "on", "above", "below")
+
+
+# --------------------------------------------------------------------------- question language
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed question: kind is 'exists', 'relation' or 'count'."""
+
+    kind: str
+    a: Phrase | None = None
+    rel: str | None = None
+    b: Phrase | None = None
+    n: int | None = None
+
+
+def parse_question(text: str) -> Query:
+    """Parse a yes/no question of the shapes world (ValueError naming the grammar if malformed)."""
+    encode(text)  # raises on unknown words, listing the vocabulary
+    w = split_words(text)
+    grammar = ("'is there a [size] [colour] shape', 'is the <phrase> left of|right of|on|above|below the <phrase>', "
+               "'are there <zero..four> <balls|boxes|wedges>'")
+    if len(w) >= 3 and w[:2] == ["is", "there"]:
+        return Query("exists", a=parse_phrase(" ".join(w[2:])))
+    if len(w) == 4 and w[:2] == ["are", "there"] and w[2] in NUMBERS and w[3] in PLURALS:
+        return Query("count", a=Phrase(shape=PLURALS[w[3]]), n=NUMBERS.index(w[2]))
+    if len(w) >= 4 and w[0] == "is":
+        rels = [i for i, x in enumerate(w) if x in RELATION_WORDS]
+        if len(rels) == 1:
+            i = rels[0]
+            j = i + 2 if w[i] in ("left", "right") and i + 1 < len(w) and w[i + 1] == "of" else i + 1
+            if w[i] in ("left", "right") and j != i + 2:
+                raise ValueError(f"expected '{w[i]} of' in {text!r}; grammar: {grammar}")
+            return Query("relation", a=parse_phrase(" ".join(w[1:i])), rel=w[i], b=parse_phrase(" ".join(w[j:])))
+    raise ValueError(f"cannot parse question {text!r}; grammar: {grammar}")
+
+
+def holds(rel: str, a, b, on) -> bool:
+    """Spatial relation between two objects with world x, y (on: callable on the pair)."""
+    if rel == "left":
+        return a.x < b.x - 0.3
+    if rel == "right":
+        return a.x > b.x + 0.3
+    if rel == "on":
+        return bool(on(a, b))
+    if rel == "above":
+        return a.y > b.y + 0.5
+    if rel == "below":
+        return a.y < b.y - 0.5
+    raise ValueError(f"unknown relation {rel!r}; relations: {RELATION_WORDS}")
+
+
+def answer(query: Query | str, objects, on) -> bool:
+    """Ground-truth answer for objects (colour, shape, size, x, y) and an `on(a, b)` predicate."""
+    q = parse_question(query) if isinstance(query, str) else query
+    if q.kind == "exists":
+        return any(q.a.matches(o) for o in objects)
+    if q.kind == "count":
+        return sum(q.a.matches(o) for o in objects) == q.n
+    return any(holds(q.rel, a, b, on) for a in objects for b in objects
+               if a is not b and q.a.matches(a) and q.b.matches(b))
+
+
+def answer_scene(query: Query | str, scene) -> bool:
+    """Ground-truth answer for a simulated Scene (support relation from the physics contacts)."""
+    objs = list(scene.objects)
+    index = {id(o): i for i, o in enumerate(objs)}
+    return answer(query, objs, lambda a, b: scene.on(index[id(a)], index[id(b)]))
+
+
+def answer_detections(query: Query | str, dets) -> bool:
+    """Answer from checker detections ('on' = touching from above, see Detection.rests_on)."""
+    return answer(query, list(dets), lambda a, b: a.rests_on(b))
+
+
+def _describe(o, rng, p_size=0.25, p_shape_only=0.2) -> str:
+    """A random referring phrase for object o (sometimes with size, sometimes shape only)."""
+    if rng.random() < p_shape_only:
+        return o.shape
+    return f"{o.size} {o.colour} {o.shape}" if rng.random() < p_size else f"{o.colour} {o.shape}"
+
+
+def _random_phrase(rng) -> str:
+    """A random phrase of the vocabulary, usually colour + shape."""
+    from .world import COLOUR_NAMES, SIZE_NAMES
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = COLOUR_NAMES[rng.integers(len(COLOUR_NAMES))]
+    r = rng.random()
+    if r < 0.15:
+        return shape
+    if r < 0.35:
+        return f"{SIZE_NAMES[rng.integers(len(SIZE_NAMES))]} {colour} {shape}"
+    return f"{colour} {shape}"
+
+
+def random_question(scene, rng: np.random.Generator, want: bool, tries: int = 60) -> str | None:
+    """A random question about `scene` whose ground-truth answer is `want` (None if none found)."""
+    objs = scene.objects
+    for _ in range(tries):
+        kind = rng.choice(["exists", "relation", "relation", "relation", "count"])
+        if kind == "exists":
+            desc = _describe(objs[rng.integers(len(objs))], rng) if want or rng.random() < 0.3 else _random_phrase(rng)
+            q = f"is there a {desc}"
+        elif kind == "count":
+            shape = SHAPES[rng.integers(len(SHAPES))]
+            true_n = sum(o.shape == shape for o in objs)
+            n = true_n if want else int(np.clip(true_n + rng.choice([-2, -1, 1, 1, 2]), 0, 4))
+            q = f"are there {NUMBERS[n]} {[k for k, v in PLURALS.items() if v == shape][0]}"
+        else:
+            if len(objs) >= 2 and rng.random() < 0.85:
+                i, j = (int(v) for v in rng.choice(len(objs), size=2, replace=False))
+                if scene.supports and rng.random() < 0.4:
+                    i, j = scene.supports[rng.integers(len(scene.supports))]
+                    if rng.random() < 0.3:
+                        i, j = j, i
+                on = lambda a, b: scene.on(objs.index(a), objs.index(b))  # noqa: E731
+                rels = [r for r in RELATION_WORDS if holds(r, objs[i], objs[j], on) == want]
+                if not rels:
+                    continue
+                rel = "on" if "on" in rels and rng.random() < 0.6 else str(rng.choice(rels))
+                da, db = _describe(objs[i], rng), _describe(objs[j], rng)
+            else:
+                rel = str(rng.choice(RELATION_WORDS))
+                da, db = _random_phrase(rng), _random_phrase(rng)
+            q = f"is the {da} {rel} of the {db}" if rel in ("left", "right") else f"is the {da} {rel} the {db}"
+            if rel != "on" and not _unambiguous(q, scene):
+                continue
+        if answer_scene(q, scene) == want:
+            return q
+    return None
+
+
+def _unambiguous(q: str, scene) -> bool:
+    """False when a positional question has a pair within the relation's margin band (hard to call)."""
+    qq = parse_question(q)
+    for a in scene.objects:
+        for b in scene.objects:
+            if a is not b and qq.a.matches(a) and qq.b.matches(b):
+                d = a.x - b.x if qq.rel in ("left", "right") else a.y - b.y
+                margin = 0.3 if qq.rel in ("left", "right") else 0.5
+                if margin - 0.25 < abs(d) < margin + 0.25:
+                    return False
+    return True
+
+
+# --------------------------------------------------------------------------- network
+
+
+class ShapesVLM(nn.Module):
+    """FiLM CNN: image (N,3,32,32) in [-1,1] + question ids (N,L) -> logit of 'yes' (N,)."""
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        self.config = {"channels": [32, 64, 64], "emb": 32, "hidden": 96, "image_size": 32,
+                       "vocab_size": len(vocab.WORDS), "max_len": MAX_LEN, **(config or {})}
+        c = self.config["channels"]
+        h = self.config["hidden"]
+        self.emb = nn.Embedding(self.config["vocab_size"], self.config["emb"], padding_idx=vocab.PAD_ID)
+        self.gru = nn.GRU(self.config["emb"], h, batch_first=True, bidirectional=True)
+        self.stem = nn.Conv2d(5, c[0], 3, padding=1)
+        self.convs = nn.ModuleList([nn.Conv2d(c[0] + 2, c[1], 3, stride=2, padding=1),
+                                    nn.Conv2d(c[1] + 2, c[2], 3, stride=2, padding=1),
+                                    nn.Conv2d(c[2] + 2, c[2], 3, padding=1)])
+        self.norms = nn.ModuleList([nn.GroupNorm(8, c[1], affine=False), nn.GroupNorm(8, c[2], affine=False),
+                                    nn.GroupNorm(8, c[2], affine=False)])
+        self.film = nn.ModuleList([nn.Linear(2 * h, 2 * c[1]), nn.Linear(2 * h, 2 * c[2]), nn.Linear(2 * h, 2 * c[2])])
+        self.head_conv = nn.Conv2d(c[2] + 2, 16, 1)
+        self.head = nn.Sequential(nn.Linear(16 * 8 * 8 + 2 * h, 192), nn.ReLU(), nn.Linear(192, 1))
+
+    @staticmethod
+    def _coords(x: Tensor) -> Tensor:
+        """x with two coordinate channels (col, row in [-1, 1]) appended."""
+        n, _, h, w = x.shape
+        ys = torch.linspace(-1, 1, h, device=x.device).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = torch.linspace(-1, 1, w, device=x.device).view(1, 1, 1, w).expand(n, 1, h, w)
+        return torch.cat([x, xs, ys], 1)
+
+    def encode_question(self, ids: Tensor) -> Tensor:
+        """(N, L) ids -> (N, 2*hidden) question code (final states of the bidirectional GRU)."""
+        lengths = (ids != vocab.PAD_ID).sum(1).clamp(min=1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(self.emb(ids), lengths, batch_first=True, enforce_sorted=False)
+        _, hn = self.gru(packed)
+        return torch.cat([hn[0], hn[1]], -1)
+
+    def forward(self, image: Tensor, ids: Tensor) -> Tensor:
+        """Logit of 'yes' (N,)."""
+        q = self.encode_question(ids)
+        h = F.relu(self.stem(self._coords(image)))
+        for conv, norm, film in zip(self.convs, self.norms, self.film):
+            gamma, beta = film(q).chunk(2, -1)
+            h = F.relu(norm(conv(self._coords(h))) * (1 + gamma[..., None, None]) + beta[..., None, None])
+        h = F.relu(self.head_conv(self._coords(h))).flatten(1)
+        return self.head(torch.cat([h, q], -1)).squeeze(-1)
+
+
+def encode_batch(questions: list[str], max_len: int = MAX_LEN) -> Tensor:
+    """(N, max_len) padded token ids."""
+    return torch.tensor([encode(q, max_len) for q in questions], dtype=torch.long)
+
+
+class ShapesVLMExpert:
+    """Discriminative expert log P(yes | x0, question) for one fixed question."""
+
+    def __init__(self, net: ShapesVLM, question: str, batch_size: int = 256):
+        self.query = parse_question(question)  # validates the grammar and the vocabulary
+        self.net, self.question, self.batch_size = net.eval(), question, batch_size
+        self.ids = encode_batch([question])
+        self.name = f"vlm[{question}]"
+
+    @torch.no_grad()
+    def log_potential(self, x0: Tensor) -> Tensor:
+        """(N,) log P(yes) <= 0 for images x0 (N,3,32,32) in [-1,1] (clamped)."""
+        dev = next(self.net.parameters()).device
+        out = []
+        for chunk in x0.split(self.batch_size):
+            img = chunk.to(dev, torch.float32).clamp(-1, 1)
+            logit = self.net(img, self.ids.to(dev).expand(img.shape[0], -1))
+            out.append(F.logsigmoid(logit).float())
+        return torch.cat(out).to(x0.device) if out else torch.zeros(0, device=x0.device)
+
+    def __repr__(self) -> str:
+        return f"ShapesVLMExpert({self.question!r})"
+
+
+class ShapesVLMScorer:
+    """A loaded scorer; `expert(question)` gives a discriminative expert."""
+
+    def __init__(self, net: ShapesVLM):
+        self.net = net.eval()
+
+    def expert(self, question: str) -> ShapesVLMExpert:
+        """Expert returning log P(yes) for `question`."""
+        return ShapesVLMExpert(self.net, question)
+
+    @torch.no_grad()
+    def log_prob_yes(self, images: Tensor, questions: list[str]) -> Tensor:
+        """(N,) log P(yes) for paired images and questions."""
+        return F.logsigmoid(self.net(images.float().clamp(-1, 1), encode_batch(questions)))
+
+
+def save_vlm(net: ShapesVLM, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Write vlm.safetensors (fp32) + vlm_config.json into out_dir."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (VLM_WEIGHTS + ".tmp")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+    tmp.replace(out_dir / VLM_WEIGHTS)
+    (out_dir / VLM_CONFIG).write_text(json.dumps({**net.config, **(extra or {})}, indent=2))
+    return out_dir / VLM_WEIGHTS
+
+
+def load_vlm(path: str | Path | None = None, device: str | torch.device = "cpu") -> ShapesVLMScorer:
+    """Load the scorer from `path` (default: the package's weights/ folder)."""
+    from safetensors.torch import load_file
+
+    folder = Path(path) if path is not None else WEIGHTS_DIR
+    wfile, cfile = folder / VLM_WEIGHTS, folder / VLM_CONFIG
+    if not wfile.exists() or not cfile.exists():
+        raise FileNotFoundError(f"shapes VLM not found: looked for {wfile} and {cfile}; "
+                                f"create them with scripts/train_shapes_vlm.py")
+    cfg = json.loads(cfile.read_text())
+    net = ShapesVLM({k: cfg[k] for k in ("channels", "emb", "hidden", "image_size", "vocab_size", "max_len")})
+    net.load_state_dict(load_file(str(wfile)))
+    logger.info("loaded shapes VLM from %s", wfile)
+    return ShapesVLMScorer(net.to(device))

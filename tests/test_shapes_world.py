@@ -1,0 +1,164 @@
+"""Tests of the shapes world: simulation, renderer, checker, vocabulary, and the trained experts."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from poegen.experts.shapes import model as shapes_model  # noqa: E402
+from poegen.experts.shapes import vlm as shapes_vlm  # noqa: E402
+from poegen.experts.shapes.checker import detect  # noqa: E402
+from poegen.experts.shapes.render import centroid, render, world_to_pixel  # noqa: E402
+from poegen.experts.shapes.vocab import Phrase, encode, parse_phrase, vocabulary  # noqa: E402
+from poegen.experts.shapes.world import SceneObject, random_scene, simulate  # noqa: E402
+
+HAVE_PRIOR = (shapes_model.WEIGHTS_DIR / shapes_model.PRIOR_WEIGHTS).exists()
+HAVE_VLM = (shapes_vlm.WEIGHTS_DIR / shapes_vlm.VLM_WEIGHTS).exists()
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """Forty random settled scenes (fixed seed)."""
+    rng = np.random.default_rng(1234)
+    return [random_scene(rng) for _ in range(40)]
+
+
+def test_render_range_and_masks(scenes):
+    img, masks = render(scenes[0])
+    assert img.shape == (3, 32, 32) and img.dtype == np.float32
+    assert img.min() >= -1 and img.max() <= 1
+    assert masks.shape == (len(scenes[0].objects), 32, 32)
+    assert np.all(masks.sum(0) <= 1 + 1e-6)
+
+
+def test_checker_recovers_every_object(scenes):
+    for scene in scenes:
+        img, masks = render(scene)
+        dets = detect(img)
+        assert len(dets) == len(scene.objects), (scene, dets)
+        for k, o in enumerate(scene.objects):
+            match = [d for d in dets if d.colour == o.colour]
+            assert len(match) == 1, (o, dets)
+            d = match[0]
+            assert (d.shape, d.size) == (o.shape, o.size), (o, d)
+            col, row = world_to_pixel(o.x, o.y)
+            assert np.hypot(d.centroid[0] - col, d.centroid[1] - row) < 1.5, (o, d)
+            assert np.hypot(*np.subtract(d.centroid, centroid(masks[k]))) < 1.5
+
+
+def test_ball_dropped_on_box_settles_on_top():
+    box = SceneObject("box", "red", "large", x=0.0, y=1.1)
+    ball = SceneObject("ball", "blue", "small", x=0.05, y=3.5)
+    scene = simulate([box, ball])
+    box_s, ball_s = scene.objects
+    assert abs(box_s.y - 1.0) < 0.05
+    assert abs(ball_s.y - (2.0 + 0.6)) < 0.08, ball_s
+    assert abs(ball_s.x - box_s.x) < 1.0
+    assert scene.on(1, 0) and not scene.on(0, 1)
+    assert scene.settled
+
+
+def test_mirror_and_recolour_keep_the_checker_consistent(scenes):
+    scene = next(s for s in scenes if len(s.objects) >= 2)
+    mirrored = scene.mirrored().recoloured({"red": "cyan", "cyan": "red"})
+    dets = detect(render(mirrored)[0])
+    assert sorted((d.colour, d.shape) for d in dets) == sorted((o.colour, o.shape) for o in mirrored.objects)
+
+
+def test_vocab_errors_list_the_vocabulary():
+    with pytest.raises(ValueError) as e:
+        encode("is there a purple ball")
+    assert "purple" in str(e.value) and "vocabulary" in str(e.value)
+    assert all(w in str(e.value) for w in ("red", "ball", "wedge", "left"))
+    with pytest.raises(ValueError, match="vocabulary"):
+        parse_phrase("a teal box")
+    with pytest.raises(ValueError, match="no shape"):
+        parse_phrase("a red")
+    assert "ball" in vocabulary()
+
+
+def test_phrase_parsing_and_tokens():
+    assert parse_phrase("a large red ball") == Phrase("red", "ball", "large")
+    assert parse_phrase("the Blue box?") == Phrase("blue", "box", None)
+    assert parse_phrase("wedges") == Phrase(None, "wedge", None)
+    ids = encode("is the red ball left of the blue box?", max_len=16)
+    assert len(ids) == 16 and ids[-1] == 0
+
+
+def test_questions_parse_and_answer_on_a_simulated_scene():
+    box = SceneObject("box", "red", "large", x=-1.5, y=1.1)
+    ball = SceneObject("ball", "blue", "small", x=-1.45, y=3.5)
+    wedge = SceneObject("wedge", "green", "large", x=1.5, y=1.0)
+    scene = simulate([box, ball, wedge])
+    ans = shapes_vlm.answer_scene
+    assert ans("is there a blue ball?", scene) and not ans("is there a red ball?", scene)
+    assert ans("is the blue ball on the red box?", scene) and not ans("is the red box on the blue ball?", scene)
+    assert ans("is the red box left of the green wedge?", scene)
+    assert not ans("is the red box right of the green wedge?", scene)
+    assert ans("are there one boxes?", scene) and not ans("are there two boxes?", scene)
+    assert ans("is the ball above the wedge?", scene)
+    with pytest.raises(ValueError, match="grammar"):
+        shapes_vlm.parse_question("ball red is there")
+    dets = detect(render(scene)[0])
+    for q in ("is the blue ball on the red box?", "is the red box on the blue ball?", "are there one wedges"):
+        assert shapes_vlm.answer_detections(q, dets) == ans(q, scene)
+
+
+def test_missing_prior_checkpoint_says_where_and_how(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        shapes_model.load_prior(tmp_path)
+    assert str(tmp_path) in str(e.value) and "train_shapes_prior.py" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="train_shapes_vlm.py"):
+        shapes_vlm.load_vlm(tmp_path)
+
+
+def test_prior_save_load_roundtrip(tmp_path):
+    net = shapes_model.ShapesDenoiser({"block_out_channels": [8, 16, 16], "norm_num_groups": 4,
+                                       "attention_head_dim": 8})
+    shapes_model.save_prior(net, tmp_path, half=False)
+    prior = shapes_model.load_prior(tmp_path)
+    x, s = torch.randn(2, 3, 32, 32), torch.tensor([0.5, 3.0])
+    ids, pm = torch.tensor([[0, 0, 0], [6, 3, 2]]), torch.zeros(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x, s, ids, pm), prior.net(x, s, ids, pm), atol=1e-6)
+
+
+@pytest.mark.skipif(not HAVE_PRIOR, reason="prior weights not exported yet: run scripts/train_shapes_prior.py "
+                                           "--out runs/prior --export")
+def test_prior_denoise_is_finite_and_shaped():
+    prior = shapes_model.load_prior()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 32, 32, generator=gen) * 10
+    for expert in (prior.expert("red ball"), prior.expert("large blue box", position=(12.0, 24.0)), prior.null()):
+        assert expert.shape == (3, 32, 32) and expert.sigma_min < expert.sigma_max
+        for sigma in (torch.tensor(10.0), torch.tensor([80.0, 5.0, 0.5, 0.01])):
+            out = expert.denoise(x, sigma)
+            assert out.shape == (4, 3, 32, 32) and torch.isfinite(out).all()
+    clean = torch.from_numpy(render(random_scene(np.random.default_rng(0)))[0])[None]
+    assert (prior.null().denoise(clean, torch.tensor(0.002)) - clean).abs().max() < 0.05  # c_skip -> 1
+
+
+@pytest.mark.skipif(not HAVE_VLM, reason="VLM weights not trained yet: run scripts/train_shapes_vlm.py")
+def test_vlm_answers_rendered_scenes():
+    scorer = shapes_vlm.load_vlm()
+    rng = np.random.default_rng(777)
+    imgs, qs, ys = [], [], []
+    while len(imgs) < 100:  # 50 fresh scenes, one yes and one no question each
+        scene = random_scene(rng)
+        pair = [shapes_vlm.random_question(scene, rng, want) for want in (True, False)]
+        if any(q is None for q in pair):
+            continue
+        img = torch.from_numpy(render(scene)[0])
+        imgs += [img, img]
+        qs += pair
+        ys += [True, False]
+    logp = scorer.log_prob_yes(torch.stack(imgs), qs)
+    assert logp.shape == (100,) and (logp <= 0).all()
+    acc = ((logp > np.log(0.5)).numpy() == np.array(ys)).mean()
+    assert acc >= 0.9, acc
+    expert = scorer.expert("is there a red ball?")
+    lp = expert.log_potential(torch.stack(imgs[:6]))
+    assert lp.shape == (6,) and (lp <= 0).all()
