@@ -13,8 +13,9 @@ def _as(t, dtype=torch.float64) -> Tensor:
     return torch.as_tensor(t, dtype=dtype)
 
 
-def _sigma_col(sigma: Tensor, n: int) -> Tensor:
-    return _as(sigma).reshape(-1).expand(n) if _as(sigma).numel() == 1 else _as(sigma).reshape(n)
+def _sigma_col(sigma: Tensor, n: int, device) -> Tensor:
+    s = torch.as_tensor(sigma).to(device, torch.float64)
+    return s.reshape(-1).expand(n) if s.numel() == 1 else s.reshape(n)
 
 
 class GaussianMixture:
@@ -40,7 +41,10 @@ class GaussianMixture:
     def _terms(self, x: Tensor, sigma: Tensor):
         """Per-component log densities (N, K) and scores (N, K, d) at noise level sigma."""
         x64 = x.double()
-        var = self.evals[None] + _sigma_col(sigma, x.shape[0])[:, None, None] ** 2          # (N, K, d)
+        if self.means.device != x.device:  # follow the particles to their device once
+            self.weights, self.means, self.evals, self.evecs = (t.to(x.device) for t in
+                                                                (self.weights, self.means, self.evals, self.evecs))
+        var = self.evals[None] + _sigma_col(sigma, x.shape[0], x.device)[:, None, None] ** 2          # (N, K, d)
         z = torch.einsum("nkd,kde->nke", x64[:, None, :] - self.means[None], self.evecs)     # eigenbasis
         logp = self.weights.log() - 0.5 * ((z ** 2 / var).sum(-1) + var.log().sum(-1) + self.shape[0] * math.log(2 * math.pi))
         score = -torch.einsum("nke,kde->nkd", z / var, self.evecs)
@@ -57,7 +61,7 @@ class GaussianMixture:
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         """Tweedie's estimate E[x0 | x] = x + sigma^2 * score."""
-        s2 = _sigma_col(sigma, x.shape[0]).to(x.dtype)[:, None] ** 2
+        s2 = _sigma_col(sigma, x.shape[0], x.device).to(x.dtype)[:, None] ** 2
         return x + s2 * self.score(x, sigma)
 
 
@@ -79,7 +83,7 @@ class GaussianLikelihood:
         self.name = name
 
     def log_potential(self, x0: Tensor) -> Tensor:
-        return self._obs.log_density(x0.double() @ self.A.T, torch.zeros(())).to(x0.dtype)
+        return self._obs.log_density(x0.double() @ self.A.T.to(x0.device), torch.zeros(())).to(x0.dtype)
 
 
 class LinearPotential:
@@ -89,7 +93,7 @@ class LinearPotential:
         self.a, self.b, self.name = _as(a), float(b), name
 
     def log_potential(self, x0: Tensor) -> Tensor:
-        return (x0.double() @ self.a + self.b).to(x0.dtype)
+        return (x0.double() @ self.a.to(x0.device) + self.b).to(x0.dtype)
 
 
 class HalfSpace:
@@ -102,7 +106,7 @@ class HalfSpace:
         self.a, self.b, self.name = _as(a), float(b), name
 
     def log_potential(self, x0: Tensor) -> Tensor:
-        inside = (x0.double() @ self.a + self.b) >= 0
+        inside = (x0.double() @ self.a.to(x0.device) + self.b) >= 0
         return torch.where(inside, 0.0, -math.inf).to(x0.dtype)
 
 

@@ -172,7 +172,7 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
     g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, torch.zeros_like(x), var0) if exact else 0.0)
     zeros = torch.zeros(N, device=device, dtype=dtype)
     log_w = _add(zeros, torch.where(ev.bad.any(0), -math.inf, g))
-    monitor.record(float(sig[0]), torch.ones(N, dtype=torch.bool, device=device), log_w,
+    monitor.record(float(sigmas[0]), torch.ones(N, dtype=torch.bool, device=device), log_w,
                    torch.cat([ev.bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]))
     log_Z = torch.logsumexp(log_w, 0) - math.log(N)
     aux = {"x0": ev.x0, "score": ev.score, "f": f}
@@ -211,7 +211,7 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         g = g + f - a["f"]
         g = torch.where(bad.any(0), -math.inf, g)
         log_w = _add(state.log_w, g)
-        monitor.record(float(s_next), torch.isfinite(state.log_w), log_w,
+        monitor.record(float(sigmas[k + 1]), torch.isfinite(state.log_w), log_w,
                        torch.cat([bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]))
         log_Z = state.log_Z + torch.logsumexp(log_w, 0) - torch.logsumexp(state.log_w, 0)
         aux = {"x0": ev.x0, "score": ev.score, "f": f}
