@@ -5,9 +5,10 @@ Questions (word order as below; 'a'/'an'/'the' optional, '?' ignored):
     is the <phrase> (left of | right of | on | above | below) the <phrase>
     are there <n> <shape plural>                  e.g. "are there two boxes?"  (n = zero..four)
 A relation holds when some object matching the first phrase stands in it to a different object
-matching the second. The network is a CNN with coordinate channels, FiLM-conditioned (Perez et al.
-2018, arXiv 1709.07871) on a GRU encoding of the question; `ShapesVLMExpert.log_potential` returns
-log P(yes | image, question) as a discriminative expert.
+matching the second. The question is parsed (fixed vocabulary and grammar) into structured ids; the
+network is modular: a small dilated CNN gives per-pixel colour / shape / size / object-density maps,
+each phrase becomes a soft mask, and the answer head sees the masks' counts and a relation CNN run
+on the two masks. `ShapesVLMExpert.log_potential` returns log P(yes | image, question).
 """
 
 from __future__ import annotations
@@ -22,16 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import vocab
 from .vocab import NUMBERS, PLURALS, Phrase, encode, parse_phrase, split_words
-from .world import SHAPES
+from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 VLM_WEIGHTS = "vlm.safetensors"
 VLM_CONFIG = "vlm_config.json"
-MAX_LEN = 16
 RELATION_WORDS = ("left", "right", "on", "above", "below")
 
 
@@ -180,57 +179,101 @@ def _unambiguous(q: str, scene) -> bool:
 
 # --------------------------------------------------------------------------- network
 
+KINDS = ("exists", "relation", "count")
+NULL_N = len(NUMBERS)
+
+
+def encode_query(q: Query | str) -> list[int]:
+    """Structured ids of a question: [kind, rel, n, colour_a, shape_a, size_a, colour_b, shape_b, size_b]."""
+    from .model import phrase_ids
+
+    q = parse_question(q) if isinstance(q, str) else q
+    rel = RELATION_WORDS.index(q.rel) if q.rel else len(RELATION_WORDS)
+    n = q.n if q.n is not None else NULL_N
+    return [KINDS.index(q.kind), rel, n, *phrase_ids(q.a), *phrase_ids(q.b)]
+
+
+def encode_batch(questions: list[str]) -> Tensor:
+    """(N, 9) long tensor of structured question ids."""
+    return torch.tensor([encode_query(q) for q in questions], dtype=torch.long)
+
+
+def _coords(x: Tensor) -> Tensor:
+    """x with two coordinate channels (col, row in [-1, 1]) appended."""
+    n, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype).view(1, 1, h, 1).expand(n, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype).view(1, 1, 1, w).expand(n, 1, h, w)
+    return torch.cat([x, xs, ys], 1)
+
 
 class ShapesVLM(nn.Module):
-    """FiLM CNN: image (N,3,32,32) in [-1,1] + question ids (N,L) -> logit of 'yes' (N,)."""
+    """Modular scorer: per-pixel attribute maps -> soft masks of the question's phrases -> counts and a
+    relation CNN on the two masks -> logit of 'yes'. The maps may be supervised by the renderer's masks."""
 
     def __init__(self, config: dict | None = None):
         super().__init__()
-        self.config = {"channels": [32, 64, 64], "emb": 32, "hidden": 96, "image_size": 32,
-                       "vocab_size": len(vocab.WORDS), "max_len": MAX_LEN, **(config or {})}
-        c = self.config["channels"]
-        h = self.config["hidden"]
-        self.emb = nn.Embedding(self.config["vocab_size"], self.config["emb"], padding_idx=vocab.PAD_ID)
-        self.gru = nn.GRU(self.config["emb"], h, batch_first=True, bidirectional=True)
-        self.stem = nn.Conv2d(5, c[0], 3, padding=1)
-        self.convs = nn.ModuleList([nn.Conv2d(c[0] + 2, c[1], 3, stride=2, padding=1),
-                                    nn.Conv2d(c[1] + 2, c[2], 3, stride=2, padding=1),
-                                    nn.Conv2d(c[2] + 2, c[2], 3, padding=1)])
-        self.norms = nn.ModuleList([nn.GroupNorm(8, c[1], affine=False), nn.GroupNorm(8, c[2], affine=False),
-                                    nn.GroupNorm(8, c[2], affine=False)])
-        self.film = nn.ModuleList([nn.Linear(2 * h, 2 * c[1]), nn.Linear(2 * h, 2 * c[2]), nn.Linear(2 * h, 2 * c[2])])
-        self.head_conv = nn.Conv2d(c[2] + 2, 16, 1)
-        self.head = nn.Sequential(nn.Linear(16 * 8 * 8 + 2 * h, 192), nn.ReLU(), nn.Linear(192, 1))
+        self.config = {"width": 32, "rel_width": 24, "hidden": 128, "image_size": 32,
+                       "n_colours": len(COLOUR_NAMES), "n_shapes": len(SHAPES), "n_sizes": len(SIZE_NAMES),
+                       **(config or {})}
+        c = self.config
+        w = c["width"]
+        self.encoder = nn.Sequential(
+            nn.Conv2d(5, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=2, dilation=2), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=4, dilation=4), nn.ReLU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
+        # colour over palette + background; shape and size given foreground; object density (sums to 1 / object)
+        self.heads = nn.Conv2d(w, c["n_colours"] + 1 + c["n_shapes"] + c["n_sizes"] + 1, 1)
+        r = c["rel_width"]
+        self.relation = nn.Sequential(
+            nn.Conv2d(6, r, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(r, r, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(r + 2, r, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(r, r, 3, padding=1), nn.ReLU())
+        n_in = len(KINDS) + len(RELATION_WORDS) + 1 + NULL_N + 1 + 6 + 2 * r
+        self.head = nn.Sequential(nn.Linear(n_in, c["hidden"]), nn.ReLU(), nn.Linear(c["hidden"], c["hidden"]),
+                                  nn.ReLU(), nn.Linear(c["hidden"], 1))
 
-    @staticmethod
-    def _coords(x: Tensor) -> Tensor:
-        """x with two coordinate channels (col, row in [-1, 1]) appended."""
-        n, _, h, w = x.shape
-        ys = torch.linspace(-1, 1, h, device=x.device).view(1, 1, h, 1).expand(n, 1, h, w)
-        xs = torch.linspace(-1, 1, w, device=x.device).view(1, 1, 1, w).expand(n, 1, h, w)
-        return torch.cat([x, xs, ys], 1)
+    def maps(self, image: Tensor) -> dict[str, Tensor]:
+        """Per-pixel logits: colour (N,K+1,H,W; last = background), shape, size, and density (N,H,W) >= 0."""
+        c = self.config
+        h = self.heads(self.encoder(_coords(image)))
+        k, s, z = c["n_colours"] + 1, c["n_shapes"], c["n_sizes"]
+        return {"colour": h[:, :k], "shape": h[:, k:k + s], "size": h[:, k + s:k + s + z],
+                "density": F.softplus(h[:, -1]) / 20.0}
 
-    def encode_question(self, ids: Tensor) -> Tensor:
-        """(N, L) ids -> (N, 2*hidden) question code (final states of the bidirectional GRU)."""
-        lengths = (ids != vocab.PAD_ID).sum(1).clamp(min=1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(self.emb(ids), lengths, batch_first=True, enforce_sorted=False)
-        _, hn = self.gru(packed)
-        return torch.cat([hn[0], hn[1]], -1)
+    def phrase_mask(self, m: dict[str, Tensor], colour: Tensor, shape: Tensor, size: Tensor) -> Tensor:
+        """Soft mask (N,H,W) of pixels matching a phrase (index = table size means 'any')."""
+        pc, ps, pz = m["colour"].softmax(1), m["shape"].softmax(1), m["size"].softmax(1)
+        fg = 1 - pc[:, -1]
 
-    def forward(self, image: Tensor, ids: Tensor) -> Tensor:
-        """Logit of 'yes' (N,)."""
-        q = self.encode_question(ids)
-        h = F.relu(self.stem(self._coords(image)))
-        for conv, norm, film in zip(self.convs, self.norms, self.film):
-            gamma, beta = film(q).chunk(2, -1)
-            h = F.relu(norm(conv(self._coords(h))) * (1 + gamma[..., None, None]) + beta[..., None, None])
-        h = F.relu(self.head_conv(self._coords(h))).flatten(1)
-        return self.head(torch.cat([h, q], -1)).squeeze(-1)
+        def pick(p: Tensor, idx: Tensor, null: int, any_: Tensor) -> Tensor:
+            """p[idx] per row, or `any_` where idx is null."""
+            got = p.gather(1, idx.clamp(max=null - 1).view(-1, 1, 1, 1).expand(-1, 1, *p.shape[2:]))[:, 0]
+            return torch.where((idx == null).view(-1, 1, 1), any_, got)
 
+        one = torch.ones_like(fg)
+        return (pick(pc[:, :-1], colour, pc.shape[1] - 1, fg) * pick(ps, shape, ps.shape[1], one)
+                * pick(pz, size, pz.shape[1], one))
 
-def encode_batch(questions: list[str], max_len: int = MAX_LEN) -> Tensor:
-    """(N, max_len) padded token ids."""
-    return torch.tensor([encode(q, max_len) for q in questions], dtype=torch.long)
+    def forward(self, image: Tensor, q: Tensor, index: Tensor | None = None, maps: dict | None = None) -> Tensor:
+        """Logit of 'yes' (Q,) for questions q (Q, 9) about images image[index] (default: one per image)."""
+        m = self.maps(image) if maps is None else maps
+        if index is not None:
+            m = {k: v[index] for k, v in m.items()}
+        ma = self.phrase_mask(m, q[:, 3], q[:, 4], q[:, 5])
+        mb = self.phrase_mask(m, q[:, 6], q[:, 7], q[:, 8])
+        d = m["density"]
+        count_a, count_b = (ma * d).sum((1, 2)), (mb * d).sum((1, 2))
+        n = q[:, 2].float()
+        has_n = (q[:, 2] < NULL_N).float()
+        scal = torch.stack([count_a, count_b, has_n * (count_a - n), has_n * (count_a - n).abs(),
+                            torch.tanh(2 * (count_a - 0.5)), torch.tanh(2 * (count_b - 0.5))], -1)
+        r = self.relation[:4](_coords(torch.stack([ma, mb, ma * d * 20, mb * d * 20], 1)))
+        r = self.relation[4:](_coords(r))
+        feats = torch.cat([F.one_hot(q[:, 0], len(KINDS)).float(), F.one_hot(q[:, 1], len(RELATION_WORDS) + 1).float(),
+                           F.one_hot(q[:, 2], NULL_N + 1).float(), scal, r.amax((2, 3)), r.mean((2, 3))], -1)
+        return self.head(feats).squeeze(-1)
 
 
 class ShapesVLMExpert:
@@ -296,7 +339,7 @@ def load_vlm(path: str | Path | None = None, device: str | torch.device = "cpu")
         raise FileNotFoundError(f"shapes VLM not found: looked for {wfile} and {cfile}; "
                                 f"create them with scripts/train_shapes_vlm.py")
     cfg = json.loads(cfile.read_text())
-    net = ShapesVLM({k: cfg[k] for k in ("channels", "emb", "hidden", "image_size", "vocab_size", "max_len")})
+    net = ShapesVLM({k: cfg[k] for k in ShapesVLM().config if k in cfg})
     net.load_state_dict(load_file(str(wfile)))
     logger.info("loaded shapes VLM from %s", wfile)
     return ShapesVLMScorer(net.to(device))

@@ -32,7 +32,7 @@ WEDGE_SCALE = 1.2  # a wedge is a right triangle with both legs WEDGE_SCALE * si
 BACKGROUND = (230, 230, 230)
 FLOOR = (150, 150, 150)
 
-# view: PIXELS_PER_UNIT at the default 32x32; floor line FLOOR_ROWS rows above the bottom edge
+# the camera sees x in [-VIEW_WIDTH/2, VIEW_WIDTH/2] and y in [0, VIEW_HEIGHT] above a grey floor strip
 VIEW_WIDTH = 6.4
 VIEW_HEIGHT = 6.0
 FLOOR_FRACTION = 2.0 / 32.0  # fraction of the image height below the floor line

@@ -1,0 +1,215 @@
+"""Train the shapes-world yes/no scorer (poegen.experts.shapes.vlm) on balanced random questions.
+
+Each batch holds pool scenes (colours permuted, maybe mirrored), two 'yes' and two 'no' questions per
+image, the renderer's per-pixel labels (colour / shape / size / object density) as auxiliary targets,
+and light noise / blur / colour-jitter augmentation so that generated images are scored well.
+Held-out accuracy is measured on freshly simulated scenes; the weights and VLM_CARD.md are written to
+poegen/experts/shapes/weights/.
+
+    python scripts/train_shapes_vlm.py --minutes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from poegen.experts.shapes.render import render  # noqa: E402
+from poegen.experts.shapes.vlm import (WEIGHTS_DIR, ShapesVLM, encode_batch, parse_question,  # noqa: E402
+                                       load_vlm, random_question, save_vlm)
+from poegen.experts.shapes.world import COLOUR_NAMES, SHAPES, SIZE_NAMES, random_scene  # noqa: E402
+
+
+def parse_args():
+    """Command-line options."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--batch", type=int, default=32, help="images per batch (two yes and two no questions each)")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--aux", type=float, default=1.0, help="weight of the renderer-supervised map losses")
+    ap.add_argument("--pool", type=int, default=1500)
+    ap.add_argument("--eval-scenes", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default=None, help="folder with vlm.safetensors to continue training from")
+    return ap.parse_args()
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Light noise, blur and colour jitter, per image."""
+    n = x.shape[0]
+    u = torch.rand(n, 4, generator=gen)
+    blur = torch.tensor([1.0, 2.0, 1.0])
+    k = (blur[:, None] * blur[None, :] / 16).expand(3, 1, 3, 3)
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    x = torch.where((u[:, 0] < 0.3).view(-1, 1, 1, 1), blurred, x)
+    scale = 1 + 0.1 * (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * (u[:, 1] < 0.3).view(-1, 1, 1, 1)
+    shift = 0.1 * (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * (u[:, 1] < 0.3).view(-1, 1, 1, 1)
+    x = x * scale + shift
+    noise_std = 0.1 * u[:, 3].view(-1, 1, 1, 1) * (u[:, 2] < 0.5).view(-1, 1, 1, 1)
+    return (x + noise_std * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
+
+
+def aux_targets(scene, masks: np.ndarray):
+    """Per-pixel labels from the renderer: colour (H,W; background = n_colours), shape, size (-100 = ignore),
+    density (H,W) summing to one over each object."""
+    total = masks.sum(0)
+    owner = masks.argmax(0)
+    fg = total >= 0.5
+    colour = np.where(fg, np.array([COLOUR_NAMES.index(o.colour) for o in scene.objects])[owner], len(COLOUR_NAMES))
+    shape = np.where(fg, np.array([SHAPES.index(o.shape) for o in scene.objects])[owner], -100)
+    size = np.where(fg, np.array([SIZE_NAMES.index(o.size) for o in scene.objects])[owner], -100)
+    density = (masks / np.maximum(masks.sum((1, 2), keepdims=True), 1e-6)).sum(0)
+    return colour, shape, size, density
+
+
+def make_batch(pool, rng, batch: int, per_image: int = 2):
+    """Images (B,3,32,32), aux target tensors, questions (2*per_image per image), image index, labels."""
+    imgs, aux, qs, idx, ys = [], [], [], [], []
+    while len(imgs) < batch:
+        scene = pool[rng.integers(len(pool))]
+        perm = rng.permutation(len(COLOUR_NAMES))
+        scene = scene.recoloured({c: COLOUR_NAMES[perm[i]] for i, c in enumerate(COLOUR_NAMES)})
+        if rng.random() < 0.5:
+            scene = scene.mirrored()
+        pairs = [(random_question(scene, rng, want), want) for want in (True, False) for _ in range(per_image)]
+        pairs = [(q, y) for q, y in pairs if q is not None]
+        img, masks = render(scene)
+        for q, y in pairs:
+            qs.append(q)
+            ys.append(float(y))
+            idx.append(len(imgs))
+        imgs.append(torch.from_numpy(img))
+        aux.append(aux_targets(scene, masks))
+    colour, shape, size, density = (torch.from_numpy(np.stack(a)) for a in zip(*aux))
+    return (torch.stack(imgs), (colour.long(), shape.long(), size.long(), density.float()), qs,
+            torch.tensor(idx), torch.tensor(ys))
+
+
+def aux_loss(maps, targets):
+    """Cross-entropy on the attribute maps plus a density regression (renderer supervision)."""
+    colour, shape, size, density = targets
+    return (F.cross_entropy(maps["colour"], colour) + F.cross_entropy(maps["shape"], shape, ignore_index=-100)
+            + F.cross_entropy(maps["size"], size, ignore_index=-100) + ((maps["density"] - density) * 30).pow(2).mean())
+
+
+@torch.no_grad()
+def evaluate(net, scenes, rng, gen=None):
+    """Accuracy overall and per question kind / answer on fresh scenes (optionally augmented)."""
+    net.eval()
+    hits, counts = collections.Counter(), collections.Counter()
+    imgs, qs, ys, kinds = [], [], [], []
+    for scene in scenes:
+        for want in (True, False):
+            q = random_question(scene, rng, want)
+            if q is None:
+                continue
+            imgs.append(torch.from_numpy(render(scene)[0]))
+            qs.append(q)
+            ys.append(want)
+            kinds.append(parse_question(q).kind + (":" + parse_question(q).rel if parse_question(q).rel else ""))
+    x = torch.stack(imgs)
+    if gen is not None:
+        x = augment(x, gen)
+    pred = torch.cat([net(x[i:i + 256], encode_batch(qs[i:i + 256])) > 0 for i in range(0, len(qs), 256)])
+    for p, y, k in zip(pred.tolist(), ys, kinds):
+        for key in ("all", k, "yes" if y else "no"):
+            counts[key] += 1
+            hits[key] += int(p == y)
+    net.train()
+    return {k: (hits[k] / counts[k], counts[k]) for k in sorted(counts)}
+
+
+def main():
+    """Train, evaluate, export, write the card."""
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    t0 = time.time()
+    pool = [random_scene(rng) for _ in range(args.pool)]
+    print(f"pool of {len(pool)} scenes in {time.time() - t0:.0f} s", flush=True)
+    net = ShapesVLM()
+    if args.init:
+        net = load_vlm(args.init).net.train()
+        print(f"continuing from {args.init}", flush=True)
+    n_params = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    budget = args.minutes * 60
+    t_start, step, losses, accs = time.time(), 0, [], []
+    while time.time() - t_start < budget:
+        pool.append(random_scene(rng))
+        frac = (time.time() - t_start) / budget
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * frac))
+        x, targets, qs, idx, y = make_batch(pool, rng, args.batch)
+        maps = net.maps(augment(x, gen))
+        logit = net(x, encode_batch(qs), idx, maps=maps)
+        loss = F.binary_cross_entropy_with_logits(logit, y) + args.aux * aux_loss(maps, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        step += 1
+        losses.append(loss.item())
+        accs.append(((logit > 0).float() == y).float().mean().item())
+        if step % 100 == 0:
+            print(f"step {step} min {(time.time() - t_start) / 60:.1f} loss {np.mean(losses):.4f} "
+                  f"train acc {np.mean(accs):.3f}", flush=True)
+            losses, accs = [], []
+    minutes = (time.time() - t_start) / 60
+    eval_rng = np.random.default_rng(10_000 + args.seed)  # fresh scenes, never in the pool
+    scenes = [random_scene(eval_rng) for _ in range(args.eval_scenes)]
+    clean = evaluate(net, scenes, np.random.default_rng(1))
+    noisy = evaluate(net, scenes, np.random.default_rng(1), torch.Generator().manual_seed(1))
+    print("held-out accuracy (clean):", json.dumps({k: round(v[0], 4) for k, v in clean.items()}), flush=True)
+    print("held-out accuracy (augmented):", json.dumps({k: round(v[0], 4) for k, v in noisy.items()}), flush=True)
+    path = save_vlm(net, args.out, extra={"trained_steps": step, "trained_minutes": round(minutes, 1),
+                                          "heldout_accuracy": round(clean["all"][0], 4)})
+    write_card(Path(args.out) / "VLM_CARD.md", n_params, step, minutes, args, clean, noisy)
+    print(f"saved {path}", flush=True)
+
+
+def write_card(path: Path, n_params, step, minutes, args, clean, noisy):
+    """Markdown model card with the held-out accuracy table."""
+    rows = "\n".join(f"| {k} | {clean[k][1]} | {clean[k][0]:.3f} | {noisy[k][0]:.3f} |" for k in clean)
+    path.write_text(f"""# Shapes-world VLM (yes/no scorer)
+
+A small modular scorer ({n_params:,} parameters) that returns log P(yes | image, question) for 32x32
+shapes-world images; used as a discriminative expert (`ShapesVLMExpert.log_potential`). The question is
+parsed with the world's fixed grammar into structured ids; a dilated CNN gives per-pixel colour / shape /
+size / object-density maps (supervised by the renderer's masks during training), each phrase becomes a
+soft mask, and an MLP answers from the masks' soft counts and a small relation CNN run on the two masks.
+
+- Training: {step} steps of {args.batch} images x 4 questions (two yes, two no) + map losses (weight {args.aux}), {minutes:.0f} minutes on one CPU
+  thread, AdamW lr {args.lr} with cosine decay; scenes simulated with pybullet, colours permuted and
+  mirrored; augmentation: 3x3 blur (p 0.3), colour jitter (p 0.3), Gaussian noise std up to 0.1 (p 0.5).
+- Questions: `is there a [size] [colour] shape`, `is the <phrase> left of|right of|on|above|below the
+  <phrase>`, `are there <zero..four> <balls|boxes|wedges>`. 'on' is the physics contact relation; left/right
+  need a 0.3 world-unit gap, above/below 0.5 (training questions avoid pairs within 0.25 of those margins).
+- Held-out evaluation: {args.eval_scenes} freshly simulated scenes (a seed never used in training), one yes and
+  one no question each.
+
+| subset | n | accuracy (clean) | accuracy (augmented) |
+|---|---|---|---|
+{rows}
+
+Limitations: trained only on rendered scenes with distinct colours per scene; generated images far
+from the renderer's style, repeated colours, or more than four objects are out of distribution.
+""")
+
+
+if __name__ == "__main__":
+    main()
