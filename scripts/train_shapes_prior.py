@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from poegen.experts.shapes.model import WEIGHTS_DIR, ShapesDenoiser, count_parameters, position_map, save_prior  # noqa: E402
+from poegen.experts.shapes.model import WEIGHTS_DIR, ShapesDenoiser, count_parameters, load_prior, position_map, save_prior  # noqa: E402
 from poegen.experts.shapes.render import centroid, render  # noqa: E402
 from poegen.experts.shapes.world import COLOUR_NAMES, SHAPES, SIZE_NAMES, random_scene  # noqa: E402
 
@@ -130,6 +130,14 @@ def main():
         opt.load_state_dict(ck["opt"])
         step, minutes = ck["step"], ck["minutes"]
         print(f"resumed from {ckpt} at step {step} ({minutes:.1f} min)", flush=True)
+    elif args.resume and (Path(args.export_dir) / "prior.safetensors").exists():
+        # a fresh checkout has no checkpoint: go on from the committed EMA weights (optimizer restarts)
+        shipped = load_prior(args.export_dir).net
+        net.load_state_dict(shipped.state_dict())
+        ema.load_state_dict(shipped.state_dict())
+        step, minutes = int(shipped.config.get("trained_iters", 0)), float(shipped.config.get("trained_minutes", 0.0))
+        print(f"no checkpoint in {out}: continuing from the shipped weights at step {step} ({minutes:.1f} min)",
+              flush=True)
     print(f"prior: {count_parameters(net)} parameters, batch {args.batch}, threads {args.threads}", flush=True)
 
     rng = np.random.default_rng(args.seed + step)
