@@ -111,10 +111,10 @@ class ShapesPhraseExpert:
     shape = (3, 32, 32)
 
     def __init__(self, net: ShapesDenoiser, phrase: Phrase | str | None = None, position=None,
-                 bf16: bool = False, name: str | None = None):
+                 bf16: bool = False, name: str | None = None, clip: bool = True):
         if isinstance(phrase, str):
             phrase = parse_phrase(phrase)
-        self.net, self.phrase, self.position, self.bf16 = net, phrase, position, bf16
+        self.net, self.phrase, self.position, self.bf16, self.clip = net, phrase, position, bf16, clip
         self.sigma_min = float(net.config["sigma_min"])
         self.sigma_max = float(net.config["sigma_max"])
         self.ids = torch.tensor(phrase_ids(phrase), dtype=torch.long)
@@ -136,7 +136,8 @@ class ShapesPhraseExpert:
         pos = self.pos_map.to(dev).expand(n, -1, -1, -1)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.net(xin, sigma, ids, pos)
-        return out.float().to(x.device, x.dtype)
+        out = out.float().clamp(-1, 1) if self.clip else out.float()  # images live in [-1, 1]
+        return out.to(x.device, x.dtype)
 
     def __repr__(self) -> str:
         return f"ShapesPhraseExpert({self.name})"
