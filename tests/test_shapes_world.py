@@ -15,8 +15,8 @@ from poegen.experts.shapes.render import centroid, render, world_to_pixel  # noq
 from poegen.experts.shapes.vocab import Phrase, encode, parse_phrase, vocabulary  # noqa: E402
 from poegen.experts.shapes.world import SceneObject, random_scene, simulate  # noqa: E402
 
-HAVE_PRIOR = (shapes_model.WEIGHTS_DIR / shapes_model.PRIOR_WEIGHTS).exists()
-HAVE_VLM = (shapes_vlm.WEIGHTS_DIR / shapes_vlm.VLM_WEIGHTS).exists()
+HAVE_PRIOR = (shapes_model.WEIGHTS_DIR / "prior.safetensors").exists()
+HAVE_VLM = (shapes_vlm.WEIGHTS_DIR / "vlm.safetensors").exists()
 
 
 @pytest.fixture(scope="module")

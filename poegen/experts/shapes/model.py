@@ -9,7 +9,6 @@ unconditional prior (trained by conditioning dropout).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -17,14 +16,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from . import weights_io
 from .vocab import Phrase, parse_phrase
+from .weights_io import WEIGHTS_DIR  # noqa: F401  (re-exported for the scripts)
 from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-PRIOR_WEIGHTS = "prior.safetensors"
-PRIOR_CONFIG = "prior_config.json"
 TRAIN_SCRIPT = "scripts/train_shapes_prior.py (then --export)"
 
 DEFAULT_CONFIG = {
@@ -167,32 +165,15 @@ def count_parameters(net: nn.Module) -> int:
 
 def save_prior(net: ShapesDenoiser, out_dir: str | Path, extra: dict | None = None, half: bool = True) -> Path:
     """Write prior.safetensors (fp16 by default) and prior_config.json into out_dir."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sd = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
-    tmp = out_dir / (PRIOR_WEIGHTS + ".tmp")
-    save_file(sd, str(tmp))
-    tmp.replace(out_dir / PRIOR_WEIGHTS)
-    cfg = {**net.config, **(extra or {})}
-    (out_dir / PRIOR_CONFIG).write_text(json.dumps(cfg, indent=2))
-    return out_dir / PRIOR_WEIGHTS
+    sd = {k: (v.half() if half and v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    return weights_io.write(out_dir, "prior", sd, {**net.config, **(extra or {})})
 
 
 def load_prior(path: str | Path | None = None, device: str | torch.device = "cpu") -> ShapesPrior:
     """Load the prior from `path` (a folder with prior.safetensors + prior_config.json; default: the
     package's weights/ folder)."""
-    from safetensors.torch import load_file
-
-    folder = Path(path) if path is not None else WEIGHTS_DIR
-    wfile, cfile = folder / PRIOR_WEIGHTS, folder / PRIOR_CONFIG
-    if not wfile.exists() or not cfile.exists():
-        raise FileNotFoundError(f"shapes prior not found: looked for {wfile} and {cfile}; "
-                                f"create them with {TRAIN_SCRIPT}")
-    cfg = json.loads(cfile.read_text())
+    sd, cfg, wfile = weights_io.read(path, "prior", "shapes prior", TRAIN_SCRIPT)
     net = ShapesDenoiser({k: v for k, v in cfg.items() if k in DEFAULT_CONFIG})
-    sd = load_file(str(wfile))
     net.load_state_dict({k: v.float() for k, v in sd.items()})
     net.config.update({k: v for k, v in cfg.items() if k not in DEFAULT_CONFIG})
     logger.info("loaded shapes prior from %s (%d parameters)", wfile, count_parameters(net))

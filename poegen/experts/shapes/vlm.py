@@ -13,7 +13,6 @@ on the two masks. `ShapesVLMExpert.log_potential` returns log P(yes | image, que
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import weights_io
 from .vocab import NUMBERS, PLURALS, Phrase, encode, parse_phrase, split_words
+from .weights_io import WEIGHTS_DIR  # noqa: F401  (re-exported for the scripts)
 from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-VLM_WEIGHTS = "vlm.safetensors"
-VLM_CONFIG = "vlm_config.json"
 RELATION_WORDS = ("left", "right", "on", "above", "below")
 
 
@@ -318,28 +316,13 @@ class ShapesVLMScorer:
 
 def save_vlm(net: ShapesVLM, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Write vlm.safetensors (fp32) + vlm_config.json into out_dir."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (VLM_WEIGHTS + ".tmp")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    tmp.replace(out_dir / VLM_WEIGHTS)
-    (out_dir / VLM_CONFIG).write_text(json.dumps({**net.config, **(extra or {})}, indent=2))
-    return out_dir / VLM_WEIGHTS
+    return weights_io.write(out_dir, "vlm", net.state_dict(), {**net.config, **(extra or {})})
 
 
 def load_vlm(path: str | Path | None = None, device: str | torch.device = "cpu") -> ShapesVLMScorer:
     """Load the scorer from `path` (default: the package's weights/ folder)."""
-    from safetensors.torch import load_file
-
-    folder = Path(path) if path is not None else WEIGHTS_DIR
-    wfile, cfile = folder / VLM_WEIGHTS, folder / VLM_CONFIG
-    if not wfile.exists() or not cfile.exists():
-        raise FileNotFoundError(f"shapes VLM not found: looked for {wfile} and {cfile}; "
-                                f"create them with scripts/train_shapes_vlm.py")
-    cfg = json.loads(cfile.read_text())
+    sd, cfg, wfile = weights_io.read(path, "vlm", "shapes VLM", "scripts/train_shapes_vlm.py")
     net = ShapesVLM({k: cfg[k] for k in ShapesVLM().config if k in cfg})
-    net.load_state_dict(load_file(str(wfile)))
+    net.load_state_dict(sd)
     logger.info("loaded shapes VLM from %s", wfile)
     return ShapesVLMScorer(net.to(device))
