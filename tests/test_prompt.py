@@ -34,3 +34,23 @@ def test_cli_reports_prompt_errors(capsys):
     assert main(["generate", "a purple ball", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "unknown word 'purple'" in err and "knows: " in err
+
+
+def test_generate_writes_upscaled_and_raw_png(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "img.png"
+    assert main(["generate", "a red ball left of a blue box", "--steps", "2", "--particles", "2", "--quiet",
+                 "--out", str(out)]) == 0
+    assert Image.open(out).size == (256, 256)
+    assert Image.open(tmp_path / "img_raw.png").size == (32, 32)
+    assert str(out) in capsys.readouterr().out
+
+
+def test_prompt_product_uses_composable_weights():
+    from poegen.experts.shapes.prompt import build_product
+
+    product = build_product("a red ball and a blue box", guidance=2.0)
+    assert product.weights == [-3.0, 2.0, 2.0]  # null^(1 - 2w) * red^w * blue^w
+    assert product.names[0] == "shapes[null]"
+    assert product.potential_names == ["vlm[is there a red ball?]", "vlm[is there a blue box?]"]
