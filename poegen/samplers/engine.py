@@ -164,21 +164,28 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
             return z, z[None, :0].reshape(0, N)
         return product.log_potentials(ev.x0, t)
 
-    # level 0: x ~ N(0, sigma_0^2 / B)
+    def settle(x: Tensor, prev: Particles, g: Tensor, ev: Evaluation, bad: Tensor, f: Tensor, per: Tensor,
+               sigma: float) -> Particles:
+        """New particles after multiplying the weights by exp(g); dead rows get -inf; log Z accumulates."""
+        g = torch.where(bad.any(0), -math.inf, g)
+        log_w = _add(prev.log_w, g)
+        monitor.record(sigma, torch.isfinite(prev.log_w), log_w, torch.cat([bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]))
+        log_Z = prev.log_Z + torch.logsumexp(log_w, 0) - torch.logsumexp(prev.log_w, 0)
+        aux = {"x0": ev.x0, "score": ev.score, "f": f}
+        if density:
+            aux["log_gamma"] = ev.log_gamma
+        return Particles(x, log_w, log_Z, aux)
+
+    nfe0 = dict(product.nfe)
+    # level 0: x ~ N(0, sigma_0^2 / B), weighted towards the level-0 target when weights are exact
     var0 = sig[0] ** 2 / B
     x = var0.sqrt() * torch.randn((N, *shape), generator=generator, device=device, dtype=dtype)
     ev = evaluate(x, sig[0])
     f, per = rewards(ev, 0.0)
     g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, torch.zeros_like(x), var0) if exact else 0.0)
     zeros = torch.zeros(N, device=device, dtype=dtype)
-    log_w = _add(zeros, torch.where(ev.bad.any(0), -math.inf, g))
-    monitor.record(float(sigmas[0]), torch.ones(N, dtype=torch.bool, device=device), log_w,
-                   torch.cat([ev.bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]))
-    log_Z = torch.logsumexp(log_w, 0) - math.log(N)
-    aux = {"x0": ev.x0, "score": ev.score, "f": f}
-    if density:
-        aux["log_gamma"] = ev.log_gamma
-    state = Particles(x, log_w, log_Z, aux)
+    state = settle(x, Particles(x, zeros, torch.zeros((), device=device, dtype=dtype)), g, ev, ev.bad, f, per,
+                   float(sigmas[0]))
     diag = {k: [] for k in ("sigma", "ess", "resampled", "acceptance", "reward", "log_Z")}
 
     for k in tqdm(range(K), desc="poegen", disable=not cfg.progress, leave=False):
@@ -208,16 +215,8 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
             bad = bad | ev.bad
         # 3. reweight by the change in annealed potentials
         f, per = rewards(ev, (k + 1) / K)
-        g = g + f - a["f"]
-        g = torch.where(bad.any(0), -math.inf, g)
-        log_w = _add(state.log_w, g)
-        monitor.record(float(sigmas[k + 1]), torch.isfinite(state.log_w), log_w,
-                       torch.cat([bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]))
-        log_Z = state.log_Z + torch.logsumexp(log_w, 0) - torch.logsumexp(state.log_w, 0)
-        aux = {"x0": ev.x0, "score": ev.score, "f": f}
-        if density:
-            aux["log_gamma"] = ev.log_gamma
-        state = Particles(x, log_w, log_Z, aux)
+        state = settle(x, state, g + f - a["f"], ev, bad, f, per, float(sigmas[k + 1]))
+        log_w = state.log_w
         # 4. resample when the ESS is low (no host sync: always draw, keep by torch.where)
         e = resampling.ess(log_w)
         do = e < cfg.ess_threshold * N
@@ -229,14 +228,14 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         diag["resampled"].append(do & (cfg.ess_threshold > 0))
         diag["acceptance"].append(torch.stack(accepted).mean() if mala else torch.tensor(float("nan")))
         diag["reward"].append((torch.softmax(log_w, 0) * torch.nan_to_num(f, neginf=0.0)).sum())
-        diag["log_Z"].append(log_Z)
+        diag["log_Z"].append(state.log_Z)
 
     monitor.flush()
     diagnostics = {k: torch.stack([v.to("cpu", torch.float64) if v.dtype != torch.bool else v.cpu() for v in vals]).tolist()
                    for k, vals in diag.items()}
     final = state.replace(x=state.aux["x0"])
     return SampleResult(*_select(final, cfg.select, generator), float(state.log_Z), diagnostics,
-                        dict(product.nfe), final)
+                        {k: v - nfe0[k] for k, v in product.nfe.items()}, final)
 
 
 def _select(p: Particles, how: str, generator):
