@@ -176,16 +176,20 @@ def _make_body(p, cid: int, o: SceneObject) -> int:
     return body
 
 
-def simulate(objects: list[SceneObject], steps: int = 360, dt: float = 1.0 / 120.0) -> Scene:
-    """Drop the objects from their poses and simulate a fixed number of steps in the x-z plane."""
+def simulate(objects: list[SceneObject], steps: int = 360, dt: float = 1.0 / 120.0, gravity: float = 9.81,
+             velocities: list[tuple[float, float, float]] | None = None) -> Scene:
+    """Simulate the objects from their poses (and optional (vx, vy, spin) velocities) for a fixed number
+    of steps in the x-z plane, under gravity pointing down."""
     p, cid = _Sim.get()
     p.resetSimulation(physicsClientId=cid)
-    p.setGravity(0, 0, -9.81, physicsClientId=cid)
+    p.setGravity(0, 0, -gravity, physicsClientId=cid)
     p.setTimeStep(dt, physicsClientId=cid)
     plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=cid)
     floor = p.createMultiBody(0, plane, physicsClientId=cid)
     p.changeDynamics(floor, -1, lateralFriction=0.9, restitution=0.0, physicsClientId=cid)
     bodies = [_make_body(p, cid, o) for o in objects]
+    for b, (vx, vy, spin) in zip(bodies, velocities or []):
+        p.resetBaseVelocity(b, [vx, 0.0, vy], [0.0, -spin, 0.0], physicsClientId=cid)  # CCW spin is -y
     for _ in range(steps):  # fixed step count: never hangs
         p.stepSimulation(physicsClientId=cid)
         for b in bodies:  # planar constraint: project the state back onto the x-z plane
