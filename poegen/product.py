@@ -52,7 +52,8 @@ class Evaluation:
 
 class Product:
     """Generative experts with weights ``beta`` (negative allowed) and optional spatial masks,
-    times discriminative experts with weights ``lambdas`` annealed by ``schedule``."""
+    times discriminative experts with weights ``lambdas`` annealed by ``schedule`` (a potential with
+    its own ``schedule`` attribute, a callable of t in [0, 1], follows that one instead)."""
 
     def __init__(self, experts: Sequence, weights: Optional[Sequence[float]] = None,
                  masks: Optional[Sequence[Optional[Tensor]]] = None, potentials: Sequence = (),
@@ -150,9 +151,9 @@ class Product:
             z = torch.zeros(n, device=x0.device, dtype=x0.dtype)
             return z, z[None, :0].reshape(0, n)
         image = self.decode(x0) if self.decode is not None else x0
-        a = self.schedule(t)
         per: List[Tensor] = []
         for name, r, lam in zip(self.potential_names, self.potentials, self.lambdas):
+            a = (getattr(r, "schedule", None) or self.schedule)(t)  # a potential may carry its own schedule
             if lam * a == 0:  # not active yet: skip the call (and 0 * -inf)
                 per.append(torch.zeros(n, device=x0.device, dtype=x0.dtype))
                 continue

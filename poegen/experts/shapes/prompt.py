@@ -95,3 +95,23 @@ def build_product(prompt: str | Prompt, prior=None, vlm=None, guidance: float = 
         potentials = [scorer.expert(q) for q in p.questions()]
         lambdas = [vlm_weight] * len(potentials)
     return Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
+
+
+def build_scene_product(physics, prior=None, guidance: float = 1.0, bf16: bool = False) -> Product:
+    """The product for a simulated scene (a PhysicsExpert): one phrase expert per visible object at
+    its simulated position over the divided-out prior, the layout potential and, when the spec asks
+    for it, the hard centroid constraint (weights from the spec's constraints)."""
+    from .model import load_prior
+
+    prior = prior or load_prior()
+    objects = [(o, pos) for o, pos in zip(physics.scene.objects, physics.positions) if pos is not None]
+    experts = [prior.expert(f"{o.size} {o.colour} {o.shape}", pos, bf16=bf16) for o, pos in objects]
+    weights = [guidance] * len(experts)
+    if 1.0 - sum(weights) != 0:
+        experts.insert(0, prior.null(bf16=bf16))
+        weights.insert(0, 1.0 - sum(weights))
+    potentials, lambdas = [], []
+    for c in physics.spec.constraints:
+        potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
+        lambdas.append(c.weight)
+    return Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule="linear")

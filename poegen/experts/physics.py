@@ -1,0 +1,87 @@
+"""The physics expert: pybullet decides where the objects of a scene spec end up.
+
+It simulates the spec (DIRECT mode, a bounded number of steps), renders the final layout through
+the spec's camera with the shapes world's rasteriser, and supplies (a) per-object pixel positions
+and masks that condition position experts, (b) a layout potential comparing a generated image with
+the simulated layout (pluggable comparator; default: soft colour-mask agreement) and (c) an optional
+hard constraint that is -inf when an object's colour centroid is beyond a tolerance.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..scene import SceneSpec, simulate_scene
+
+Comparator = Callable[[Tensor, Tensor, Tensor], Tensor]  # (images, masks, colours) -> (N, K) agreement in [0, 1]
+
+
+def colour_membership(images: Tensor, colours: Tensor, temperature: float = 0.3) -> Tensor:
+    """(N, K, H, W) soft membership of each pixel in each object's colour (images in [-1, 1])."""
+    d2 = ((images[:, None] - colours[None, :, :, None, None]) ** 2).sum(2)
+    return torch.exp(-d2 / (2 * temperature ** 2))
+
+
+def dice_agreement(images: Tensor, masks: Tensor, colours: Tensor) -> Tensor:
+    """Soft Dice overlap (N, K) between each simulated mask and the pixels of that object's colour."""
+    m = colour_membership(images, colours)
+    inter = (m * masks[None]).flatten(2).sum(-1)
+    return 2 * inter / (m.flatten(2).sum(-1) + masks.flatten(1).sum(-1)[None] + 1e-6)
+
+
+class LayoutPotential:
+    """sum_k log(floor + agreement_k): high when every object's colour fills its simulated mask."""
+
+    def __init__(self, masks: Tensor, colours: Tensor, comparator: Comparator = dice_agreement,
+                 floor: float = 0.05, name: str = "physics-layout"):
+        self.masks, self.colours, self.comparator, self.floor, self.name = masks, colours, comparator, floor, name
+
+    def log_potential(self, x0: Tensor) -> Tensor:
+        agree = self.comparator(x0.float().clamp(-1, 1), self.masks.to(x0.device), self.colours.to(x0.device))
+        return torch.log(self.floor + agree).sum(1).to(x0.dtype)
+
+
+class CentroidConstraint:
+    """Hard constraint: -inf unless every object's colour centroid lies within ``tolerance`` px of the
+    simulated one. It acts at the last noise level only (an earlier one would prune whole paths)."""
+
+    def __init__(self, positions: List[Tuple[float, float]], colours: Tensor, tolerance: float = 2.0,
+                 name: str = "physics-hard"):
+        self.positions = torch.tensor(positions, dtype=torch.float32)
+        self.colours, self.tolerance, self.name = colours, tolerance, name
+        self.schedule = lambda t: float(t >= 1.0)
+
+    def log_potential(self, x0: Tensor) -> Tensor:
+        m = colour_membership(x0.float().clamp(-1, 1), self.colours.to(x0.device))     # (N, K, H, W)
+        H, W = m.shape[-2:]
+        rows, cols = torch.meshgrid(torch.arange(H, device=x0.device), torch.arange(W, device=x0.device), indexing="ij")
+        mass = m.flatten(2).sum(-1)
+        c = torch.stack([(m * cols).flatten(2).sum(-1), (m * rows).flatten(2).sum(-1)], -1) / (mass[..., None] + 1e-6)
+        ok = ((c - self.positions.to(x0.device)).norm(dim=-1) <= self.tolerance) & (mass >= 2.0)
+        return torch.where(ok.all(1), 0.0, -math.inf).to(x0.dtype)
+
+
+class PhysicsExpert:
+    """A simulated scene spec: final poses, rendered masks, positions, and the potentials built on them."""
+
+    def __init__(self, spec: SceneSpec, until: Optional[float] = None):
+        from .shapes.render import centroid, render, to_unit
+        from .shapes.world import COLOURS
+
+        self.spec = spec
+        self.scene = simulate_scene(spec, until)
+        image, masks = render(self.scene, spec.camera.resolution)
+        self.image, self.masks = torch.from_numpy(image), torch.from_numpy(masks)
+        self.positions = [centroid(m) if m.sum() > 0.5 else None for m in masks]
+        self.colours = torch.from_numpy(np.stack([to_unit(COLOURS[o.colour]) for o in self.scene.objects]))
+
+    def layout_potential(self, comparator: Comparator = dice_agreement) -> LayoutPotential:
+        return LayoutPotential(self.masks, self.colours, comparator)
+
+    def hard_constraint(self, tolerance: float = 2.0) -> CentroidConstraint:
+        visible = [k for k, p in enumerate(self.positions) if p is not None]
+        return CentroidConstraint([self.positions[k] for k in visible], self.colours[visible], tolerance)
