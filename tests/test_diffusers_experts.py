@@ -57,3 +57,55 @@ def test_missing_checkpoint_says_where_and_how(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(FileNotFoundError, match=r"not found.*huggingface-cli download someone/missing-model"):
         VPUNetExpert.from_pretrained("someone/missing-model")
+
+
+def tiny_sd_folder(tmp_path):
+    """unet/, scheduler/, tokenizer/, text_encoder/, vae/ of a Stable-Diffusion-shaped model with random weights."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    words = ["a", "red", "ball", "blue", "box"]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{w + "</w>": i + 2 for i, w in enumerate(words)}}
+    for c in "abdelorux":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
+    tok.save_pretrained(tmp_path / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                 num_attention_heads=4, max_position_embeddings=8, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(tmp_path / "text_encoder")
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                         attention_head_dim=4, norm_num_groups=4).save_pretrained(tmp_path / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "scheduler")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  sample_size=16).save_pretrained(tmp_path / "vae")
+    return tmp_path
+
+
+def test_stable_diffusion_prompt_experts_with_guidance_as_a_product(tmp_path):
+    from poegen.experts.diffusers import TextConditionedUNetExpert, vae_decoder
+
+    root = str(tiny_sd_folder(tmp_path))
+    red = TextConditionedUNetExpert.from_pretrained(root, "a red ball")
+    blue = TextConditionedUNetExpert.from_pretrained(root, "a blue box")
+    null = TextConditionedUNetExpert.from_pretrained(root, "")
+    assert not torch.allclose(red.text_embeddings, blue.text_embeddings)
+    x, sigma = torch.randn(3, 4, 8, 8), torch.tensor(1.5)
+    assert not torch.allclose(red.denoise(x, sigma), blue.denoise(x, sigma))
+    decode = vae_decoder(root)
+
+    class MeanRed:
+        name = "mean-red"
+
+        def log_potential(self, images):
+            assert images.shape[1:] == (3, 16, 16)  # potentials see decoded pixels
+            return images[:, 0].mean((1, 2))
+
+    product = poegen.Product([null, red, blue], weights=[-1.0, 1.0, 1.0], potentials=[MeanRed()], decode=decode)
+    r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()
+    assert r.nfe["sd[a red ball]"] == 4 * (1 + 2 * 3) and r.nfe["mean-red"] == 4 * 3

@@ -34,7 +34,7 @@ class VPUNetExpert:
     """A pixel-space ``UNet2DModel`` trained as a VP diffusion, predicting epsilon, v or the sample.
 
     At VE noise sigma the model sees ``x / sqrt(1 + sigma^2)`` at the fractional timestep whose
-    alpha_bar matches sigma (log-sigma interpolation of the table)."""
+    alpha_bar matches sigma (log-sigma interpolation of the table). Subclasses change ``_forward``."""
 
     def __init__(self, unet, alphas_cumprod, prediction_type: str = "epsilon", micro_batch: Optional[int] = None,
                  name: Optional[str] = None):
@@ -62,6 +62,9 @@ class VPUNetExpert:
         kwargs.setdefault("name", f"unet[{path_or_id}]")
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, **kwargs)
 
+    def _forward(self, x_vp: Tensor, t: Tensor) -> Tensor:
+        return self.unet(x_vp, t).sample
+
     @torch.no_grad()
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         n = x.shape[0]
@@ -71,11 +74,55 @@ class VPUNetExpert:
         x_vp = vp_input(x, s)
         p = next(self.unet.parameters())
         mb = self.micro_batch or n  # micro-batches bound the memory of one call
-        out = torch.cat([self.unet(x_vp[i:i + mb].to(p.dtype), t[i:i + mb]).sample.to(x.dtype)
-                         for i in range(0, n, mb)])
+        out = torch.cat([self._forward(x_vp[i:i + mb].to(p.dtype), t[i:i + mb]).to(x.dtype) for i in range(0, n, mb)])
         if self.prediction_type == "epsilon":
             return x - s * out
         a = 1 / (1 + s ** 2).sqrt()
         if self.prediction_type == "v_prediction":  # v = a eps - (s a) x0  =>  x0 = a x_vp - (s a) v
             return a * x_vp - s * a * out
         return out
+
+
+class TextConditionedUNetExpert(VPUNetExpert):
+    """Stable Diffusion 1.x/2.x: a ``UNet2DConditionModel`` on VAE latents for one fixed text prompt.
+
+    Classifier-free guidance is a product, not a hack: ``Product([cond, uncond], weights=[w, 1 - w])``
+    with ``uncond`` the same model on the empty prompt (``from_pretrained(path, "")``)."""
+
+    def __init__(self, unet, alphas_cumprod, prediction_type: str, text_embeddings: Tensor, **kwargs):
+        super().__init__(unet, alphas_cumprod, prediction_type, **kwargs)
+        self.text_embeddings = text_embeddings  # (1, tokens, dim)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, prompt: str = "", **kwargs) -> "TextConditionedUNetExpert":
+        """Load unet/, scheduler/, tokenizer/ and text_encoder/ of a Stable Diffusion folder and encode ``prompt``."""
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        root = resolve(path_or_id)
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet")
+        scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+        tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
+        encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()
+        ids = tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        with torch.no_grad():
+            emb = encoder(ids).last_hidden_state
+        kwargs.setdefault("name", f"sd[{prompt}]")
+        return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, emb, **kwargs)
+
+    def _forward(self, x_vp: Tensor, t: Tensor) -> Tensor:
+        emb = self.text_embeddings.to(x_vp).expand(x_vp.shape[0], -1, -1)
+        return self.unet(x_vp, t, encoder_hidden_states=emb).sample
+
+
+def vae_decoder(path_or_id: str, subfolder: str = "vae"):
+    """A decode(latents) -> images in [-1, 1] callable for ``Product(decode=...)``: potentials see pixels."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(resolve(path_or_id), subfolder=subfolder).eval()
+
+    @torch.no_grad()
+    def decode(latents: Tensor) -> Tensor:
+        return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
+    return decode
