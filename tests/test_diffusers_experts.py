@@ -109,3 +109,38 @@ def test_stable_diffusion_prompt_experts_with_guidance_as_a_product(tmp_path):
     r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()
     assert r.nfe["sd[a red ball]"] == 4 * (1 + 2 * 3) and r.nfe["mean-red"] == 4 * 3
+
+
+def test_controlnet_expert_on_a_physics_depth_map(tmp_path):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from poegen.experts.diffusers import ControlNetExpert
+    from poegen.experts.physics import PhysicsExpert
+    from poegen.scene import load_scene
+
+    root = tiny_sd_folder(tmp_path)
+    unet = UNet2DConditionModel.from_pretrained(root / "unet")
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8)).save_pretrained(tmp_path / "cn")
+    physics = PhysicsExpert(load_scene("examples/stacking.yaml"))
+    depth = physics.depth()
+    assert depth.shape == (32, 32) and depth.max() <= 1 and depth[0, 0] == 0  # sky is far
+    box = physics.masks[0] > 0.5
+    assert torch.allclose(depth[box], torch.tensor(0.8))  # a box shows its flat front face
+    control = torch.nn.functional.interpolate(depth[None, None].expand(1, 3, -1, -1), size=(16, 16))
+    expert = ControlNetExpert.from_pretrained(str(root), "a red ball", controlnet=str(tmp_path / "cn"),
+                                              control_image=control)
+    with torch.no_grad():  # a fresh ControlNet has zero output convolutions: give them weights so it acts
+        cn = expert.controlnet
+        for conv in [*cn.controlnet_down_blocks, cn.controlnet_mid_block, cn.controlnet_cond_embedding.conv_out]:
+            conv.weight.normal_(0, 0.1)
+    x, sigma = torch.randn(2, 4, 8, 8), torch.tensor(1.0)
+    steered = expert.denoise(x, sigma)
+    expert.conditioning_scale = 0.0
+    plain = expert.denoise(x, sigma)
+    expert.conditioning_scale = 1.0
+    assert steered.shape == x.shape and torch.isfinite(steered).all()
+    r = poegen.sample(poegen.Product([expert]), num_particles=2, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(r.x).all()
+    assert not torch.allclose(steered, plain, atol=1e-4)  # the control image reaches the UNet
+    expert.control_image = control.flip(-1)
+    assert not torch.allclose(expert.denoise(x, sigma), steered, atol=1e-4)  # and it matters which one

@@ -116,6 +116,37 @@ class TextConditionedUNetExpert(VPUNetExpert):
         return self.unet(x_vp, t, encoder_hidden_states=emb).sample
 
 
+class ControlNetExpert(TextConditionedUNetExpert):
+    """A text-conditioned UNet steered by a ``ControlNetModel`` on a fixed control image (e.g. a depth map
+    from the physics expert), in [0, 1] at pixel resolution, shape (1, C, H, W)."""
+
+    def __init__(self, unet, alphas_cumprod, prediction_type: str, text_embeddings: Tensor, controlnet,
+                 control_image: Tensor, conditioning_scale: float = 1.0, **kwargs):
+        super().__init__(unet, alphas_cumprod, prediction_type, text_embeddings, **kwargs)
+        self.controlnet, self.control_image, self.conditioning_scale = controlnet.eval(), control_image, conditioning_scale
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, prompt: str = "", controlnet: str = "", control_image: Tensor = None,
+                        conditioning_scale: float = 1.0, **kwargs) -> "ControlNetExpert":
+        """The Stable Diffusion folder ``path_or_id`` plus a ControlNet folder or cached id ``controlnet``."""
+        from diffusers import ControlNetModel
+
+        base = TextConditionedUNetExpert.from_pretrained(path_or_id, prompt)
+        net = ControlNetModel.from_pretrained(resolve(controlnet))
+        kwargs.setdefault("name", f"controlnet[{prompt}]")
+        return cls(base.unet, base.alphas_cumprod, base.prediction_type, base.text_embeddings, net, control_image,
+                   conditioning_scale, **kwargs)
+
+    def _forward(self, x_vp: Tensor, t: Tensor) -> Tensor:
+        n = x_vp.shape[0]
+        emb = self.text_embeddings.to(x_vp).expand(n, -1, -1)
+        image = self.control_image.to(x_vp).expand(n, -1, -1, -1)
+        down, mid = self.controlnet(x_vp, t, encoder_hidden_states=emb, controlnet_cond=image,
+                                    conditioning_scale=self.conditioning_scale, return_dict=False)
+        return self.unet(x_vp, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid).sample
+
+
 def vae_decoder(path_or_id: str, subfolder: str = "vae"):
     """A decode(latents) -> images in [-1, 1] callable for ``Product(decode=...)``: potentials see pixels."""
     from diffusers import AutoencoderKL

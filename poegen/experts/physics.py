@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..scene import SceneSpec, simulate_scene
+from .shapes.world import FLOOR_FRACTION, VIEW_WIDTH
 
 Comparator = Callable[[Tensor, Tensor, Tensor], Tensor]  # (images, masks, colours) -> (N, K) agreement in [0, 1]
 
@@ -78,6 +79,26 @@ class PhysicsExpert:
         self.image, self.masks = torch.from_numpy(image), torch.from_numpy(masks)
         self.positions = [centroid(m) if m.sum() > 0.5 else None for m in masks]
         self.colours = torch.from_numpy(np.stack([to_unit(COLOURS[o.colour]) for o in self.scene.objects]))
+
+    def depth(self) -> Tensor:
+        """(H, W) nearness map in [0, 1] of the orthographic side view (1 = nearest), the control image
+        for a depth ControlNet: prisms show their flat front face, balls their spherical bulge."""
+        from .shapes.render import world_to_pixel
+
+        H = W = self.spec.camera.resolution
+        near = torch.zeros(H, W)
+        near[round(H * (1 - FLOOR_FRACTION)):] = 0.2  # the floor strip
+        rows, cols = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+        for o, m in zip(self.scene.objects, self.masks):
+            if o.shape == "ball":
+                c, r = world_to_pixel(o.x, o.y, H)
+                radius = o.extent / 2 * W / VIEW_WIDTH
+                bulge = (1 - ((cols - float(c)) ** 2 + (rows - float(r)) ** 2) / radius ** 2).clamp(min=0).sqrt()
+                value = 0.8 + 0.2 * bulge
+            else:
+                value = torch.full((H, W), 0.8)
+            near = torch.where(m > 0.5, value, near)
+        return near
 
     def layout_potential(self, comparator: Comparator = dice_agreement) -> LayoutPotential:
         return LayoutPotential(self.masks, self.colours, comparator)
