@@ -1,4 +1,4 @@
-"""The ``poegen`` command: ``generate`` an image from a prompt, list ``samplers``."""
+"""The ``poegen`` command: ``generate`` an image from a prompt or a scene, ``batch`` jobs, list ``samplers``."""
 from __future__ import annotations
 
 import argparse
@@ -7,69 +7,38 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from . import samplers
 
 log = logging.getLogger("poegen.cli")
 
 
-def save_image(x: torch.Tensor, out: Path, scale: int = 8) -> Path:
-    """Write a (3, H, W) image in [-1, 1] as out (upscaled by ``scale``) and out_raw (native size)."""
-    from PIL import Image
-
-    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    img = Image.fromarray(arr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    raw = out.with_name(out.stem + "_raw" + out.suffix)
-    img.save(raw)
-    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(out)
-    return raw
-
-
-def _products(args):
-    """(label, Product) pairs: one for a prompt, one per frame for a scene spec."""
-    from .experts.shapes.prompt import build_product, build_scene_product
-
-    if args.scene is None:
-        if not args.prompt:
-            raise ValueError("give a PROMPT or --scene FILE")
-        return [("", build_product(args.prompt, guidance=args.guidance, vlm_weight=args.vlm_weight))]
-    from .experts.physics import PhysicsExpert
-    from .experts.shapes.model import load_prior
-    from .scene import load_scene
-
-    spec, prior = load_scene(args.scene), load_prior()
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
-    times = [spec.physics.duration * i / (args.frames - 1) for i in range(args.frames)] if args.frames > 1 else [None]
-    return [(f"_f{i:02d}" if args.frames > 1 else "", build_scene_product(PhysicsExpert(spec, until=t), prior, args.guidance))
-            for i, t in enumerate(times)]
-
-
 def cmd_generate(args) -> int:
-    options = dict(progress=not args.quiet, select=args.select)
-    if args.mcmc_steps is not None:
-        options["mcmc_steps"] = args.mcmc_steps
-    out, frames, t = Path(args.out), [], time.perf_counter()
-    for label, product in _products(args):
-        # the same seed for every frame: shared noise keeps the appearance consistent along the sequence
-        result = samplers.sample(product, sampler=args.sampler, num_particles=args.particles, num_steps=args.steps,
-                                 generator=torch.Generator().manual_seed(args.seed), **options)
-        path = out.with_name(out.stem + label + out.suffix)
-        save_image(result.x[0], path)
-        frames.append(path)
-        log.info("%s: NFE %s; log Z %.3f", path, result.nfe, result.log_Z)
+    from .generate import Job, run
+
+    fields = ("prompt", "scene", "frames", "sampler", "particles", "steps", "mcmc_steps", "seed", "guidance",
+              "vlm_weight", "select")
+    job = Job.from_dict({k: getattr(args, k) for k in fields}, "generate")
+    t = time.perf_counter()
+    written = run(job, Path(args.out), progress=not args.quiet)
     elapsed = time.perf_counter() - t
-    if len(frames) > 1:
-        from PIL import Image
-        gif = out.with_suffix(".gif")
-        images = [Image.open(f) for f in frames]
-        images[0].save(gif, save_all=True, append_images=images[1:], duration=250, loop=0)
-        print(f"wrote {len(frames)} frames {frames[0]} .. {frames[-1]} and {gif} in {elapsed:.1f} s")
+    if len(written) > 1:
+        print(f"wrote {len(written) - 1} frames {written[0]} .. {written[-2]} and {written[-1]} in {elapsed:.1f} s")
     else:
+        out = written[0]
         print(f"wrote {out} (raw {out.with_name(out.stem + '_raw' + out.suffix)}) in {elapsed:.1f} s")
     return 0
+
+
+def cmd_batch(args) -> int:
+    import os
+
+    from .batch import run_batch
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    counts = run_batch(args.jobfile, args.out, rank, world, progress=not args.quiet)
+    print(f"batch {rank}/{world}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
+          f"manifest in {args.out}")
+    return 0 if counts["failed"] == 0 else 1
 
 
 def cmd_samplers(args) -> int:
@@ -97,6 +66,12 @@ def main(argv=None) -> int:
     g.add_argument("--out", default="poegen.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(fn=cmd_generate)
+    b = sub.add_parser("batch", help="run a YAML or JSONL list of generate jobs into a folder with a manifest; "
+                                     "restarts skip finished items; shards over accelerate processes")
+    b.add_argument("jobfile")
+    b.add_argument("--out", default="poegen-batch")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(fn=cmd_batch)
     s = sub.add_parser("samplers", help="list the named samplers and their presets")
     s.set_defaults(fn=cmd_samplers)
     args = ap.parse_args(argv)

@@ -1,0 +1,104 @@
+"""Batch jobs that lose nothing: a manifest per process, restarts skip finished items, failures are
+recorded and do not stop the batch, outputs are written atomically, and items are sharded over
+processes (``accelerate launch -m poegen batch ...`` sets RANK and WORLD_SIZE) by index, so an item's
+output never depends on sharding or order (its seed is in the job, default: its index)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from tqdm.auto import tqdm
+
+from .generate import Job, run
+
+log = logging.getLogger("poegen.batch")
+
+
+def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
+    """(id, Job) pairs from a JSONL file (one object a line) or a YAML/JSON list; errors name the line or item."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"job file {path} does not exist")
+    items = []
+    if path.suffix.lower() == ".jsonl":
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append((f"{path}:{n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+    else:
+        import yaml
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: cannot parse: {e}") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a list of jobs")
+        items = [(f"{path}: item {i}", d) for i, d in enumerate(data)]
+    jobs, ids = [], set()
+    for i, (where, d) in enumerate(items):
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: a job is a mapping like {{\"prompt\": \"a red ball\"}}")
+        d = dict(d)
+        job_id = str(d.pop("id", f"{i:05d}"))
+        if job_id in ids or "/" in job_id:
+            raise ValueError(f"{where}: id {job_id!r} is repeated or contains '/'")
+        ids.add(job_id)
+        d.setdefault("seed", i)
+        jobs.append((job_id, Job.from_dict(d, where)))
+    return jobs
+
+
+def read_manifest(out: Path) -> Dict[str, dict]:
+    """The last record of every item over all processes' manifests (a torn last line is ignored)."""
+    records = {}
+    for f in sorted(out.glob("manifest*.jsonl")):
+        for line in f.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            records[r["id"]] = r
+    return records
+
+
+def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int = 1, progress: bool = True) -> Dict[str, int]:
+    """Run this process's share of the jobs; returns counts of done, skipped and failed items."""
+    jobs = read_jobs(job_file)  # a malformed file is refused before any work
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".probe.{rank}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"output folder {out} is not writable: {e}") from None
+    finished = {k for k, r in read_manifest(out).items() if r["status"] == "ok"}
+    mine = [(k, j) for i, (k, j) in enumerate(jobs) if i % world == rank]
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    with open(out / f"manifest.{rank}.jsonl", "a") as manifest:
+        for job_id, job in tqdm(mine, desc=f"batch {rank}/{world}", disable=not progress):
+            if job_id in finished:
+                counts["skipped"] += 1
+                continue
+            t = time.perf_counter()
+            try:
+                files = [p.name for p in run(job, out / f"{job_id}.png")]
+                record = {"id": job_id, "status": "ok", "files": files}
+                counts["done"] += 1
+            except Exception as e:  # one item's failure is recorded, the batch goes on
+                log.warning("item %s failed: %s", job_id, e)
+                record = {"id": job_id, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                          "trace": traceback.format_exc(limit=3)}
+                counts["failed"] += 1
+            record["seconds"] = round(time.perf_counter() - t, 2)
+            manifest.write(json.dumps(record) + "\n")
+            manifest.flush()
+            os.fsync(manifest.fileno())
+    return counts

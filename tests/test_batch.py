@@ -1,0 +1,97 @@
+"""Batch jobs: sharding gives the same bytes, a SIGKILL loses nothing, bad input is refused up front."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from poegen.batch import read_manifest, run_batch
+
+PROMPTS = ["a red ball", "a blue box", "a green wedge", "a yellow ball", "a red ball and a blue box", "a cyan box"]
+
+
+def job_file(tmp_path, n=6, steps=2):
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "steps": steps, "particles": 2}) + "\n" for p in PROMPTS[:n]))
+    return path
+
+
+def outputs(folder):
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).glob("*.png"))}
+
+
+def test_two_shards_equal_one_process(tmp_path):
+    jobs = job_file(tmp_path)
+    assert run_batch(jobs, tmp_path / "one", progress=False) == {"done": 6, "skipped": 0, "failed": 0}
+    for rank in (0, 1):
+        run_batch(jobs, tmp_path / "two", rank=rank, world=2, progress=False)
+    assert outputs(tmp_path / "one") == outputs(tmp_path / "two") and len(outputs(tmp_path / "one")) == 12
+    assert len(read_manifest(tmp_path / "two")) == 6 and len(list((tmp_path / "two").glob("manifest.*.jsonl"))) == 2
+    meta = json.loads(Image.open(tmp_path / "one" / "00002.png").text["poegen"])
+    assert meta["job"]["prompt"] == "a green wedge" and meta["job"]["seed"] == 2 and "shapes[green wedge]" in meta["experts"]
+
+
+def test_restart_skips_finished_and_failures_are_recorded(tmp_path):
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("- {prompt: a red ball, steps: 2, particles: 2}\n- {prompt: a purple ball, steps: 2}\n")
+    assert run_batch(jobs, tmp_path / "out", progress=False) == {"done": 1, "skipped": 0, "failed": 1}
+    rec = read_manifest(tmp_path / "out")
+    assert rec["00001"]["status"] == "failed" and "purple" in rec["00001"]["error"]
+    first = (tmp_path / "out" / "00000.png").stat().st_mtime_ns
+    assert run_batch(jobs, tmp_path / "out", progress=False) == {"done": 0, "skipped": 1, "failed": 1}
+    assert (tmp_path / "out" / "00000.png").stat().st_mtime_ns == first
+
+
+def test_malformed_job_file_and_unwritable_folder_are_refused_before_work(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a red ball"}\n{"prompt": "a blue box",\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+        run_batch(bad, tmp_path / "out")
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text('{"prompt": "a red ball", "stepz": 3}\n')
+    with pytest.raises(ValueError, match=r"unknown.jsonl:1: unknown field\(s\) stepz"):
+        run_batch(unknown, tmp_path / "out")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="not writable"):
+        run_batch(job_file(tmp_path), tmp_path / "file" / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigkill_mid_batch_then_restart_finds_every_item_once(tmp_path):
+    jobs, out = job_file(tmp_path, steps=6), tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "poegen", "batch", str(jobs), "--out", str(out), "-q"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_manifest(out) if out.exists() else {}) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(read_manifest(out))
+    assert 2 <= killed_at < 6, "the kill should land mid-batch"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines = [json.loads(l) for f in out.glob("manifest*.jsonl") for l in f.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines if r["status"] == "ok") == [f"{i:05d}" for i in range(6)]  # each exactly once
+    for png in out.glob("*.png"):
+        Image.open(png).verify()  # none corrupt
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
+                    reason="accelerate launcher not installed")
+def test_accelerate_launch_two_processes_matches_one(tmp_path):
+    jobs = job_file(tmp_path)
+    run_batch(jobs, tmp_path / "one", progress=False)
+    launcher = str(Path(sys.executable).parent / "accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # --multi_gpu is accelerate's torchrun-style launcher; with no GPU visible it starts CPU processes
+    subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                    "--dynamo_backend", "no", "-m", "poegen", "batch", str(jobs), "--out", str(tmp_path / "two"), "-q"],
+                   env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+    assert len(list((tmp_path / "two").glob("manifest.*.jsonl"))) == 2
+    assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
