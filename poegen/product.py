@@ -127,8 +127,7 @@ class Product:
         score = torch.zeros_like(x)
         log_gamma = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype) if density else None
         bad = []
-        for name, e, beta, m in zip(self.names, self.experts, self.weights, self.masks):
-            x0 = e.denoise(x, sigma)
+        for name, e, beta, m, x0 in zip(self.names, self.experts, self.weights, self.masks, self._denoise_all(x, sigma)):
             self.nfe[name] += x.shape[0]
             if x0.shape != x.shape:
                 raise ValueError(f"expert {name} returned shape {tuple(x0.shape)} for input {tuple(x.shape)}")
@@ -141,6 +140,20 @@ class Product:
                 b = b | ~torch.isfinite(lg)
             bad.append(b)
         return Evaluation(x + sigma ** 2 * score / B, score, log_gamma, torch.stack(bad))
+
+    def _denoise_all(self, x: Tensor, sigma: Tensor) -> List[Tensor]:
+        """Every expert's x0_hat; experts with the same ``batch_key`` share one ``denoise_batch`` call."""
+        groups: Dict = {}
+        for i, e in enumerate(self.experts):
+            key = getattr(e, "batch_key", None)
+            groups.setdefault(("solo", i) if key is None else key, []).append(i)
+        out: List[Optional[Tensor]] = [None] * len(self.experts)
+        for members in groups.values():
+            experts = [self.experts[i] for i in members]
+            x0s = type(experts[0]).denoise_batch(experts, x, sigma) if len(members) > 1 else [experts[0].denoise(x, sigma)]
+            for i, x0 in zip(members, x0s):
+                out[i] = x0
+        return out
 
     # ---- discriminative part -----------------------------------------------------------------
 

@@ -4,18 +4,7 @@ import torch
 
 import poegen
 from poegen.experts.diffusers import VPUNetExpert
-
-
-def tiny_vp_folder(tmp_path, prediction_type):
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4)
-    unet.save_pretrained(tmp_path / "unet")
-    DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type).save_pretrained(tmp_path / "scheduler")
-    return unet
+from poegen.testing import tiny_sd_folder, tiny_vp_folder
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -57,33 +46,6 @@ def test_missing_checkpoint_says_where_and_how(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(FileNotFoundError, match=r"not found.*huggingface-cli download someone/missing-model"):
         VPUNetExpert.from_pretrained("someone/missing-model")
-
-
-def tiny_sd_folder(tmp_path):
-    """unet/, scheduler/, tokenizer/, text_encoder/, vae/ of a Stable-Diffusion-shaped model with random weights."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    words = ["a", "red", "ball", "blue", "box"]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{w + "</w>": i + 2 for i, w in enumerate(words)}}
-    for c in "abdelorux":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
-    tok.save_pretrained(tmp_path / "tokenizer")
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=8, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(tmp_path / "text_encoder")
-    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                         attention_head_dim=4, norm_num_groups=4).save_pretrained(tmp_path / "unet")
-    DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "scheduler")
-    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
-                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  sample_size=16).save_pretrained(tmp_path / "vae")
-    return tmp_path
 
 
 def test_stable_diffusion_prompt_experts_with_guidance_as_a_product(tmp_path):
@@ -144,3 +106,26 @@ def test_controlnet_expert_on_a_physics_depth_map(tmp_path):
     assert not torch.allclose(steered, plain, atol=1e-4)  # the control image reaches the UNet
     expert.control_image = control.flip(-1)
     assert not torch.allclose(expert.denoise(x, sigma), steered, atol=1e-4)  # and it matters which one
+
+
+@pytest.mark.parametrize("micro_batch,calls", [(None, 1), (4, 3)])
+def test_prompt_experts_on_one_backbone_share_one_call(tmp_path, micro_batch, calls):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from poegen.experts.diffusers import TextConditionedUNetExpert
+
+    root = tiny_sd_folder(tmp_path)
+    base = [TextConditionedUNetExpert.from_pretrained(str(root), p) for p in ("", "a red ball", "a blue box")]
+    unet = UNet2DConditionModel.from_pretrained(root / "unet")
+    ab = DDPMScheduler.from_pretrained(root / "scheduler").alphas_cumprod
+    shared = [TextConditionedUNetExpert(unet, ab, "epsilon", e.text_embeddings, micro_batch=micro_batch, name=e.name)
+              for e in base]
+    forwards = []
+    unet.register_forward_hook(lambda *a: forwards.append(1))
+    x, sigma = torch.randn(4, 4, 8, 8), torch.tensor(0.8)
+    product = poegen.Product(shared, weights=[-1.0, 1.0, 1.0])
+    ev = product.evaluate(x, sigma, torch.ones(1, 4, 8, 8))
+    assert len(forwards) == calls  # 3 experts x 4 particles = 12 rows: one call, or ceil(12 / 4) micro-batches
+    separate = sum(w * (e.denoise(x, sigma) - x) for w, e in zip(product.weights, shared)) + x
+    assert torch.allclose(ev.x0, separate, atol=1e-5)
+    assert product.nfe == {e.name: 4 for e in shared}

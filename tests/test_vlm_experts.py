@@ -2,26 +2,7 @@
 import torch
 
 from poegen.experts.vlm import ClipScore
-
-
-def tiny_clip_folder(tmp_path):
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    words = ["a", "red", "ball", "blue", "box"]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{w + "</w>": i + 2 for i, w in enumerate(words)}}
-    for c in "abdelorux":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8).save_pretrained(tmp_path)
-    config = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                         num_attention_heads=4, max_position_embeddings=8, bos_token_id=0,
-                                         eos_token_id=1, pad_token_id=1),
-                        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                           num_attention_heads=4, image_size=16, patch_size=4),
-                        projection_dim=16)
-    CLIPModel(config).save_pretrained(tmp_path)
-    return str(tmp_path)
+from poegen.testing import tiny_clip_folder
 
 
 def test_clip_score_matches_the_model_and_is_differentiable(tmp_path):

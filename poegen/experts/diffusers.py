@@ -62,19 +62,43 @@ class VPUNetExpert:
         kwargs.setdefault("name", f"unet[{path_or_id}]")
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, **kwargs)
 
-    def _forward(self, x_vp: Tensor, t: Tensor) -> Tensor:
+    @property
+    def batch_key(self):
+        """Experts with equal keys share one backbone call per evaluation (see ``denoise_batch``)."""
+        return (type(self), id(self.unet), self.prediction_type)
+
+    def _conditioning(self, n: int) -> dict:
+        """Per-row keyword tensors of this expert's backbone call for n rows (none for a plain UNet)."""
+        return {}
+
+    def _forward(self, x_vp: Tensor, t: Tensor, **cond) -> Tensor:
         return self.unet(x_vp, t).sample
 
     @torch.no_grad()
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        n = x.shape[0]
+        return self.denoise_batch([self], x, sigma)[0]
+
+    @classmethod
+    @torch.no_grad()
+    def denoise_batch(cls, experts, x: Tensor, sigma: Tensor):
+        """x0_hat of several experts sharing one backbone: their rows are stacked into one forward per
+        micro-batch (conditionings concatenated), then split and converted per expert."""
+        first, n, E = experts[0], x.shape[0], len(experts)
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(n)
         s = sigma.reshape(-1, *[1] * (x.dim() - 1))
-        t = sigma_to_vp_t(sigma.double(), self.alphas_cumprod).to(x.dtype)
+        t = sigma_to_vp_t(sigma.double(), first.alphas_cumprod).to(x.dtype).repeat(E)
         x_vp = vp_input(x, s)
-        p = next(self.unet.parameters())
-        mb = self.micro_batch or n  # micro-batches bound the memory of one call
-        out = torch.cat([self._forward(x_vp[i:i + mb].to(p.dtype), t[i:i + mb]).to(x.dtype) for i in range(0, n, mb)])
+        rows = x_vp.repeat(E, *[1] * (x.dim() - 1))
+        conds = [e._conditioning(n) for e in experts]
+        cond = {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+        p = next(first.unet.parameters())
+        mb = first.micro_batch or E * n  # micro-batches bound the memory of one call
+        out = torch.cat([first._forward(rows[i:i + mb].to(p.dtype), t[i:i + mb],
+                                        **{k: v[i:i + mb].to(p.dtype) for k, v in cond.items()}).to(x.dtype)
+                         for i in range(0, E * n, mb)])
+        return [first._to_x0(o, x, x_vp, s) for o in out.split(n)]
+
+    def _to_x0(self, out: Tensor, x: Tensor, x_vp: Tensor, s: Tensor) -> Tensor:
         if self.prediction_type == "epsilon":
             return x - s * out
         a = 1 / (1 + s ** 2).sqrt()
@@ -111,9 +135,11 @@ class TextConditionedUNetExpert(VPUNetExpert):
         kwargs.setdefault("name", f"sd[{prompt}]")
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, emb, **kwargs)
 
-    def _forward(self, x_vp: Tensor, t: Tensor) -> Tensor:
-        emb = self.text_embeddings.to(x_vp).expand(x_vp.shape[0], -1, -1)
-        return self.unet(x_vp, t, encoder_hidden_states=emb).sample
+    def _conditioning(self, n: int) -> dict:
+        return {"encoder_hidden_states": self.text_embeddings.expand(n, -1, -1)}
+
+    def _forward(self, x_vp: Tensor, t: Tensor, encoder_hidden_states: Tensor = None) -> Tensor:
+        return self.unet(x_vp, t, encoder_hidden_states=encoder_hidden_states).sample
 
 
 class ControlNetExpert(TextConditionedUNetExpert):
@@ -137,13 +163,18 @@ class ControlNetExpert(TextConditionedUNetExpert):
         return cls(base.unet, base.alphas_cumprod, base.prediction_type, base.text_embeddings, net, control_image,
                    conditioning_scale, **kwargs)
 
-    def _forward(self, x_vp: Tensor, t: Tensor) -> Tensor:
-        n = x_vp.shape[0]
-        emb = self.text_embeddings.to(x_vp).expand(n, -1, -1)
-        image = self.control_image.to(x_vp).expand(n, -1, -1, -1)
-        down, mid = self.controlnet(x_vp, t, encoder_hidden_states=emb, controlnet_cond=image,
+    @property
+    def batch_key(self):
+        return (type(self), id(self.unet), id(self.controlnet), self.conditioning_scale)
+
+    def _conditioning(self, n: int) -> dict:
+        return {**super()._conditioning(n), "controlnet_cond": self.control_image.expand(n, -1, -1, -1)}
+
+    def _forward(self, x_vp: Tensor, t: Tensor, encoder_hidden_states: Tensor = None,
+                 controlnet_cond: Tensor = None) -> Tensor:
+        down, mid = self.controlnet(x_vp, t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=controlnet_cond,
                                     conditioning_scale=self.conditioning_scale, return_dict=False)
-        return self.unet(x_vp, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
+        return self.unet(x_vp, t, encoder_hidden_states=encoder_hidden_states, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid).sample
 
 
