@@ -21,6 +21,7 @@ test: install
 
 bench: install
 	$(PY) scripts/bench_engine.py
+	$(PY) scripts/bench_batching.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,7 +16,7 @@ def cmd_generate(args) -> int:
     from .generate import Job, run
 
     fields = ("prompt", "scene", "frames", "sampler", "particles", "steps", "mcmc_steps", "seed", "guidance",
-              "vlm_weight", "select")
+              "vlm_weight", "select", "experts", "potentials")
     job = Job.from_dict({k: getattr(args, k) for k in fields}, "generate")
     t = time.perf_counter()
     written = run(job, Path(args.out), progress=not args.quiet)
@@ -41,6 +41,18 @@ def cmd_batch(args) -> int:
     return 0 if counts["failed"] == 0 else 1
 
 
+def cmd_experts(args) -> int:
+    from .experts.registry import GENERATIVE, POTENTIALS
+
+    print("generative experts (--expert KIND:PATH); without any, the embedded shapes world is used:")
+    for kind, (what, _) in GENERATIVE.items():
+        print(f"  {kind:10s} {what}")
+    print("potentials (--potential KIND:PATH):")
+    for kind, (what, _) in POTENTIALS.items():
+        print(f"  {kind:10s} {what}")
+    return 0
+
+
 def cmd_samplers(args) -> int:
     for name, preset in samplers.PRESETS.items():
         print(f"{name:10s} {preset}")
@@ -63,6 +75,10 @@ def main(argv=None) -> int:
     g.add_argument("--guidance", type=float, default=1.0, help="composable-diffusion weight of each phrase")
     g.add_argument("--vlm-weight", type=float, default=1.0, help="lambda of each VLM question (0: none; prompts only)")
     g.add_argument("--select", default="best", choices=("best", "draw"), help="which particle becomes the image")
+    g.add_argument("--expert", dest="experts", action="append", default=None, metavar="KIND:PATH",
+                   help="a generative expert from a local model (see `poegen experts`); repeatable")
+    g.add_argument("--potential", dest="potentials", action="append", default=None, metavar="KIND:PATH",
+                   help="a discriminative expert from a local model, weighted by --vlm-weight; repeatable")
     g.add_argument("--out", default="poegen.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(fn=cmd_generate)
@@ -72,6 +88,8 @@ def main(argv=None) -> int:
     b.add_argument("--out", default="poegen-batch")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(fn=cmd_batch)
+    e = sub.add_parser("experts", help="list the expert kinds that --expert and --potential accept")
+    e.set_defaults(fn=cmd_experts)
     s = sub.add_parser("samplers", help="list the named samplers and their presets")
     s.set_defaults(fn=cmd_samplers)
     args = ap.parse_args(argv)

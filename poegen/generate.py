@@ -30,6 +30,8 @@ class Job:
     guidance: float = 1.0
     vlm_weight: float = 1.0
     select: str = "best"
+    experts: Optional[List[str]] = None      # e.g. ["sd:/models/sd15"]; default: the embedded shapes world
+    potentials: Optional[List[str]] = None   # e.g. ["clip:/models/clip"]
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
@@ -51,6 +53,11 @@ def products(job: Job):
     """(file label, Product) pairs: one for a prompt, one per frame for a scene spec."""
     from .experts.shapes.prompt import build_product, build_scene_product
 
+    if job.experts:
+        from .experts.registry import build
+        if job.scene is not None:
+            raise ValueError("scenes use the shapes world; drop --expert or --scene")
+        return [("", build(job.prompt, job.experts, job.potentials or [], job.guidance, job.vlm_weight))]
     if job.scene is None:
         return [("", build_product(job.prompt, guidance=job.guidance, vlm_weight=job.vlm_weight))]
     from .experts.physics import PhysicsExpert
@@ -104,7 +111,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
                                     if k != "progress"},
                 "log_Z": result.log_Z, "nfe": result.nfe}
         path = out.with_name(out.stem + label + out.suffix)
-        img = to_pil(result.x[0])
+        img = to_pil(product.decode(result.x[:1])[0] if product.decode is not None else result.x[0])
         save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)
         save_png(img, path, meta, scale)
         written.append(path)

@@ -129,3 +129,19 @@ def test_prompt_experts_on_one_backbone_share_one_call(tmp_path, micro_batch, ca
     separate = sum(w * (e.denoise(x, sigma) - x) for w, e in zip(product.weights, shared)) + x
     assert torch.allclose(ev.x0, separate, atol=1e-5)
     assert product.nfe == {e.name: 4 for e in shared}
+
+
+def test_generate_with_named_local_experts(tmp_path, capsys):
+    from PIL import Image
+
+    from poegen.cli import main
+    from poegen.testing import tiny_clip_folder
+
+    sd, clip = tiny_sd_folder(tmp_path / "sd"), tiny_clip_folder(tmp_path / "clip")
+    out = tmp_path / "img.png"
+    assert main(["generate", "a red ball", "--expert", f"sd:{sd}", "--potential", f"clip:{clip}", "--guidance", "3",
+                 "--steps", "2", "--particles", "2", "--quiet", "--out", str(out)]) == 0
+    assert Image.open(tmp_path / "img_raw.png").size == (16, 16)  # decoded by the VAE: pixels, not latents
+    assert main(["generate", "a red ball", "--expert", f"flux:{sd}"]) == 2
+    assert "KIND one of sd, unet" in capsys.readouterr().err
+    assert main(["experts"]) == 0 and "clip" in capsys.readouterr().out

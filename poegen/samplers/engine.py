@@ -119,6 +119,7 @@ class _Monitor:
         self.pending.clear()
 
 
+@torch.no_grad()  # potentials and experts need no graph here; the exact-Euler Jacobian enables its own
 def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int,
         generator: Optional[torch.Generator] = None, shape: Optional[Sequence[int]] = None,
         device=None, dtype: torch.dtype = torch.float32) -> SampleResult:
