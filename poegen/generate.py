@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch
 
 from . import __version__, samplers
+from .validation import check_keys
 
 log = logging.getLogger("poegen.generate")
 
@@ -35,11 +36,7 @@ class Job:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        job = cls(**d)
+        job = cls(**check_keys(d, where, [f.name for f in fields(cls)]))
         if (job.prompt is None) == (job.scene is None):
             raise ValueError(f"{where}: give exactly one of prompt or scene")
         if job.sampler not in samplers.available():

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .validation import check_keys
+
 log = logging.getLogger("poegen.scene")
 
 MAX_SIM_STEPS = 20_000
@@ -67,15 +69,10 @@ class SceneSpec:
 
 
 def _keys(d: Any, where: str, allowed: Tuple[str, ...], required: Tuple[str, ...] = ()) -> Dict:
-    if not isinstance(d, dict):
-        raise SceneError(f"{where}: expected a mapping with keys {', '.join(allowed)}, got {type(d).__name__}")
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise SceneError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-    missing = [k for k in required if k not in d]
-    if missing:
-        raise SceneError(f"{where}: missing required field(s) {', '.join(missing)}")
-    return d
+    try:
+        return check_keys(d, where, allowed, required)
+    except ValueError as e:
+        raise SceneError(str(e)) from None
 
 
 def _number(v: Any, where: str, lo: float = -math.inf, hi: float = math.inf, open_lo: bool = False) -> float:

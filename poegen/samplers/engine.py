@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import resampling, schedules
 from ..particles import Particles
+from ..validation import check_keys
 from ..product import Evaluation, Product
 from . import kernels
 
@@ -52,10 +53,7 @@ class SamplerConfig:
 
     @classmethod
     def build(cls, preset: Dict, options: Dict) -> "SamplerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown sampler option(s) {unknown}; known: {', '.join(sorted(known))}")
+        check_keys(options, "sampler options", sorted(f.name for f in fields(cls)))
         cfg = cls(**{**preset, **options})
         choices = {"proposal": ("auto", "euler", "stochastic", "none"), "kernel": ("auto", "ula", "mala"),
                    "select": ("all", "best", "draw"), "exact": ("auto", True, False)}
