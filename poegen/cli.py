@@ -41,6 +41,21 @@ def cmd_batch(args) -> int:
     return 0 if counts["failed"] == 0 else 1
 
 
+def cmd_compare(args) -> int:
+    from . import compare
+
+    names = args.samplers.split(",")
+    for n in names:
+        samplers.config(n)  # unknown names fail before any work
+    rows, images = compare.run(args.prompts, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
+                               args.guidance, args.vlm_weight, progress=not args.quiet)
+    summary = compare.summarise(rows, images)
+    report = compare.write(Path(args.out), rows, images, summary)
+    print(compare.table(summary))
+    print(f"wrote {report} and CSV/JSON tables in {args.out}")
+    return 0
+
+
 def cmd_experts(args) -> int:
     from .experts.registry import GENERATIVE, POTENTIALS
 
@@ -88,6 +103,18 @@ def main(argv=None) -> int:
     b.add_argument("--out", default="poegen-batch")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(fn=cmd_batch)
+    c = sub.add_parser("compare", help="compare samplers at equal NFE on shapes-world prompts; tables and an HTML report")
+    c.add_argument("prompts", nargs="+")
+    c.add_argument("--samplers", default="poe,smc,best-of-n,ancestral")
+    c.add_argument("--seeds", type=int, default=8)
+    c.add_argument("--particles", type=int, default=16)
+    c.add_argument("--mcmc-steps", type=int, default=2, help="poe/ais moves per level; the others get equal NFE")
+    c.add_argument("--steps", type=int, default=30)
+    c.add_argument("--guidance", type=float, default=1.0)
+    c.add_argument("--vlm-weight", type=float, default=1.0)
+    c.add_argument("--out", default="poegen-compare")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(fn=cmd_compare)
     e = sub.add_parser("experts", help="list the expert kinds that --expert and --potential accept")
     e.set_defaults(fn=cmd_experts)
     s = sub.add_parser("samplers", help="list the named samplers and their presets")

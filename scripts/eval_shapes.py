@@ -14,11 +14,9 @@ import sys
 import time
 from collections import defaultdict
 
-import torch
-
-import poegen
-from poegen.experts.shapes import answer_detections, detect, load_prior, load_vlm
-from poegen.experts.shapes.prompt import build_product, parse_prompt
+from poegen.compare import judge, sample_one
+from poegen.experts.shapes import load_prior, load_vlm
+from poegen.experts.shapes.prompt import build_product
 
 PROMPTS = {
     "single": ["a red ball", "a blue box", "a green wedge", "a yellow ball"],
@@ -29,22 +27,9 @@ PROMPTS = {
 }
 
 
-def judge(image, prompt):
-    """(every object present, every relation holds) by the checker."""
-    p = parse_prompt(prompt)
-    dets = detect(image)
-    present = all(any(o.colour == d.colour and o.shape == d.shape for d in dets) for o in p.objects)
-    questions = p.questions()[len(p.objects):]
-    return present, present and all(answer_detections(q, dets) for q in questions)
-
-
 def run_one(product, sampler, args, seed):
-    chains = args.particles * (1 + args.mcmc_steps)
-    opts = {"poe": dict(num_particles=args.particles, mcmc_steps=args.mcmc_steps, select="best"),
-            "best-of-n": dict(num_particles=chains),
-            "ancestral": dict(num_particles=chains, select="draw")}[sampler]
-    r = poegen.sample(product, sampler=sampler, num_steps=args.steps, generator=torch.Generator().manual_seed(seed), **opts)
-    return r.x[0]
+    """The image of one run at equal NFE (see poegen.compare.equal_nfe_options)."""
+    return sample_one(product, sampler, args.particles, args.mcmc_steps, args.steps, seed).x[0]
 
 
 def main():
@@ -68,7 +53,8 @@ def main():
             for sampler in args.samplers.split(","):
                 t, ok_p, ok_r = time.perf_counter(), 0, 0
                 for seed in range(args.samples):
-                    present, rel = judge(run_one(product, sampler, args, seed), prompt)
+                    verdict = judge(run_one(product, sampler, args, seed), prompt)
+                    present, rel = verdict["present"], verdict["relation"]
                     ok_p, ok_r = ok_p + present, ok_r + rel
                 per = (time.perf_counter() - t) / args.samples
                 n = args.samples

@@ -1,0 +1,61 @@
+"""Sampler comparisons: equal NFE, metrics, tables and a report a browser renders."""
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from poegen import compare
+from poegen.cli import main
+
+
+def test_diversity_closed_form():
+    x = torch.zeros(2, 3, 4, 4)
+    x[1] += 0.5
+    assert compare.diversity(x) == pytest.approx(0.5)
+    assert compare.diversity(x[:1]) == 0.0
+
+
+@pytest.mark.parametrize("sampler", ["smc", "best-of-n", "ancestral"])
+def test_equal_nfe_up_to_level_zero(sampler):
+    N, M, K = 4, 2, 10
+    poe = compare.equal_nfe_options("poe", N, M)["num_particles"] * (1 + K * (1 + M))
+    other = compare.equal_nfe_options(sampler, N, M)["num_particles"] * (1 + K)
+    assert other - poe == N * M  # each extra chain also evaluates level 0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    assert main(["compare", "a red ball", "a red ball left of a blue box", "--samplers", "poe,ancestral", "--seeds", "2",
+                 "--steps", "2", "--particles", "2", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def test_compare_writes_tables_and_a_self_contained_report(report, capsys):
+    data = json.loads((report / "summary.json").read_text())
+    assert [s["sampler"] for s in data["summary"]] == ["poe", "ancestral"]
+    assert len(data["samples"]) == 2 * 2 * 2 and all(len(r["ess"]) == 2 for r in data["samples"])
+    assert (report / "samples.csv").read_text().count("\n") == 9 and (report / "summary.csv").exists()
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 1 + 4  # the plots plus one grid per sampler x prompt
+    assert "http" not in html.replace("http-equiv", "")  # nothing to fetch: readable offline
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make install adds it where apt works)")
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    from PIL import Image
+
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1000,1400",
+                    f"file://{report / 'report.html'}"], check=True, timeout=120, capture_output=True)
+    img = Image.open(shot).convert("L")
+    lo, hi = img.getextrema()
+    assert hi - lo > 100  # not blank: text, plots and images drawn
+    assert sum(1 for v in img.getdata() if v < 200) > 0.01 * img.width * img.height
