@@ -145,3 +145,27 @@ def test_generate_with_named_local_experts(tmp_path, capsys):
     assert main(["generate", "a red ball", "--expert", f"flux:{sd}"]) == 2
     assert "KIND one of sd, unet" in capsys.readouterr().err
     assert main(["experts"]) == 0 and "clip" in capsys.readouterr().out
+
+
+def test_flow_transformer_expert_matches_the_rectified_flow_formula(tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    from poegen.experts.diffusers import FlowTransformerExpert
+
+    torch.manual_seed(0)
+    model = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                  attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                  caption_projection_dim=16, pooled_projection_dim=16, pos_embed_max_size=8)
+    model.save_pretrained(tmp_path / "transformer")
+    text, pooled = torch.randn(1, 5, 32), torch.randn(1, 16)
+    expert = FlowTransformerExpert.from_pretrained(str(tmp_path), text, pooled)
+    t = 0.4
+    sigma = torch.tensor(t / (1 - t))
+    x0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    x_flow = (1 - t) * x0 + t * eps
+    with torch.no_grad():
+        v = model(hidden_states=x_flow, timestep=torch.full((3,), 1000 * t), encoder_hidden_states=text.expand(3, -1, -1),
+                  pooled_projections=pooled.expand(3, -1)).sample
+    assert torch.allclose(expert.denoise(x0 + sigma * eps, sigma), x_flow - t * v, atol=1e-5)
+    r = poegen.sample(poegen.Product([expert]), num_particles=2, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert r.x.shape == (2, 4, 8, 8) and torch.isfinite(r.x).all()

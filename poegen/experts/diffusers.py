@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..schedules import sigma_to_vp_t, vp_input, vp_sigmas
+from ..schedules import flow_input, sigma_to_flow, sigma_to_vp_t, vp_input, vp_sigmas
 
 log = logging.getLogger("poegen.experts.diffusers")
 
@@ -176,6 +176,47 @@ class ControlNetExpert(TextConditionedUNetExpert):
                                     conditioning_scale=self.conditioning_scale, return_dict=False)
         return self.unet(x_vp, t, encoder_hidden_states=encoder_hidden_states, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid).sample
+
+
+class FlowTransformerExpert:
+    """A rectified-flow transformer (SD3-style ``SD3Transformer2DModel``) for fixed prompt embeddings.
+
+    Flow time t = sigma / (1 + sigma) and input x / (1 + sigma); the model predicts the velocity
+    v = eps - x0, so x0_hat = x_t - t v. Prompt embeddings come from the model's text encoders
+    (``encoder_hidden_states``, ``pooled_projections``), computed once by the caller."""
+
+    def __init__(self, transformer, encoder_hidden_states: Tensor, pooled_projections: Tensor,
+                 micro_batch: Optional[int] = None, name: Optional[str] = None):
+        self.transformer = transformer.eval()
+        self.encoder_hidden_states, self.pooled_projections = encoder_hidden_states, pooled_projections
+        size = transformer.config.sample_size
+        self.shape = (transformer.config.in_channels, size, size)
+        self.sigma_min, self.sigma_max = 1e-3, 1e3  # t in [0.001, 0.999]
+        self.micro_batch, self.name = micro_batch, name or "flow-transformer"
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, encoder_hidden_states: Tensor, pooled_projections: Tensor,
+                        subfolder: str = "transformer", **kwargs) -> "FlowTransformerExpert":
+        from diffusers import SD3Transformer2DModel
+
+        model = SD3Transformer2DModel.from_pretrained(resolve(path_or_id), subfolder=subfolder)
+        return cls(model, encoder_hidden_states, pooled_projections, **kwargs)
+
+    @torch.no_grad()
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        n = x.shape[0]
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(n)
+        s = sigma.reshape(-1, *[1] * (x.dim() - 1))
+        t = sigma_to_flow(sigma)
+        x_t = flow_input(x, s)
+        p = next(self.transformer.parameters())
+        mb = self.micro_batch or n
+        v = torch.cat([self.transformer(
+            hidden_states=x_t[i:i + mb].to(p.dtype), timestep=(1000 * t[i:i + mb]).to(p.dtype),
+            encoder_hidden_states=self.encoder_hidden_states.to(p).expand(len(x_t[i:i + mb]), -1, -1),
+            pooled_projections=self.pooled_projections.to(p).expand(len(x_t[i:i + mb]), -1)).sample.to(x.dtype)
+            for i in range(0, n, mb)])
+        return x_t - t.reshape_as(s) * v
 
 
 def vae_decoder(path_or_id: str, subfolder: str = "vae"):
