@@ -54,3 +54,20 @@ def test_prompt_product_uses_composable_weights():
     assert product.weights == [-3.0, 2.0, 2.0]  # null^(1 - 2w) * red^w * blue^w
     assert product.names[0] == "shapes[null]"
     assert product.potential_names == ["vlm[is there a red ball?]", "vlm[is there a blue box?]"]
+
+
+def test_phrase_experts_share_one_forward_and_match_separate_calls():
+    import torch
+
+    from poegen.experts.shapes import load_prior
+
+    prior = load_prior()
+    experts = [prior.null(), prior.expert("red ball"), prior.expert("blue box", position=(8, 26))]
+    calls = []
+    handle = prior.net.register_forward_hook(lambda *a: calls.append(1))
+    x, sigma = torch.randn(3, 3, 32, 32), torch.tensor(0.7)
+    batched = type(experts[0]).denoise_batch(experts, x, sigma)
+    assert len(calls) == 1
+    handle.remove()
+    for e, b in zip(experts, batched):
+        assert torch.allclose(e.denoise(x, sigma), b, atol=1e-5)

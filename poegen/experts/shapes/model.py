@@ -122,20 +122,29 @@ class ShapesPhraseExpert:
         where = f" at {tuple(round(float(v), 1) for v in position)}" if position is not None else ""
         self.name = name or f"shapes[{phrase if phrase is not None else 'null'}{where}]"
 
-    @torch.no_grad()
+    @property
+    def batch_key(self):
+        """Phrase experts of one network share a single forward per evaluation (``denoise_batch``)."""
+        return (type(self), id(self.net), self.bf16, self.clip)
+
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         """x0_hat for x = x0 + sigma * eps; x (N,3,H,W), sigma 0-d or (N,)."""
-        n = x.shape[0]
-        dev = next(self.net.parameters()).device
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=dev).expand(n) if torch.as_tensor(sigma).ndim == 0 \
-            else torch.as_tensor(sigma, dtype=torch.float32, device=dev).reshape(n)
-        xin = x.to(dev, torch.float32)
-        ids = self.ids.to(dev).expand(n, 3)
-        pos = self.pos_map.to(dev).expand(n, -1, -1, -1)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.net(xin, sigma, ids, pos)
-        out = out.float().clamp(-1, 1) if self.clip else out.float()  # images live in [-1, 1]
-        return out.to(x.device, x.dtype)
+        return self.denoise_batch([self], x, sigma)[0]
+
+    @classmethod
+    @torch.no_grad()
+    def denoise_batch(cls, experts, x: Tensor, sigma: Tensor):
+        """x0_hat of several phrase experts in one forward: rows stacked, phrase ids and position maps concatenated."""
+        first, n, E = experts[0], x.shape[0], len(experts)
+        dev = next(first.net.parameters()).device
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=dev).reshape(-1).expand(n).repeat(E)
+        xin = x.to(dev, torch.float32).repeat(E, 1, 1, 1)
+        ids = torch.cat([e.ids.to(dev).expand(n, 3) for e in experts])
+        pos = torch.cat([e.pos_map.to(dev).expand(n, -1, -1, -1) for e in experts])
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=first.bf16):
+            out = first.net(xin, sigma, ids, pos).float()
+        out = out.clamp(-1, 1) if first.clip else out  # images live in [-1, 1]
+        return list(out.to(x.device, x.dtype).split(n))
 
     def __repr__(self) -> str:
         return f"ShapesPhraseExpert({self.name})"
