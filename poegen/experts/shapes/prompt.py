@@ -74,6 +74,14 @@ def parse_prompt(text: str) -> Prompt:
     return Prompt(objects, relations)
 
 
+def _over_null(prior, experts: List, guidance: float, bf16: bool):
+    """Composable-diffusion weights: each phrase expert w, the unconditional prior 1 - sum w (left out at 0)."""
+    weights = [guidance] * len(experts)
+    if 1.0 - sum(weights) != 0:
+        return [prior.null(bf16=bf16)] + experts, [1.0 - sum(weights)] + weights
+    return experts, weights
+
+
 def build_product(prompt: str | Prompt, prior=None, vlm=None, guidance: float = 1.0, vlm_weight: float = 1.0,
                   schedule="linear", positions: Optional[List] = None, bf16: bool = False) -> Product:
     """The product of experts for a prompt: phrase experts over the divided-out prior, VLM potentials."""
@@ -83,12 +91,8 @@ def build_product(prompt: str | Prompt, prior=None, vlm=None, guidance: float = 
     p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     prior = prior or load_prior()
     positions = positions or [None] * len(p.objects)
-    experts = [prior.expert(str(o), pos, bf16=bf16) for o, pos in zip(p.objects, positions)]
-    weights = [guidance] * len(experts)
-    null_weight = 1.0 - sum(weights)
-    if null_weight != 0:
-        experts.insert(0, prior.null(bf16=bf16))
-        weights.insert(0, null_weight)
+    experts, weights = _over_null(prior, [prior.expert(str(o), pos, bf16=bf16) for o, pos in zip(p.objects, positions)],
+                                  guidance, bf16)
     potentials, lambdas = [], []
     if vlm_weight:
         scorer = vlm or load_vlm()
@@ -105,11 +109,8 @@ def build_scene_product(physics, prior=None, guidance: float = 1.0, bf16: bool =
 
     prior = prior or load_prior()
     objects = [(o, pos) for o, pos in zip(physics.scene.objects, physics.positions) if pos is not None]
-    experts = [prior.expert(f"{o.size} {o.colour} {o.shape}", pos, bf16=bf16) for o, pos in objects]
-    weights = [guidance] * len(experts)
-    if 1.0 - sum(weights) != 0:
-        experts.insert(0, prior.null(bf16=bf16))
-        weights.insert(0, 1.0 - sum(weights))
+    experts, weights = _over_null(prior, [prior.expert(f"{o.size} {o.colour} {o.shape}", pos, bf16=bf16)
+                                          for o, pos in objects], guidance, bf16)
     potentials, lambdas = [], []
     for c in physics.spec.constraints:
         potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
