@@ -9,7 +9,6 @@ from pathlib import Path
 
 from . import samplers
 
-log = logging.getLogger("poegen.cli")
 
 
 def cmd_generate(args) -> int:

@@ -86,7 +86,8 @@ def to_pil(x: torch.Tensor):
     """A (3, H, W) image in [-1, 1] as a PIL image."""
     from PIL import Image
 
-    return Image.fromarray(((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
+    from .experts.shapes.render import to_uint8
+    return Image.fromarray(to_uint8(x))
 
 
 def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Path]:

@@ -220,8 +220,8 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         e = resampling.ess(log_w)
         do = e < cfg.ess_threshold * N
         if cfg.ess_threshold > 0:
-            idx = torch.where(do, resampler(log_w, generator, N), torch.arange(N, device=device))
-            state = state.take(idx).replace(log_w=torch.where(do, zeros, state.log_w[idx]))
+            state = state.take(torch.where(do, resampler(log_w, generator, N), torch.arange(N, device=device)))
+            state = state.replace(log_w=torch.where(do, zeros, state.log_w))
         diag["sigma"].append(s_next)
         diag["ess"].append(e)
         diag["resampled"].append(do & (cfg.ess_threshold > 0))
