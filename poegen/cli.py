@@ -47,7 +47,8 @@ def cmd_compare(args) -> int:
     for n in names:
         samplers.config(n)  # unknown names fail before any work
     rows, images = compare.run(args.prompts, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
-                               args.guidance, args.vlm_weight, progress=not args.quiet)
+                               args.guidance, args.vlm_weight, progress=not args.quiet,
+                               workers=args.workers)
     summary = compare.summarise(rows, images)
     report = compare.write(Path(args.out), rows, images, summary)
     print(compare.table(summary))
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     c.add_argument("--steps", type=int, default=30)
     c.add_argument("--guidance", type=float, default=1.0)
     c.add_argument("--vlm-weight", type=float, default=1.0)
+    c.add_argument("--workers", type=int, default=1, help="processes sharing the runs (results do not change)")
     c.add_argument("--out", default="poegen-compare")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(fn=cmd_compare)

@@ -23,12 +23,15 @@ log = logging.getLogger("poegen.compare")
 
 def equal_nfe_options(sampler: str, particles: int, mcmc_steps: int) -> dict:
     """Options giving every sampler the NFE of ``poe`` with ``particles`` and ``mcmc_steps`` moves per level:
-    the samplers without MCMC run particles * (1 + mcmc_steps) chains (ancestral returns a uniform draw).
-    Equal up to the level-0 evaluation, which each extra chain also makes."""
+    the samplers without MCMC run particles * (1 + mcmc_steps) chains (up to the level-0 evaluation, which
+    each extra chain also makes). ``ancestral`` runs one chain: a uniform draw from independent chains is
+    distributed as one chain, so extra NFE cannot change its output, and its rows show the NFE it spent."""
     chains = particles * (1 + mcmc_steps)
     if sampler in ("poe", "ais"):
         return dict(num_particles=particles, mcmc_steps=mcmc_steps, select="best")
-    return dict(num_particles=chains, select="draw" if sampler == "ancestral" else "best")
+    if sampler == "ancestral":
+        return dict(num_particles=1, select="all")
+    return dict(num_particles=chains, select="best")
 
 
 def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: int, seed: int):
@@ -63,31 +66,72 @@ class Row:
     ess: List[float]
 
 
-def run(prompts: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 2,
-        steps: int = 30, guidance: float = 1.0, vlm_weight: float = 1.0, progress: bool = True):
-    """(rows, images[(sampler, prompt)] -> (seeds, 3, H, W)) for every sampler x prompt x seed."""
+_WORKER: dict = {}
+
+
+def _init_worker(threads: int):
+    """Per-process state of a comparison worker: its thread count, the experts and built products."""
     from .experts.shapes import load_prior, load_vlm
+
+    if threads:
+        torch.set_num_threads(threads)
+    _WORKER.update(prior=load_prior(), vlm=load_vlm(), products={})
+
+
+def _run_task(task):
+    """One (sampler, prompt, seed): sample, then score with the checker and the VLM; (row, image)."""
     from .experts.shapes.prompt import build_product, parse_prompt
 
-    prior, vlm = load_prior(), load_vlm()
-    rows, images = [], {}
-    todo = [(s, p) for p in prompts for s in sampler_names]
-    for sampler, prompt in tqdm(todo, desc="compare", disable=not progress):
-        product = build_product(prompt, prior=prior, vlm=vlm, guidance=guidance, vlm_weight=vlm_weight)
-        questions = parse_prompt(prompt).questions()
-        xs = []
-        for seed in range(seeds):
-            t = time.perf_counter()
-            r = sample_one(product, sampler, particles, mcmc_steps, steps, seed)
-            seconds = time.perf_counter() - t
-            x = r.x[0]
-            score = float(vlm.log_prob_yes(x[None].expand(len(questions), -1, -1, -1), questions).mean())
-            rows.append(Row(sampler, prompt, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
-                            nfe=sum(v for k, v in r.nfe.items() if k in product.names), ess=r.diagnostics["ess"],
-                            **judge(x, prompt)))
-            xs.append(x)
-        images[sampler, prompt] = torch.stack(xs)
-    return rows, images
+    sampler, prompt, seed, particles, mcmc_steps, steps, guidance, vlm_weight = task
+    key = prompt, guidance, vlm_weight
+    if key not in _WORKER["products"]:
+        _WORKER["products"][key] = build_product(prompt, prior=_WORKER["prior"], vlm=_WORKER["vlm"],
+                                                 guidance=guidance, vlm_weight=vlm_weight)
+    product = _WORKER["products"][key]
+    t = time.perf_counter()
+    r = sample_one(product, sampler, particles, mcmc_steps, steps, seed)
+    seconds = time.perf_counter() - t
+    x = r.x[0]
+    questions = parse_prompt(prompt).questions()
+    score = float(_WORKER["vlm"].log_prob_yes(x[None].expand(len(questions), -1, -1, -1), questions).mean())
+    return Row(sampler, prompt, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
+               nfe=sum(v for k, v in r.nfe.items() if k in product.names), ess=r.diagnostics["ess"],
+               **judge(x, prompt)), x
+
+
+def run(prompts: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 2,
+        steps: int = 30, guidance: float = 1.0, vlm_weight: float = 1.0, progress: bool = True, workers: int = 1,
+        seed0: int = 0):
+    """(rows, images[(sampler, prompt)] -> (seeds, 3, H, W)) for every sampler x prompt x seed (seeds
+    seed0, seed0 + 1, ...). With ``workers`` > 1 the runs are spread over that many processes, each with
+    an equal share of torch's threads; results do not depend on ``workers``."""
+    from .experts.shapes.prompt import parse_prompt
+
+    for prompt in prompts:  # prompt errors before any work
+        parse_prompt(prompt)
+    tasks = [(s, p, seed, particles, mcmc_steps, steps, guidance, vlm_weight)
+             for p in prompts for s in sampler_names for seed in range(seed0, seed0 + seeds)]
+    bar = tqdm(total=len(tasks), desc="compare", disable=not progress)
+    if workers > 1:
+        import multiprocessing as mp
+
+        threads = max(1, torch.get_num_threads() // workers)
+        with mp.get_context("spawn").Pool(workers, _init_worker, (threads,)) as pool:
+            results = []
+            for res in pool.imap(_run_task, tasks):
+                results.append(res)
+                bar.update()
+    else:
+        _init_worker(0)
+        results = []
+        for task in tasks:
+            results.append(_run_task(task))
+            bar.update()
+    bar.close()
+    rows, images = [r for r, _ in results], {}
+    for (s, p, *_), (_, x) in zip(tasks, results):
+        images.setdefault((s, p), []).append(x)
+    return rows, {k: torch.stack(v) for k, v in images.items()}
 
 
 def diversity(x: torch.Tensor) -> float:
