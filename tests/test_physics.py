@@ -64,3 +64,40 @@ def test_generate_scene_frames_writes_frames_and_gif(tmp_path, capsys):
     assert gif.n_frames == 2
     assert main(["generate", "--scene", str(tmp_path / "missing.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_regional_prompt_experts_follow_the_simulated_masks(tmp_path):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    import poegen
+    from poegen.experts.diffusers import TextConditionedUNetExpert
+    from poegen.scene import load_scene
+    from poegen.testing import tiny_sd_folder
+
+    physics = PhysicsExpert(load_scene("examples/stacking.yaml"))
+    root = tiny_sd_folder(tmp_path)
+    unet = UNet2DConditionModel.from_pretrained(root / "unet")
+    ab = DDPMScheduler.from_pretrained(root / "scheduler").alphas_cumprod
+    texts = []
+
+    def make_expert(text):  # prompt experts that share one UNet
+        texts.append(text)
+        e = TextConditionedUNetExpert.from_pretrained(str(root), text)
+        return TextConditionedUNetExpert(unet, ab, "epsilon", e.text_embeddings, name=text)
+
+    product = physics.regional_product(make_expert)
+    regions = physics.region_weights(8)
+    assert texts == ["a red ball on a blue box", "a red ball on a blue box, a large blue box",
+                     "a red ball on a blue box, a small red ball"]
+    assert torch.allclose(regions.sum(0), torch.ones(8, 8))
+    calls = []
+    unet.register_forward_hook(lambda *a: calls.append(1))
+    x, sigma = torch.randn(2, 4, 8, 8), torch.tensor(0.7)
+    x0 = product.evaluate(x, sigma, product.total_weight((4, 8, 8), "cpu", torch.float32)).x0
+    assert len(calls) == 1  # three regional experts, one backbone call
+    each = [e.denoise(x, sigma) for e in product.experts]
+    assert torch.allclose(x0, sum(r * d for r, d in zip(regions, each)), atol=1e-5)
+    box = regions[1] == 1  # latent cells inside the box: the box's expert alone
+    assert box.any() and torch.allclose(x0[..., box], each[1][..., box], atol=1e-5)
+    r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()
