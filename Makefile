@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-mixture test bench clean
 
 install: $(VENV)/.installed
 
@@ -16,7 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) scripts/demo.py --out demo.png
+	$(VENV)/bin/poegen generate "a red ball on a blue box" --out demo.png
+
+demo-mixture: install
+	$(PY) scripts/demo.py --out demo_mixture.png
 
 test: install
 	$(PY) -m pytest -q
