@@ -65,3 +65,87 @@ def tiny_clip_folder(tmp_path: Path):
                         projection_dim=16)
     CLIPModel(config).save_pretrained(tmp_path)
     return str(tmp_path)
+
+
+def _tiny_clip_text_config(vocab, projection_dim=None):
+    from transformers import CLIPTextConfig
+
+    extra = {} if projection_dim is None else {"projection_dim": projection_dim}
+    return CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                          num_attention_heads=4, max_position_embeddings=8, bos_token_id=0, eos_token_id=1,
+                          pad_token_id=1, **extra)
+
+
+def _tiny_vae(path: Path, **kwargs):
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  sample_size=16, **kwargs).save_pretrained(path)
+
+
+def tiny_sdxl_folder(tmp_path: Path):
+    """An SDXL-shaped folder with random weights: a text_time UNet (8x8 latents), two CLIP text encoders
+    (hidden 32 each, the second with a 16-d projection), their tokenizers, an Euler scheduler and a VAE."""
+    import json
+
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(0)
+    vocab = _clip_vocab()
+    for sub in ("tokenizer", "tokenizer_2"):
+        CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8).save_pretrained(tmp_path / sub)
+    CLIPTextModel(_tiny_clip_text_config(vocab)).save_pretrained(tmp_path / "text_encoder")
+    CLIPTextModelWithProjection(_tiny_clip_text_config(vocab, 16)).save_pretrained(tmp_path / "text_encoder_2")
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+                         attention_head_dim=4, norm_num_groups=4, addition_embed_type="text_time",
+                         addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8,
+                         ).save_pretrained(tmp_path / "unet")
+    EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                           beta_end=0.012).save_pretrained(tmp_path / "scheduler")
+    _tiny_vae(tmp_path / "vae", scaling_factor=0.13025)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline",
+                                                           "force_zeros_for_empty_prompt": True}))
+    return tmp_path
+
+
+def word_tokenizer(words, specials, **kwargs):
+    """A ``PreTrainedTokenizerFast`` over whole words (split at whitespace and punctuation), built in memory:
+    ids are specials first, then words; anything else is the first special (the unknown token)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(dict.fromkeys([*specials, *words]))}
+    tok = Tokenizer(WordLevel(vocab, unk_token=specials[0]))
+    tok.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=specials[0], **kwargs)
+
+
+def tiny_flux_folder(tmp_path: Path, guidance_embeds: bool = True):
+    """A FLUX-shaped folder with random weights: a FluxTransformer2DModel on 4-channel latents (16 packed
+    channels), CLIP (pooled, 32-d) and T5 (32-d, 8 tokens) text encoders with their tokenizers, and a VAE
+    with a shift factor (latents 8x8 for 16x16 pixels)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    vocab = _clip_vocab()
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8).save_pretrained(tmp_path / "tokenizer")
+    CLIPTextModel(_tiny_clip_text_config(vocab)).save_pretrained(tmp_path / "text_encoder")
+    t5_tok = word_tokenizer(["a", "red", "ball", "blue", "box"], ["<unk>", "<pad>", "</s>"], pad_token="<pad>",
+                            eos_token="</s>", model_max_length=8)
+    t5_tok.save_pretrained(tmp_path / "tokenizer_2")
+    T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                            pad_token_id=1, eos_token_id=2)).save_pretrained(tmp_path / "text_encoder_2")
+    FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                           num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                           guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6),
+                           ).save_pretrained(tmp_path / "transformer")
+    FlowMatchEulerDiscreteScheduler().save_pretrained(tmp_path / "scheduler")
+    _tiny_vae(tmp_path / "vae", scaling_factor=0.3611, shift_factor=0.1159)
+    return tmp_path

@@ -4,7 +4,7 @@ import torch
 
 import poegen
 from poegen.experts.diffusers import VPUNetExpert
-from poegen.testing import tiny_sd_folder, tiny_vp_folder
+from poegen.testing import tiny_flux_folder, tiny_sd_folder, tiny_sdxl_folder, tiny_vp_folder
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -169,3 +169,147 @@ def test_flow_transformer_expert_matches_the_rectified_flow_formula(tmp_path):
     assert torch.allclose(expert.denoise(x0 + sigma * eps, sigma), x_flow - t * v, atol=1e-5)
     r = poegen.sample(poegen.Product([expert]), num_particles=2, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert r.x.shape == (2, 4, 8, 8) and torch.isfinite(r.x).all()
+
+
+class MeanRed:
+    """A potential on decoded pixels (asserts it sees them): the mean of the red channel."""
+
+    name = "mean-red"
+
+    def log_potential(self, images):
+        assert images.shape[1:] == (3, 16, 16)
+        return images[:, 0].mean((1, 2))
+
+
+def _sdxl_text_by_hand(root, prompt):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    hidden = []
+    for sub, cls in (("", CLIPTextModel), ("_2", CLIPTextModelWithProjection)):
+        tokenizer = CLIPTokenizer.from_pretrained(root / f"tokenizer{sub}")
+        ids = tokenizer([prompt], padding="max_length", max_length=8, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = cls.from_pretrained(root / f"text_encoder{sub}")(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+    return torch.cat(hidden, -1), out.text_embeds
+
+
+def test_sdxl_expert_matches_the_unet_with_both_encoders_and_time_ids(tmp_path):
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+
+    from poegen.experts.diffusers import SDXLExpert
+
+    root = tiny_sdxl_folder(tmp_path)
+    red, null = SDXLExpert.load_prompts(str(root), ["a red ball", ""])
+    assert red.unet is null.unet and red.batch_key == null.batch_key and red.shape == (4, 8, 8)
+    hidden, pooled = _sdxl_text_by_hand(root, "a red ball")
+    assert hidden.shape == (1, 8, 64) and pooled.shape == (1, 16)
+    assert torch.allclose(red.text_embeddings, hidden) and torch.allclose(red.pooled_embeddings, pooled)
+    assert torch.equal(null.text_embeddings, torch.zeros(1, 8, 64))  # SDXL's empty prompt: zeros
+    assert torch.equal(null.pooled_embeddings, torch.zeros(1, 16))
+    time_ids = torch.tensor([[16.0, 16, 0, 0, 16, 16]])  # original size, crop corner, target size: 8 latents x 2
+    assert torch.equal(red.time_ids, time_ids)
+    ab = EulerDiscreteScheduler.from_pretrained(root / "scheduler").alphas_cumprod
+    assert torch.allclose(red.alphas_cumprod, ab.double())
+    i = 500
+    sigma = ((1 - ab[i]) / ab[i]).sqrt()
+    a, s = ab[i].sqrt(), (1 - ab[i]).sqrt()
+    x0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    unet = UNet2DConditionModel.from_pretrained(root / "unet")
+    with torch.no_grad():
+        eps_hat = unet(a * x0 + s * eps, torch.full((3,), float(i)), encoder_hidden_states=hidden.expand(3, -1, -1),
+                       added_cond_kwargs={"text_embeds": pooled.expand(3, -1), "time_ids": time_ids.expand(3, -1)}).sample
+    expected = (a * x0 + s * eps - s * eps_hat) / a
+    assert torch.allclose(red.denoise(x0 + sigma * eps, sigma), expected, atol=1e-4)
+    cropped = SDXLExpert.from_pretrained(str(root), "a red ball", original_size=(32, 32), crop_top_left=(4, 0))
+    assert torch.equal(cropped.time_ids, torch.tensor([[32.0, 32, 4, 0, 16, 16]]))
+    assert not torch.allclose(cropped.denoise(x0, sigma), red.denoise(x0, sigma), atol=1e-5)  # time ids reach the UNet
+
+
+@pytest.mark.parametrize("micro_batch,calls", [(None, 1), (4, 3)])
+def test_sdxl_prompts_on_one_unet_share_one_call_and_run_poe(tmp_path, micro_batch, calls):
+    from poegen.experts.diffusers import SDXLExpert, vae_decoder
+
+    root = tiny_sdxl_folder(tmp_path)
+    experts = SDXLExpert.load_prompts(str(root), ["", "a red ball", "a blue box"], micro_batch=micro_batch)
+    forwards = []
+    experts[0].unet.register_forward_hook(lambda *a: forwards.append(1))
+    x, sigma = torch.randn(4, 4, 8, 8), torch.tensor(0.8)
+    product = poegen.Product(experts, weights=[-1.0, 1.0, 1.0], potentials=[MeanRed()], decode=vae_decoder(str(root)))
+    ev = product.evaluate(x, sigma, torch.ones(1, 4, 8, 8))
+    assert len(forwards) == calls  # 12 rows: one call, or ceil(12 / 4) micro-batches
+    separate = sum(w * (e.denoise(x, sigma) - x) for w, e in zip(product.weights, experts)) + x
+    assert torch.allclose(ev.x0, separate, atol=1e-5)
+    forwards.clear()
+    r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()
+    assert len(forwards) == calls * (1 + 2 * 3)  # one batched call (per micro-batch) per evaluation
+    assert r.nfe["sdxl[a red ball]"] == 4 * (1 + 2 * 3) and r.nfe["mean-red"] == 4 * 3
+
+
+def test_flux_expert_matches_the_rectified_flow_formula_on_packed_latents(tmp_path):
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+    from poegen.experts.diffusers import FluxExpert, pack_latents, unpack_latents
+
+    root = tiny_flux_folder(tmp_path)
+    expert = FluxExpert.from_pretrained(str(root), "a red ball")
+    assert expert.shape == (4, 8, 8) and expert.guidance == 3.5  # 16 px / VAE factor 2; 16 packed channels
+    pad = dict(padding="max_length", max_length=8, truncation=True, return_tensors="pt")
+    ids = CLIPTokenizer.from_pretrained(root / "tokenizer")(["a red ball"], **pad).input_ids
+    t5_ids = AutoTokenizer.from_pretrained(root / "tokenizer_2")(["a red ball"], **pad).input_ids
+    assert (t5_ids[0, :3] > 2).all()  # the words are in the T5 vocabulary, not unknown
+    with torch.no_grad():
+        pooled = CLIPTextModel.from_pretrained(root / "text_encoder")(ids).pooler_output
+        hidden = T5EncoderModel.from_pretrained(root / "text_encoder_2")(t5_ids).last_hidden_state
+    assert torch.allclose(expert.pooled_projections, pooled) and torch.allclose(expert.encoder_hidden_states, hidden)
+    t = 0.4
+    sigma = torch.tensor(t / (1 - t))
+    x0, eps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    x_flow = (1 - t) * x0 + t * eps
+    packed = FluxPipeline._pack_latents(x_flow, 3, 4, 8, 8)  # diffusers' own packing and position ids
+    assert torch.equal(pack_latents(x_flow), packed) and torch.equal(unpack_latents(packed, 4, 8, 8), x_flow)
+    model = FluxTransformer2DModel.from_pretrained(root / "transformer")
+    with torch.no_grad():
+        v = model(hidden_states=packed, encoder_hidden_states=hidden.expand(3, -1, -1),
+                  pooled_projections=pooled.expand(3, -1),
+                  timestep=torch.full((3,), t), guidance=torch.full((3,), 3.5),
+                  img_ids=FluxPipeline._prepare_latent_image_ids(3, 4, 4, "cpu", torch.float32),
+                  txt_ids=torch.zeros(8, 3)).sample
+    v = FluxPipeline._unpack_latents(v, 16, 16, 2)
+    x0_hat = expert.denoise(x0 + sigma * eps, sigma)
+    assert torch.allclose(x0_hat, x_flow - t * v, atol=1e-5)
+    expert.guidance = 1.0
+    assert not torch.allclose(expert.denoise(x0 + sigma * eps, sigma), x0_hat, atol=1e-5)  # guidance is embedded
+
+
+def test_flux_prompts_share_one_call_and_run_poe(tmp_path):
+    from poegen.experts.diffusers import FluxExpert, vae_decoder
+
+    root = tiny_flux_folder(tmp_path, guidance_embeds=False)  # FLUX.1-schnell style: no guidance embedding
+    experts = FluxExpert.load_prompts(str(root), ["a red ball", "a blue box"])
+    assert experts[0].guidance is None and experts[0].transformer is experts[1].transformer
+    forwards = []
+    experts[0].transformer.register_forward_hook(lambda *a: forwards.append(1))
+    x, sigma = torch.randn(4, 4, 8, 8), torch.tensor(0.8)
+    product = poegen.Product(experts, weights=[0.5, 0.5], potentials=[MeanRed()], decode=vae_decoder(str(root)))
+    ev = product.evaluate(x, sigma, torch.ones(1, 4, 8, 8))
+    assert len(forwards) == 1
+    separate = 0.5 * experts[0].denoise(x, sigma) + 0.5 * experts[1].denoise(x, sigma)
+    assert torch.allclose(ev.x0, separate, atol=1e-5)
+    r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all() and r.nfe["mean-red"] == 4 * 3
+
+
+def test_flux_vae_decoder_undoes_scaling_and_shift(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from poegen.experts.diffusers import vae_decoder
+
+    root = tiny_flux_folder(tmp_path)
+    z = torch.randn(2, 4, 8, 8)
+    vae = AutoencoderKL.from_pretrained(root / "vae")
+    with torch.no_grad():
+        expected = vae.decode(z / 0.3611 + 0.1159).sample.clamp(-1, 1)
+    assert torch.allclose(vae_decoder(str(root))(z), expected, atol=1e-5)

@@ -4,6 +4,7 @@ Schedulers are read once as tables (``alphas_cumprod``); their ``step()`` is nev
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,32 @@ def resolve(path_or_id: str) -> str:
             f"model {path_or_id!r} not found: it is neither a local folder nor in the Hugging Face cache "
             f"(HF_HOME). Fetch it first, e.g. `huggingface-cli download {path_or_id}` or "
             f"`huggingface-cli download {path_or_id} --local-dir <folder>` and pass the folder.") from None
+
+
+def _stacked_conditioning(experts, n: int) -> dict:
+    """The experts' per-row conditioning tensors for n rows each, concatenated in expert order."""
+    conds = [e._conditioning(n) for e in experts]
+    return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+
+
+def _micro_batched(forward, rows: Tensor, t: Tensor, cond: dict, micro_batch: Optional[int], dtype) -> Tensor:
+    """``forward(rows, t, **cond)`` in chunks of ``micro_batch`` rows (all at once when None): one backbone call
+    per chunk, inputs cast to the model's dtype and outputs back to the rows' dtype."""
+    mb = micro_batch or rows.shape[0]
+    cond = {k: v.to(rows.device, dtype) for k, v in cond.items()}
+    return torch.cat([forward(rows[i:i + mb].to(dtype), t[i:i + mb], **{k: v[i:i + mb] for k, v in cond.items()})
+                      .to(rows.dtype) for i in range(0, rows.shape[0], mb)])
+
+
+def _vae_config(root: str) -> dict:
+    config = Path(root) / "vae" / "config.json"
+    return json.loads(config.read_text()) if config.exists() else {}
+
+
+def _vae_scale(root: str) -> int:
+    """Pixels per latent of the folder's VAE (2^(blocks - 1)); 8 when it has no vae/ folder."""
+    blocks = _vae_config(root).get("block_out_channels")
+    return 2 ** (len(blocks) - 1) if blocks else 8
 
 
 class VPUNetExpert:
@@ -89,13 +116,8 @@ class VPUNetExpert:
         t = sigma_to_vp_t(sigma.double(), first.alphas_cumprod).to(x.dtype).repeat(E)
         x_vp = vp_input(x, s)
         rows = x_vp.repeat(E, *[1] * (x.dim() - 1))
-        conds = [e._conditioning(n) for e in experts]
-        cond = {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
-        p = next(first.unet.parameters())
-        mb = first.micro_batch or E * n  # micro-batches bound the memory of one call
-        out = torch.cat([first._forward(rows[i:i + mb].to(p.dtype), t[i:i + mb],
-                                        **{k: v[i:i + mb].to(p.dtype) for k, v in cond.items()}).to(x.dtype)
-                         for i in range(0, E * n, mb)])
+        out = _micro_batched(first._forward, rows, t, _stacked_conditioning(experts, n), first.micro_batch,
+                             next(first.unet.parameters()).dtype)
         return [first._to_x0(o, x, x_vp, s) for o in out.split(n)]
 
     def _to_x0(self, out: Tensor, x: Tensor, x_vp: Tensor, s: Tensor) -> Tensor:
@@ -178,19 +200,99 @@ class ControlNetExpert(TextConditionedUNetExpert):
                          mid_block_additional_residual=mid).sample
 
 
+class SDXLExpert(TextConditionedUNetExpert):
+    """Stable Diffusion XL: a ``UNet2DConditionModel`` with ``addition_embed_type="text_time"`` for one prompt.
+
+    The text conditioning is the penultimate hidden states of both CLIP text encoders concatenated, the pooled
+    (projected) embedding of the second, and the added time ids (original size, crop corner, target size).
+    Classifier-free guidance is a product as for SD 1.x; the empty prompt gives zero embeddings when the
+    folder's ``force_zeros_for_empty_prompt`` says so (SDXL base does)."""
+
+    def __init__(self, unet, alphas_cumprod, prediction_type: str, text_embeddings: Tensor, pooled_embeddings: Tensor,
+                 time_ids: Tensor, **kwargs):
+        super().__init__(unet, alphas_cumprod, prediction_type, text_embeddings, **kwargs)
+        self.pooled_embeddings, self.time_ids = pooled_embeddings, time_ids  # (1, proj), (1, 6)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, prompt: str = "", **kwargs) -> "SDXLExpert":
+        """Load an SDXL folder (unet/, scheduler/, tokenizer/, tokenizer_2/, text_encoder/, text_encoder_2/)."""
+        return cls.load_prompts(path_or_id, [prompt], **kwargs)[0]
+
+    @classmethod
+    def load_prompts(cls, path_or_id: str, prompts, original_size=None, crop_top_left=(0, 0), target_size=None,
+                     torch_dtype=None, **kwargs):
+        """One expert per prompt, all on one UNet (so a product of them is one batched call per step).
+
+        Sizes are (height, width) in pixels; both default to the UNet's sample size times the VAE factor."""
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        root = resolve(path_or_id)
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype)
+        if unet.config.addition_embed_type != "text_time":
+            raise ValueError(f"{path_or_id}: unet addition_embed_type is {unet.config.addition_embed_type!r}, not "
+                             "'text_time'; this is not an SDXL UNet (use the `sd` expert for SD 1.x/2.x)")
+        scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+        encoders = [(CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
+                     CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()),
+                    (CLIPTokenizer.from_pretrained(root, subfolder="tokenizer_2"),
+                     CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder_2").eval())]
+        index = Path(root) / "model_index.json"
+        index = json.loads(index.read_text()) if index.exists() else {}
+        zeros_for_empty = index.get("force_zeros_for_empty_prompt", True)
+        size = unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        target = tuple(target_size or (size[0] * _vae_scale(root), size[1] * _vae_scale(root)))
+        time_ids = torch.tensor([[*(original_size or target), *crop_top_left, *target]], dtype=torch.float32)
+        experts = []
+        for prompt in prompts:
+            hidden, pooled = encode_sdxl_prompt(encoders, prompt)
+            if prompt == "" and zeros_for_empty:
+                hidden, pooled = torch.zeros_like(hidden), torch.zeros_like(pooled)
+            args = dict(kwargs, name=kwargs.get("name") or f"sdxl[{prompt}]")
+            experts.append(cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, hidden, pooled,
+                               time_ids, **args))
+        return experts
+
+    def _conditioning(self, n: int) -> dict:
+        return {**super()._conditioning(n), "text_embeds": self.pooled_embeddings.expand(n, -1),
+                "time_ids": self.time_ids.expand(n, -1)}
+
+    def _forward(self, x_vp: Tensor, t: Tensor, encoder_hidden_states: Tensor = None, text_embeds: Tensor = None,
+                 time_ids: Tensor = None) -> Tensor:
+        return self.unet(x_vp, t, encoder_hidden_states=encoder_hidden_states,
+                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}).sample
+
+
+@torch.no_grad()
+def encode_sdxl_prompt(encoders, prompt: str):
+    """(hidden states (1, L, d1 + d2), pooled (1, proj)) of ``prompt`` through SDXL's two (tokenizer, CLIP) pairs:
+    penultimate layers concatenated, and the second encoder's projected embedding."""
+    hidden = []
+    for tokenizer, encoder in encoders:
+        ids = tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        out = encoder(ids, output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+    return torch.cat(hidden, dim=-1), out.text_embeds
+
+
 class FlowTransformerExpert:
     """A rectified-flow transformer (SD3-style ``SD3Transformer2DModel``) for fixed prompt embeddings.
 
     Flow time t = sigma / (1 + sigma) and input x / (1 + sigma); the model predicts the velocity
     v = eps - x0, so x0_hat = x_t - t v. Prompt embeddings come from the model's text encoders
-    (``encoder_hidden_states``, ``pooled_projections``), computed once by the caller."""
+    (``encoder_hidden_states``, ``pooled_projections``), computed once by the caller. Experts on one
+    transformer share one call per micro-batch (``batch_key``/``denoise_batch``), as the UNet experts do."""
 
     def __init__(self, transformer, encoder_hidden_states: Tensor, pooled_projections: Tensor,
-                 micro_batch: Optional[int] = None, name: Optional[str] = None):
+                 micro_batch: Optional[int] = None, name: Optional[str] = None, shape=None):
         self.transformer = transformer.eval()
         self.encoder_hidden_states, self.pooled_projections = encoder_hidden_states, pooled_projections
-        size = transformer.config.sample_size
-        self.shape = (transformer.config.in_channels, size, size)
+        if shape is None:
+            size = transformer.config.sample_size
+            shape = (transformer.config.in_channels, size, size)
+        self.shape = tuple(shape)
         self.sigma_min, self.sigma_max = 1e-3, 1e3  # t in [0.001, 0.999]
         self.micro_batch, self.name = micro_batch, name or "flow-transformer"
 
@@ -202,21 +304,126 @@ class FlowTransformerExpert:
         model = SD3Transformer2DModel.from_pretrained(resolve(path_or_id), subfolder=subfolder)
         return cls(model, encoder_hidden_states, pooled_projections, **kwargs)
 
+    @property
+    def batch_key(self):
+        return (type(self), id(self.transformer))
+
+    def _conditioning(self, n: int) -> dict:
+        return {"encoder_hidden_states": self.encoder_hidden_states.expand(n, -1, -1),
+                "pooled_projections": self.pooled_projections.expand(n, -1)}
+
+    def _forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        return self.transformer(hidden_states=x_t, timestep=(1000 * t).to(x_t.dtype), **cond).sample
+
     @torch.no_grad()
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
-        n = x.shape[0]
+        return self.denoise_batch([self], x, sigma)[0]
+
+    @classmethod
+    @torch.no_grad()
+    def denoise_batch(cls, experts, x: Tensor, sigma: Tensor):
+        """x0_hat = x_t - t v of several experts on one transformer, one call per micro-batch."""
+        first, n, E = experts[0], x.shape[0], len(experts)
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype).reshape(-1).expand(n)
         s = sigma.reshape(-1, *[1] * (x.dim() - 1))
         t = sigma_to_flow(sigma)
         x_t = flow_input(x, s)
-        p = next(self.transformer.parameters())
-        mb = self.micro_batch or n
-        v = torch.cat([self.transformer(
-            hidden_states=x_t[i:i + mb].to(p.dtype), timestep=(1000 * t[i:i + mb]).to(p.dtype),
-            encoder_hidden_states=self.encoder_hidden_states.to(p).expand(len(x_t[i:i + mb]), -1, -1),
-            pooled_projections=self.pooled_projections.to(p).expand(len(x_t[i:i + mb]), -1)).sample.to(x.dtype)
-            for i in range(0, n, mb)])
-        return x_t - t.reshape_as(s) * v
+        v = _micro_batched(first._forward, x_t.repeat(E, *[1] * (x.dim() - 1)), t.repeat(E),
+                           _stacked_conditioning(experts, n), first.micro_batch,
+                           next(first.transformer.parameters()).dtype)
+        return [x_t - t.reshape_as(s) * vi for vi in v.split(n)]
+
+
+def pack_latents(x: Tensor) -> Tensor:
+    """FLUX token layout: (N, C, H, W) latents as (N, H/2 * W/2, 4C) rows of 2x2 patches."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // 2) * (w // 2), 4 * c)
+
+
+def unpack_latents(tokens: Tensor, c: int, h: int, w: int) -> Tensor:
+    """Inverse of ``pack_latents``."""
+    n = tokens.shape[0]
+    return tokens.reshape(n, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+
+def latent_ids(h: int, w: int, device=None, dtype=torch.float32) -> Tensor:
+    """FLUX image position ids of an (h, w) grid of patches: rows (0, row, column)."""
+    ids = torch.zeros(h, w, 3, device=device, dtype=dtype)
+    ids[..., 1] = torch.arange(h, device=device, dtype=dtype)[:, None]
+    ids[..., 2] = torch.arange(w, device=device, dtype=dtype)[None, :]
+    return ids.reshape(h * w, 3)
+
+
+class FluxExpert(FlowTransformerExpert):
+    """FLUX.1 (``FluxTransformer2DModel``) for one prompt, through the same flow -> VE conversion.
+
+    Latents (C, H, W) are packed into 2x2 patches with image position ids; the text is the T5 hidden
+    states (``encoder_hidden_states``, text ids all zero) and the pooled CLIP embedding. Guidance-distilled
+    checkpoints (``guidance_embeds``, FLUX.1-dev) take the scalar ``guidance``; FLUX.1-schnell has none."""
+
+    def __init__(self, transformer, encoder_hidden_states: Tensor, pooled_projections: Tensor, shape,
+                 guidance: Optional[float] = 3.5, **kwargs):
+        super().__init__(transformer, encoder_hidden_states, pooled_projections, shape=shape, **kwargs)
+        c, h, w = self.shape
+        if 4 * c != transformer.config.in_channels or h % 2 or w % 2:
+            raise ValueError(f"shape {self.shape}: FLUX needs 4 * channels = in_channels "
+                             f"({transformer.config.in_channels}) and even height and width")
+        self.guidance = guidance if transformer.config.guidance_embeds else None
+        if guidance is not None and not transformer.config.guidance_embeds:
+            log.info("%s: the transformer has no guidance embedding; guidance %s is not used", self.name, guidance)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, prompt: str = "", **kwargs) -> "FluxExpert":
+        """Load a FLUX folder (transformer/, tokenizer/, text_encoder/, tokenizer_2/, text_encoder_2/)."""
+        return cls.load_prompts(path_or_id, [prompt], **kwargs)[0]
+
+    @classmethod
+    def load_prompts(cls, path_or_id: str, prompts, resolution: Optional[int] = None, max_sequence_length: int = 512,
+                     torch_dtype=None, **kwargs):
+        """One expert per prompt on one transformer; images are ``resolution`` pixels square (default: the VAE's
+        ``sample_size``, 1024 for FLUX.1), latents 2 * (resolution // (2 * vae factor)) on a side."""
+        from diffusers import FluxTransformer2DModel
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+        root = resolve(path_or_id)
+        model = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch_dtype)
+        clip_tok = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
+        clip = CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()
+        t5_tok = AutoTokenizer.from_pretrained(root, subfolder="tokenizer_2")
+        t5 = T5EncoderModel.from_pretrained(root, subfolder="text_encoder_2").eval()
+        side = 2 * ((resolution or _vae_config(root).get("sample_size", 1024)) // (2 * _vae_scale(root)))
+        shape = (model.config.in_channels // 4, side, side)
+        length = min(max_sequence_length, t5_tok.model_max_length)
+        experts = []
+        for prompt in prompts:
+            with torch.no_grad():
+                pooled = clip(clip_tok([prompt], padding="max_length", max_length=clip_tok.model_max_length,
+                                       truncation=True, return_tensors="pt").input_ids).pooler_output
+                hidden = t5(t5_tok([prompt], padding="max_length", max_length=length, truncation=True,
+                                   return_tensors="pt").input_ids).last_hidden_state
+            args = dict(kwargs, name=kwargs.get("name") or f"flux[{prompt}]")
+            experts.append(cls(model, hidden, pooled, shape, **args))
+        return experts
+
+    @property
+    def batch_key(self):
+        return (type(self), id(self.transformer), self.shape)
+
+    def _conditioning(self, n: int) -> dict:
+        cond = super()._conditioning(n)
+        if self.guidance is not None:
+            cond["guidance"] = torch.full((n,), float(self.guidance), device=self.pooled_projections.device)
+        return cond
+
+    def _forward(self, x_t: Tensor, t: Tensor, encoder_hidden_states: Tensor = None, pooled_projections: Tensor = None,
+                 guidance: Tensor = None) -> Tensor:
+        _, c, h, w = x_t.shape
+        v = self.transformer(hidden_states=pack_latents(x_t), encoder_hidden_states=encoder_hidden_states,
+                             pooled_projections=pooled_projections, timestep=t.to(x_t.dtype), guidance=guidance,
+                             img_ids=latent_ids(h // 2, w // 2, x_t.device, x_t.dtype),
+                             txt_ids=torch.zeros(encoder_hidden_states.shape[1], 3, device=x_t.device, dtype=x_t.dtype),
+                             ).sample
+        return unpack_latents(v, c, h, w)
 
 
 def vae_decoder(path_or_id: str, subfolder: str = "vae"):
@@ -225,7 +432,9 @@ def vae_decoder(path_or_id: str, subfolder: str = "vae"):
 
     vae = AutoencoderKL.from_pretrained(resolve(path_or_id), subfolder=subfolder).eval()
 
+    shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents
+
     @torch.no_grad()
     def decode(latents: Tensor) -> Tensor:
-        return vae.decode(latents / vae.config.scaling_factor).sample.clamp(-1, 1)
+        return vae.decode(latents / vae.config.scaling_factor + shift).sample.clamp(-1, 1)
     return decode
