@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,9 +47,10 @@ def cmd_compare(args) -> int:
     names = args.samplers.split(",")
     for n in names:
         samplers.config(n)  # unknown names fail before any work
-    rows, images = compare.run(args.prompts, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
+    workers = args.workers or min(os.cpu_count() or 1, 4)
+    rows, images = compare.run(args.targets, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
                                args.guidance, args.vlm_weight, progress=not args.quiet,
-                               workers=args.workers)
+                               workers=workers)
     summary = compare.summarise(rows, images)
     report = compare.write(Path(args.out), rows, images, summary)
     print(compare.table(summary))
@@ -103,8 +105,10 @@ def main(argv=None) -> int:
     b.add_argument("--out", default="poegen-batch")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(fn=cmd_batch)
-    c = sub.add_parser("compare", help="compare samplers at equal NFE on shapes-world prompts; tables and an HTML report")
-    c.add_argument("prompts", nargs="+")
+    c = sub.add_parser("compare", help="compare samplers at equal NFE on shapes-world prompts or scene specs; "
+                                         "tables and an HTML report")
+    c.add_argument("targets", nargs="+", metavar="PROMPT_OR_SCENE",
+                   help="prompts in the shapes world's vocabulary, or scene spec files (.yaml, .yml, .json)")
     c.add_argument("--samplers", default="poe,smc,best-of-n,ancestral")
     c.add_argument("--seeds", type=int, default=8)
     c.add_argument("--particles", type=int, default=16)
@@ -112,7 +116,8 @@ def main(argv=None) -> int:
     c.add_argument("--steps", type=int, default=30)
     c.add_argument("--guidance", type=float, default=1.0)
     c.add_argument("--vlm-weight", type=float, default=1.0)
-    c.add_argument("--workers", type=int, default=1, help="processes sharing the runs (results do not change)")
+    c.add_argument("--workers", type=int, default=0,
+                   help="processes sharing the runs (results do not change); 0 = one per CPU core, at most 4")
     c.add_argument("--out", default="poegen-compare")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(fn=cmd_compare)

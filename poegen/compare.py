@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -41,7 +42,7 @@ def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: in
 
 
 def judge(image, prompt) -> Dict[str, bool]:
-    """The checker's verdict: every asked object present; every relation holds."""
+    """The checker's verdict on a prompt: every asked object present; every relation holds."""
     from .experts.shapes import answer_detections, detect
     from .experts.shapes.prompt import parse_prompt
 
@@ -52,13 +53,33 @@ def judge(image, prompt) -> Dict[str, bool]:
     return {"present": present, "relation": present and all(answer_detections(q, dets) for q in relations)}
 
 
+def judge_scene(image, physics, tolerance: float = 2.0) -> Dict[str, bool]:
+    """The checker's verdict on a simulated scene: every visible object present (colour and shape), and
+    ``relation``: each one's centroid within ``tolerance`` px of where the simulation put it."""
+    from .experts.shapes import detect
+
+    dets, present, placed = detect(image), True, True
+    for o, pos in zip(physics.scene.objects, physics.positions):
+        if pos is None:
+            continue
+        same = [d for d in dets if d.colour == o.colour and d.shape == o.shape]
+        present = present and bool(same)
+        placed = placed and any(math.hypot(d.centroid[0] - pos[0], d.centroid[1] - pos[1]) <= tolerance for d in same)
+    return {"present": present, "relation": placed}
+
+
+def is_scene(target: str) -> bool:
+    """A comparison target is a scene spec when it names a .yaml, .yml or .json file, else a prompt."""
+    return Path(target).suffix.lower() in (".yaml", ".yml", ".json")
+
+
 @dataclass
 class Row:
     sampler: str
-    prompt: str
+    prompt: str            # the prompt, or the scene spec's path
     seed: int
-    present: bool
-    relation: bool
+    present: bool          # every object present (checker)
+    relation: bool         # prompt: every relation holds; scene: every object within 2 px of its simulated place
     vlm: float
     log_Z: float
     nfe: int
@@ -70,60 +91,75 @@ _WORKER: dict = {}
 
 
 def _init_worker(threads: int):
-    """Per-process state of a comparison worker: its thread count, the experts and built products."""
+    """Per-process state of a comparison worker: its thread count, the experts and built targets."""
     from .experts.shapes import load_prior, load_vlm
 
     if threads:
         torch.set_num_threads(threads)
-    _WORKER.update(prior=load_prior(), vlm=load_vlm(), products={})
+    _WORKER.update(prior=load_prior(), vlm=load_vlm(), targets={})
+
+
+def _target(target: str, guidance: float, vlm_weight: float):
+    """(product, VLM questions, verdict function) of a prompt or a scene spec path, built once per process."""
+    from .experts.physics import PhysicsExpert
+    from .experts.shapes.prompt import build_product, build_scene_product, parse_prompt
+    from .scene import load_scene
+
+    key = target, guidance, vlm_weight
+    if key not in _WORKER["targets"]:
+        prior, vlm = _WORKER["prior"], _WORKER["vlm"]
+        if is_scene(target):
+            physics = PhysicsExpert(load_scene(target))
+            questions = [f"is there a {o.colour} {o.shape}?" for o, p in zip(physics.scene.objects, physics.positions)
+                         if p is not None]
+            built = (build_scene_product(physics, prior, guidance), questions, lambda x: judge_scene(x, physics))
+        else:
+            built = (build_product(target, prior=prior, vlm=vlm, guidance=guidance, vlm_weight=vlm_weight),
+                     parse_prompt(target).questions(), lambda x: judge(x, target))
+        _WORKER["targets"][key] = built
+    return _WORKER["targets"][key]
 
 
 def _run_task(task):
-    """One (sampler, prompt, seed): sample, then score with the checker and the VLM; (row, image)."""
-    from .experts.shapes.prompt import build_product, parse_prompt
-
-    sampler, prompt, seed, particles, mcmc_steps, steps, guidance, vlm_weight = task
-    key = prompt, guidance, vlm_weight
-    if key not in _WORKER["products"]:
-        _WORKER["products"][key] = build_product(prompt, prior=_WORKER["prior"], vlm=_WORKER["vlm"],
-                                                 guidance=guidance, vlm_weight=vlm_weight)
-    product = _WORKER["products"][key]
+    """One (sampler, target, seed): sample, then score with the checker and the VLM; (row, image)."""
+    sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight = task
+    product, questions, verdict = _target(target, guidance, vlm_weight)
     t = time.perf_counter()
     r = sample_one(product, sampler, particles, mcmc_steps, steps, seed)
     seconds = time.perf_counter() - t
     x = r.x[0]
-    questions = parse_prompt(prompt).questions()
     score = float(_WORKER["vlm"].log_prob_yes(x[None].expand(len(questions), -1, -1, -1), questions).mean())
-    return Row(sampler, prompt, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
+    return Row(sampler, target, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
                nfe=sum(v for k, v in r.nfe.items() if k in product.names), ess=r.diagnostics["ess"],
-               **judge(x, prompt)), x
+               **verdict(x)), x
 
 
-def run(prompts: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 2,
+def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 2,
         steps: int = 30, guidance: float = 1.0, vlm_weight: float = 1.0, progress: bool = True, workers: int = 1,
         seed0: int = 0):
-    """(rows, images[(sampler, prompt)] -> (seeds, 3, H, W)) for every sampler x prompt x seed (seeds
-    seed0, seed0 + 1, ...). With ``workers`` > 1 the runs are spread over that many processes, each with
-    an equal share of torch's threads; results do not depend on ``workers``."""
+    """(rows, images[(sampler, target)] -> (seeds, 3, H, W)) for every sampler x target x seed (seeds
+    seed0, seed0 + 1, ...); a target is a prompt or a scene spec path. With ``workers`` > 1 the runs are
+    spread over that many processes, each with an equal share of torch's threads; results do not
+    depend on ``workers``."""
     from .experts.shapes.prompt import parse_prompt
+    from .scene import load_scene
 
-    for prompt in prompts:  # prompt errors before any work
-        parse_prompt(prompt)
+    for target in targets:  # bad prompts and specs fail before any work
+        load_scene(target) if is_scene(target) else parse_prompt(target)
     tasks = [(s, p, seed, particles, mcmc_steps, steps, guidance, vlm_weight)
-             for p in prompts for s in sampler_names for seed in range(seed0, seed0 + seeds)]
+             for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
     bar = tqdm(total=len(tasks), desc="compare", disable=not progress)
+    results = []
     if workers > 1:
         import multiprocessing as mp
 
         threads = max(1, torch.get_num_threads() // workers)
         with mp.get_context("spawn").Pool(workers, _init_worker, (threads,)) as pool:
-            results = []
             for res in pool.imap(_run_task, tasks):
                 results.append(res)
                 bar.update()
     else:
         _init_worker(0)
-        results = []
         for task in tasks:
             results.append(_run_task(task))
             bar.update()

@@ -30,8 +30,22 @@ def test_ancestral_runs_one_chain():
     assert compare.equal_nfe_options("ancestral", 16, 2) == dict(num_particles=1, select="all")
 
 
+def test_scene_verdict_reads_the_simulated_layout():
+    from poegen.experts.physics import PhysicsExpert
+    from poegen.scene import load_scene
+
+    physics = PhysicsExpert(load_scene("examples/stacking.yaml"))
+    image = physics.image
+    assert compare.judge_scene(image, physics) == {"present": True, "relation": True}
+    moved = image.roll(3, dims=-1)  # everything 3 px to the right
+    assert compare.judge_scene(moved, physics) == {"present": True, "relation": False}
+    assert compare.judge_scene(moved, physics, tolerance=3.5)["relation"]
+    assert compare.judge_scene(-torch.ones_like(image), physics)["present"] is False
+    assert compare.is_scene("examples/stacking.yaml") and not compare.is_scene("a red ball on a blue box")
+
+
 def test_workers_do_not_change_results():
-    args = (["a red ball"], ["poe", "ancestral"], 2, 2, 1, 2)
+    args = (["a red ball", "examples/stacking.yaml"], ["poe", "ancestral"], 2, 2, 1, 2)
     one, img1 = compare.run(*args, progress=False)
     two, img2 = compare.run(*args, progress=False, workers=2)
     assert [(r.sampler, r.seed, r.present) for r in one] == [(r.sampler, r.seed, r.present) for r in two]
@@ -43,7 +57,7 @@ def test_workers_do_not_change_results():
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp")
     assert main(["compare", "a red ball", "a red ball left of a blue box", "--samplers", "poe,ancestral", "--seeds", "2",
-                 "--steps", "2", "--particles", "2", "--quiet", "--out", str(out)]) == 0
+                 "--steps", "2", "--particles", "2", "--quiet", "--workers", "1", "--out", str(out)]) == 0
     return out
 
 
