@@ -117,12 +117,12 @@ def word_tokenizer(words, specials, **kwargs):
     ids are specials first, then words; anything else is the first special (the unknown token)."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
+    from tokenizers.pre_tokenizers import Punctuation, Sequence, Whitespace
     from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(dict.fromkeys([*specials, *words]))}
     tok = Tokenizer(WordLevel(vocab, unk_token=specials[0]))
-    tok.pre_tokenizer = Whitespace()
+    tok.pre_tokenizer = Sequence([Whitespace(), Punctuation()])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=specials[0], **kwargs)
 
 
@@ -149,3 +149,29 @@ def tiny_flux_folder(tmp_path: Path, guidance_embeds: bool = True):
     FlowMatchEulerDiscreteScheduler().save_pretrained(tmp_path / "scheduler")
     _tiny_vae(tmp_path / "vae", scaling_factor=0.3611, shift_factor=0.1159)
     return tmp_path
+
+
+def tiny_vlm_folder(tmp_path: Path):
+    """A Llava-shaped image-text-to-text VLM with random weights in one folder: a CLIP vision tower (16x16
+    images, 4x4 patches: 16 image tokens), a 2-layer Llama, and a LlavaProcessor over a word tokenizer
+    that knows "Yes", "No" and the words of VQAScore's question. Returns the folder."""
+    from tokenizers import AddedToken
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    torch.manual_seed(0)
+    words = ["USER", "ASSISTANT", ":", "?", '"', ".", "Does", "this", "figure", "show", "a", "red", "ball", "blue",
+             "box", "Yes", "No", "Please", "answer", "yes", "or", "no"]
+    tok = word_tokenizer(words, ["<unk>", "<s>", "</s>", "<pad>"], bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tok.add_tokens([AddedToken("<image>", special=True)])
+    LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}),
+                   tokenizer=tok, patch_size=4, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1).save_pretrained(tmp_path)
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=16, patch_size=4),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3),
+        image_token_index=tok.convert_tokens_to_ids("<image>"))
+    LlavaForConditionalGeneration(config).save_pretrained(tmp_path)
+    return str(tmp_path)

@@ -29,3 +29,101 @@ def test_clip_score_matches_the_model_and_is_differentiable(tmp_path):
     x = images.clone().requires_grad_(True)
     red.log_potential(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def _uint8_images(n, size=16):
+    """Images in [-1, 1] that are exactly representable as 8-bit pixels (so the processor sees the same ones)."""
+    g = torch.Generator().manual_seed(1)
+    u8 = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    return u8, u8.float() / 255 * 2 - 1
+
+
+def test_vqa_score_is_log_p_yes_at_the_answer_position(tmp_path):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from poegen.experts.vlm import VQAScore
+    from poegen.testing import tiny_vlm_folder
+
+    root = tiny_vlm_folder(tmp_path)
+    vqa = VQAScore.from_pretrained(root, "a red ball")
+    both = VQAScore.from_pretrained(root, "a red ball", versus="No")
+    u8, images = _uint8_images(3)
+    s = vqa.log_potential(images)
+    assert s.shape == (3,) and (s <= 0).all()
+    # by hand: the processor's own prompt expansion and pixels, the model's logits at the last position
+    processor, model = AutoProcessor.from_pretrained(root), AutoModelForImageTextToText.from_pretrained(root)
+    prompt = 'USER: <image>\nDoes this figure show "a red ball"? Please answer yes or no. ASSISTANT:'
+    inputs = processor(images=[Image.fromarray(u.permute(1, 2, 0).numpy()) for u in u8], text=[prompt] * 3,
+                       return_tensors="pt")
+    assert (inputs.input_ids == model.config.image_token_id).sum(1).tolist() == [16] * 3  # 4x4 patches, no CLS
+    assert torch.equal(inputs.input_ids[:1], vqa.input_ids)
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, -1]
+    yes, no = processor.tokenizer.convert_tokens_to_ids(["Yes", "No"])
+    assert torch.allclose(s, logits.log_softmax(-1)[:, yes], atol=1e-4)
+    assert torch.allclose(both.log_potential(images), torch.nn.functional.logsigmoid(logits[:, yes] - logits[:, no]),
+                          atol=1e-4)
+    assert (both.log_potential(images) > s).all()  # two answers share the mass the whole vocabulary shares
+    other = VQAScore.from_pretrained(root, "a blue box")
+    assert not torch.allclose(other.log_potential(images), s)  # the question reaches the language model
+    x = images.clone().requires_grad_(True)
+    vqa.log_potential(x).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0  # differentiable in the image
+    assert torch.allclose(VQAScore.from_pretrained(root, "a red ball", micro_batch=2).log_potential(images), s, atol=1e-5)
+
+
+def test_vqa_refuses_an_answer_outside_the_vocabulary(tmp_path):
+    import pytest
+
+    from poegen.experts.vlm import VQAScore
+    from poegen.testing import tiny_vlm_folder
+
+    with pytest.raises(ValueError, match="answer 'Maybe' is not in the VLM's vocabulary"):
+        VQAScore.from_pretrained(tiny_vlm_folder(tmp_path), "a red ball", answer="Maybe")
+
+
+def test_pickscore_is_scaled_cosine_of_clip_embeddings(tmp_path, monkeypatch):
+    import pytest
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from poegen.experts.vlm import PickScore
+
+    root = tiny_clip_folder(tmp_path / "clip")
+    model = CLIPModel.from_pretrained(root)
+    with torch.no_grad():
+        model.logit_scale.fill_(2.0)
+    model.save_pretrained(tmp_path / "pick")  # like PickScore_v1: weights and config, no tokenizer
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(FileNotFoundError, match="huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K"):
+        PickScore.from_pretrained(str(tmp_path / "pick"), "a red ball")
+    pick = PickScore.from_pretrained(str(tmp_path / "pick"), "a red ball", tokenizer=root)
+    assert pick.name == "pickscore[a red ball]" and abs(pick.scale - torch.e ** 2) < 1e-4
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    ids = CLIPTokenizer.from_pretrained(root)(["a red ball"], padding="max_length", max_length=8, truncation=True,
+                                              return_tensors="pt")
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+    with torch.no_grad():
+        img = model.get_image_features(pixel_values=((images + 1) / 2 - mean) / std).pooler_output
+        txt = model.get_text_features(**ids).pooler_output
+    cos = torch.nn.functional.cosine_similarity(img, txt.expand_as(img), dim=-1)
+    assert torch.allclose(pick.log_potential(images), torch.e ** 2 * cos, atol=1e-4)
+
+
+def test_vqa_and_pickscore_potentials_in_a_poe_run(tmp_path):
+    import poegen
+    from poegen.experts.diffusers import VPUNetExpert
+    from poegen.experts.vlm import PickScore, VQAScore
+    from poegen.testing import tiny_vlm_folder, tiny_vp_folder
+
+    tiny_vp_folder(tmp_path / "unet")
+    prior = VPUNetExpert.from_pretrained(str(tmp_path / "unet"))  # 8x8 images, resized to 16x16 by the scorers
+    vqa = VQAScore.from_pretrained(tiny_vlm_folder(tmp_path / "vlm"), "a red ball")
+    pick = PickScore.from_pretrained(tiny_clip_folder(tmp_path / "clip"), "a red ball")
+    for potential in (vqa, pick):
+        r = poegen.sample(poegen.Product([prior], potentials=[potential], lambdas=[3.0]), num_particles=4,
+                          num_steps=2, generator=torch.Generator().manual_seed(0))
+        assert r.x.shape == (4, 3, 8, 8) and torch.isfinite(r.x).all() and torch.isfinite(r.log_w).all()
+        assert r.nfe[potential.name] == 4 * 3 and r.log_Z != 0  # scored at every level; weights moved

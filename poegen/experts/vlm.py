@@ -1,6 +1,9 @@
-"""Discriminative experts from transformers models: CLIP score (and, later, VQA-style yes/no scorers)."""
+"""Discriminative experts from transformers models: CLIP score, a PickScore-style preference scorer, and a
+VQAScore-style log P("Yes") from an image-text-to-text VLM."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -9,13 +12,25 @@ from torch import Tensor
 
 from .diffusers import resolve
 
+log = logging.getLogger("poegen.experts.vlm")
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+VQA_QUESTION = 'Does this figure show "{}"? Please answer yes or no.'  # VQAScore (Lin et al. 2024)
+LLAVA_TEMPLATE = "USER: {image}\n{question} ASSISTANT:"              # Llava-1.5, when there is no chat template
+PICKSCORE_TOKENIZER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"      # PickScore_v1 ships no tokenizer of its own
 
 
 def _embedding(out) -> Tensor:
     """transformers 5 returns an output object from get_*_features; older versions a tensor."""
     return out.pooler_output if hasattr(out, "pooler_output") else out
+
+
+def _normalise(x0: Tensor, size, mean, std, dtype) -> Tensor:
+    """Images in [-1, 1] resized (bilinear) to ``size`` and normalised like the model's processor, in torch."""
+    img = F.interpolate((x0.float().clamp(-1, 1) + 1) / 2, size=tuple(size), mode="bilinear", align_corners=False)
+    mean, std = torch.tensor(mean, device=x0.device), torch.tensor(std, device=x0.device)
+    return ((img - mean[:, None, None]) / std[:, None, None]).to(dtype)
 
 
 class ClipScore:
@@ -34,17 +49,98 @@ class ClipScore:
         self.name = name or f"clip[{text}]"
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, text: str, **kwargs) -> "ClipScore":
+    def from_pretrained(cls, path_or_id: str, text: str, tokenizer: Optional[str] = None, **kwargs) -> "ClipScore":
+        """A CLIPModel folder or cached id; its tokenizer from ``tokenizer`` (a folder or id) when given."""
         from transformers import CLIPModel, CLIPTokenizer
 
         root = resolve(path_or_id)
-        return cls(CLIPModel.from_pretrained(root), CLIPTokenizer.from_pretrained(root), text, **kwargs)
+        tok = CLIPTokenizer.from_pretrained(resolve(tokenizer) if tokenizer else root)
+        return cls(CLIPModel.from_pretrained(root), tok, text, **kwargs)
 
     def log_potential(self, x0: Tensor) -> Tensor:
         p = next(self.model.parameters())
-        img = F.interpolate((x0.float().clamp(-1, 1) + 1) / 2, size=(self.size, self.size), mode="bilinear",
-                            align_corners=False)
-        mean, std = torch.tensor(CLIP_MEAN, device=x0.device), torch.tensor(CLIP_STD, device=x0.device)
-        img = (img - mean[:, None, None]) / std[:, None, None]
-        emb = F.normalize(_embedding(self.model.get_image_features(pixel_values=img.to(p.dtype))), dim=-1)
+        img = _normalise(x0, (self.size, self.size), CLIP_MEAN, CLIP_STD, p.dtype)
+        emb = F.normalize(_embedding(self.model.get_image_features(pixel_values=img)), dim=-1)
         return (self.scale * emb.float() @ self.text.to(emb.device).float().T)[:, 0].to(x0.dtype)
+
+
+class PickScore(ClipScore):
+    """PickScore (Kirstain et al. 2023): a CLIP-H fine-tuned on human preferences, scored as logit_scale times
+    the cosine of image and prompt embeddings, i.e. ``ClipScore`` on the PickScore_v1 checkpoint. Its folder
+    has no tokenizer; it is taken from the folder when present, else from LAION's CLIP-ViT-H-14."""
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, text: str, tokenizer: Optional[str] = None, **kwargs) -> "PickScore":
+        root = resolve(path_or_id)
+        if tokenizer is None and not (Path(root) / "tokenizer_config.json").exists():
+            tokenizer = PICKSCORE_TOKENIZER
+        kwargs.setdefault("name", f"pickscore[{text}]")
+        return super().from_pretrained(root, text, tokenizer=tokenizer, **kwargs)
+
+
+class VQAScore:
+    """VQAScore (Lin et al. 2024): log P(answer | image, question) of an image-text-to-text VLM, read from the
+    logits at the answer position (softmax over the whole vocabulary, so the value is <= 0); with ``versus``
+    (e.g. "No") the softmax is over the two answers only, log P(yes) / (P(yes) + P(no)).
+
+    Works with VLMs whose processor gives a fixed-size ``pixel_values`` (Llava family): the prompt's image
+    tokens are expanded once by the processor, and images are resized and normalised in torch, so the score
+    is differentiable in the image."""
+
+    def __init__(self, model, processor, question: str, answer: str = "Yes", versus: Optional[str] = None,
+                 template: Optional[str] = None, micro_batch: Optional[int] = None, name: Optional[str] = None):
+        from PIL import Image
+
+        self.model, self.micro_batch = model.eval(), micro_batch
+        self.name = name or f"vqa[{question}]"
+        tok = processor.tokenizer
+        image_token = getattr(processor, "image_token", "<image>")
+        if template is None and getattr(processor, "chat_template", None):
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        else:
+            prompt = (template or LLAVA_TEMPLATE).format(image=image_token, question=question)
+        ip = processor.image_processor
+        crop = getattr(ip, "crop_size", None) or ip.size
+        blank = Image.new("RGB", (crop["width"], crop["height"]))
+        inputs = processor(images=blank, text=prompt, return_tensors="pt")
+        extra = sorted(set(inputs) - {"input_ids", "attention_mask", "pixel_values"})
+        if extra or inputs["pixel_values"].dim() != 4:
+            raise ValueError(f"{type(processor).__name__} gives {', '.join(extra) or 'variable-size pixel_values'}; "
+                             "VQAScore supports VLMs with a fixed-size image input (Llava family)")
+        self.input_ids, self.attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        self.size = tuple(inputs["pixel_values"].shape[-2:])
+        self.mean, self.std = tuple(ip.image_mean), tuple(ip.image_std)
+        self.answer_ids = [self._token(tok, answer)] + ([self._token(tok, versus)] if versus else [])
+
+    @staticmethod
+    def _token(tokenizer, word: str) -> int:
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if not ids or ids[0] == tokenizer.unk_token_id:
+            raise ValueError(f"answer {word!r} is not in the VLM's vocabulary; pass another answer= word")
+        if len(ids) > 1:
+            log.warning("answer %r is %d tokens; scoring its first token only", word, len(ids))
+        return ids[0]
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, text: str, question: str = VQA_QUESTION, **kwargs) -> "VQAScore":
+        """An image-text-to-text folder or cached id (model and processor); ``question`` formatted with ``text``."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        root = resolve(path_or_id)
+        kwargs.setdefault("name", f"vqa[{text}]")
+        return cls(AutoModelForImageTextToText.from_pretrained(root), AutoProcessor.from_pretrained(root),
+                   question.format(text), **kwargs)
+
+    def log_potential(self, x0: Tensor) -> Tensor:
+        p = next(self.model.parameters())
+        mb = self.micro_batch or x0.shape[0]
+        pixels = _normalise(x0, self.size, self.mean, self.std, p.dtype)
+        ids, mask = self.input_ids.to(x0.device), self.attention_mask.to(x0.device)
+        logits = torch.cat([self.model(input_ids=ids.expand(len(chunk), -1), attention_mask=mask.expand(len(chunk), -1),
+                                       pixel_values=chunk, logits_to_keep=1).logits[:, -1].float()
+                            for chunk in pixels.split(mb)])
+        if len(self.answer_ids) == 1:
+            return logits.log_softmax(-1)[:, self.answer_ids[0]].to(x0.dtype)
+        pair = logits[:, self.answer_ids]
+        return (pair[:, 0] - pair.logsumexp(-1)).to(x0.dtype)
