@@ -16,7 +16,7 @@ def cmd_generate(args) -> int:
     from .generate import Job, run
 
     fields = ("prompt", "scene", "frames", "sampler", "particles", "steps", "mcmc_steps", "seed", "guidance",
-              "vlm_weight", "select", "experts", "potentials")
+              "vlm_weight", "select", "experts", "potentials", "config")
     job = Job.from_dict({k: getattr(args, k) for k in fields}, "generate")
     t = time.perf_counter()
     written = run(job, Path(args.out), progress=not args.quiet)
@@ -59,14 +59,15 @@ def cmd_compare(args) -> int:
 
 
 def cmd_experts(args) -> int:
-    from .experts.registry import GENERATIVE, POTENTIALS
+    from .experts.registry import GENERATIVE, OPTIONS, POTENTIALS
 
     print("generative experts (--expert KIND:PATH); without any, the embedded shapes world is used:")
     for kind, (what, _) in GENERATIVE.items():
-        print(f"  {kind:10s} {what}")
+        print(f"  {kind:10s} {what}" + (f"; options: {', '.join(OPTIONS[kind])}" if OPTIONS.get(kind) else ""))
     print("potentials (--potential KIND:PATH):")
     for kind, (what, _) in POTENTIALS.items():
-        print(f"  {kind:10s} {what}")
+        print(f"  {kind:10s} {what}" + (f"; options: {', '.join(OPTIONS[kind])}" if OPTIONS.get(kind) else ""))
+    print("both may also be named in a file: poegen generate --config experts.yaml (see README)")
     return 0
 
 
@@ -96,6 +97,8 @@ def main(argv=None) -> int:
                    help="a generative expert from a local model (see `poegen experts`); repeatable")
     g.add_argument("--potential", dest="potentials", action="append", default=None, metavar="KIND:PATH",
                    help="a discriminative expert from a local model, weighted by --vlm-weight; repeatable")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="a YAML/JSON file of experts and potentials with their options (see README)")
     g.add_argument("--out", default="poegen.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(fn=cmd_generate)

@@ -33,12 +33,13 @@ class Job:
     select: str = "best"
     experts: Optional[List[str]] = None      # e.g. ["sd:/models/sd15"]; default: the embedded shapes world
     potentials: Optional[List[str]] = None   # e.g. ["clip:/models/clip"]
+    config: Optional[str] = None             # a YAML/JSON file of experts and potentials (registry.load_config)
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
         job = cls(**check_keys(d, where, [f.name for f in fields(cls)]))
-        if (job.prompt is None) == (job.scene is None):
-            raise ValueError(f"{where}: give exactly one of prompt or scene")
+        if (job.prompt is not None or job.config is not None) == (job.scene is not None):
+            raise ValueError(f"{where}: give exactly one of prompt or scene (with --config, the prompt may be in it)")
         if job.sampler not in samplers.available():
             raise ValueError(f"{where}: unknown sampler {job.sampler!r}; available: {', '.join(samplers.available())}")
         if job.frames < 1 or job.particles < 1 or job.steps < 1:
@@ -50,11 +51,13 @@ def products(job: Job):
     """(file label, Product) pairs: one for a prompt, one per frame for a scene spec."""
     from .experts.shapes.prompt import build_product, build_scene_product
 
-    if job.experts:
-        from .experts.registry import build
+    if job.experts or job.config:
+        from .experts.registry import build, load_config
         if job.scene is not None:
-            raise ValueError("scenes use the shapes world; drop --expert or --scene")
-        return [("", build(job.prompt, job.experts, job.potentials or [], job.guidance, job.vlm_weight))]
+            raise ValueError("scenes use the shapes world; drop --expert/--config or --scene")
+        cfg = load_config(job.config) if job.config else {"prompt": None, "experts": [], "potentials": []}
+        return [("", build(job.prompt or cfg["prompt"], (job.experts or []) + cfg["experts"],
+                           (job.potentials or []) + cfg["potentials"], job.guidance, job.vlm_weight))]
     if job.scene is None:
         return [("", build_product(job.prompt, guidance=job.guidance, vlm_weight=job.vlm_weight))]
     from .experts.physics import PhysicsExpert
