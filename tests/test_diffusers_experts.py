@@ -282,6 +282,10 @@ def test_flux_expert_matches_the_rectified_flow_formula_on_packed_latents(tmp_pa
     assert torch.allclose(x0_hat, x_flow - t * v, atol=1e-5)
     expert.guidance = 1.0
     assert not torch.allclose(expert.denoise(x0 + sigma * eps, sigma), x0_hat, atol=1e-5)  # guidance is embedded
+    half = FluxExpert.from_pretrained(str(root), "a red ball", torch_dtype=torch.bfloat16)
+    assert next(half.transformer.parameters()).dtype == torch.bfloat16
+    out = half.denoise(x0 + sigma * eps, sigma)
+    assert out.dtype == torch.float32 and (out - x0_hat).abs().max() < 0.1  # bf16 backbone, fp32 engine state
 
 
 def test_flux_prompts_share_one_call_and_run_poe(tmp_path):

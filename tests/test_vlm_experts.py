@@ -71,6 +71,9 @@ def test_vqa_score_is_log_p_yes_at_the_answer_position(tmp_path):
     vqa.log_potential(x).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0  # differentiable in the image
     assert torch.allclose(VQAScore.from_pretrained(root, "a red ball", micro_batch=2).log_potential(images), s, atol=1e-5)
+    half = VQAScore.from_pretrained(root, "a red ball", torch_dtype=torch.bfloat16)
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    assert half.log_potential(images).dtype == torch.float32 and torch.allclose(half.log_potential(images), s, atol=0.05)
 
 
 def test_vqa_refuses_an_answer_outside_the_vocabulary(tmp_path):

@@ -426,15 +426,17 @@ class FluxExpert(FlowTransformerExpert):
         return unpack_latents(v, c, h, w)
 
 
-def vae_decoder(path_or_id: str, subfolder: str = "vae"):
-    """A decode(latents) -> images in [-1, 1] callable for ``Product(decode=...)``: potentials see pixels."""
+def vae_decoder(path_or_id: str, subfolder: str = "vae", device=None):
+    """A decode(latents) -> images in [-1, 1] callable for ``Product(decode=...)``: potentials see pixels.
+    The VAE runs on ``device`` (default CPU) in float32; images come back on the latents' device."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(resolve(path_or_id), subfolder=subfolder).eval()
-
+    vae = AutoencoderKL.from_pretrained(resolve(path_or_id), subfolder=subfolder).eval().to(device)
     shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents
+    p = next(vae.parameters())
 
     @torch.no_grad()
     def decode(latents: Tensor) -> Tensor:
-        return vae.decode(latents / vae.config.scaling_factor + shift).sample.clamp(-1, 1)
+        z = (latents / vae.config.scaling_factor + shift).to(p.device, p.dtype)
+        return vae.decode(z).sample.clamp(-1, 1).to(latents.device, latents.dtype)
     return decode

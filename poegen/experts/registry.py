@@ -65,7 +65,7 @@ def _pickscore(path: str, prompt: str, **options):
 
 def _vqa(path: str, prompt: str, **options):
     from .vlm import VQAScore
-    return VQAScore.from_pretrained(path, prompt, **options)
+    return VQAScore.from_pretrained(path, prompt, **_dtype(options))
 
 
 GENERATIVE["sd"] = ("Stable Diffusion 1.x/2.x folder or cached id: the prompt's expert times the empty prompt's "
@@ -84,7 +84,7 @@ OPTIONS.update(sd=("micro_batch",), unet=("micro_batch",),
                sdxl=("micro_batch", "original_size", "crop_top_left", "target_size", "torch_dtype"),
                flux=("micro_batch", "resolution", "max_sequence_length", "torch_dtype"),
                clip=("tokenizer",), pickscore=("tokenizer",),
-               vqa=("question", "answer", "versus", "template", "micro_batch"))
+               vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"))
 
 Spec = Union[str, dict]
 GENERATIVE_FIELDS = ("kind", "path", "prompt", "guidance", "weight", "options")

@@ -123,14 +123,15 @@ class VQAScore:
         return ids[0]
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, text: str, question: str = VQA_QUESTION, **kwargs) -> "VQAScore":
+    def from_pretrained(cls, path_or_id: str, text: str, question: str = VQA_QUESTION, torch_dtype=None,
+                        **kwargs) -> "VQAScore":
         """An image-text-to-text folder or cached id (model and processor); ``question`` formatted with ``text``."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         root = resolve(path_or_id)
         kwargs.setdefault("name", f"vqa[{text}]")
-        return cls(AutoModelForImageTextToText.from_pretrained(root), AutoProcessor.from_pretrained(root),
-                   question.format(text), **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(root, dtype=torch_dtype)
+        return cls(model, AutoProcessor.from_pretrained(root), question.format(text), **kwargs)
 
     def log_potential(self, x0: Tensor) -> Tensor:
         p = next(self.model.parameters())
