@@ -101,8 +101,8 @@ def test_controlnet_expert_on_a_physics_depth_map(tmp_path):
     plain = expert.denoise(x, sigma)
     expert.conditioning_scale = 1.0
     assert steered.shape == x.shape and torch.isfinite(steered).all()
-    r = poegen.sample(poegen.Product([expert]), num_particles=2, num_steps=2, generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(r.x).all()
+    r = poegen.sample(poegen.Product([expert]), num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()
     assert not torch.allclose(steered, plain, atol=1e-4)  # the control image reaches the UNet
     expert.control_image = control.flip(-1)
     assert not torch.allclose(expert.denoise(x, sigma), steered, atol=1e-4)  # and it matters which one
@@ -167,8 +167,8 @@ def test_flow_transformer_expert_matches_the_rectified_flow_formula(tmp_path):
         v = model(hidden_states=x_flow, timestep=torch.full((3,), 1000 * t), encoder_hidden_states=text.expand(3, -1, -1),
                   pooled_projections=pooled.expand(3, -1)).sample
     assert torch.allclose(expert.denoise(x0 + sigma * eps, sigma), x_flow - t * v, atol=1e-5)
-    r = poegen.sample(poegen.Product([expert]), num_particles=2, num_steps=2, generator=torch.Generator().manual_seed(0))
-    assert r.x.shape == (2, 4, 8, 8) and torch.isfinite(r.x).all()
+    r = poegen.sample(poegen.Product([expert]), num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all() and r.nfe[expert.name] == 4 * (1 + 2 * 3)
 
 
 class MeanRed:

@@ -115,7 +115,7 @@ def test_pickscore_is_scaled_cosine_of_clip_embeddings(tmp_path, monkeypatch):
     assert torch.allclose(pick.log_potential(images), torch.e ** 2 * cos, atol=1e-4)
 
 
-def test_vqa_and_pickscore_potentials_in_a_poe_run(tmp_path):
+def test_clip_vqa_and_pickscore_potentials_in_a_poe_run(tmp_path):
     import poegen
     from poegen.experts.diffusers import VPUNetExpert
     from poegen.experts.vlm import PickScore, VQAScore
@@ -124,8 +124,9 @@ def test_vqa_and_pickscore_potentials_in_a_poe_run(tmp_path):
     tiny_vp_folder(tmp_path / "unet")
     prior = VPUNetExpert.from_pretrained(str(tmp_path / "unet"))  # 8x8 images, resized to 16x16 by the scorers
     vqa = VQAScore.from_pretrained(tiny_vlm_folder(tmp_path / "vlm"), "a red ball")
-    pick = PickScore.from_pretrained(tiny_clip_folder(tmp_path / "clip"), "a red ball")
-    for potential in (vqa, pick):
+    clip = tiny_clip_folder(tmp_path / "clip")
+    pick = PickScore.from_pretrained(clip, "a red ball")
+    for potential in (vqa, pick, ClipScore.from_pretrained(clip, "a red ball")):
         r = poegen.sample(poegen.Product([prior], potentials=[potential], lambdas=[3.0]), num_particles=4,
                           num_steps=2, generator=torch.Generator().manual_seed(0))
         assert r.x.shape == (4, 3, 8, 8) and torch.isfinite(r.x).all() and torch.isfinite(r.log_w).all()
