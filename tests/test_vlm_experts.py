@@ -131,3 +131,24 @@ def test_clip_vqa_and_pickscore_potentials_in_a_poe_run(tmp_path):
                           num_steps=2, generator=torch.Generator().manual_seed(0))
         assert r.x.shape == (4, 3, 8, 8) and torch.isfinite(r.x).all() and torch.isfinite(r.log_w).all()
         assert r.nfe[potential.name] == 4 * 3 and r.log_Z != 0  # scored at every level; weights moved
+
+
+def test_vqa_prompt_follows_the_processors_chat_template(tmp_path):
+    from transformers import AutoProcessor
+
+    from poegen.experts.vlm import VQAScore
+    from poegen.testing import tiny_vlm_folder
+
+    root = tiny_vlm_folder(tmp_path)
+    plain = VQAScore.from_pretrained(root, "a red ball")  # no chat template: the Llava-1.5 prompt
+    processor = AutoProcessor.from_pretrained(root)
+    processor.chat_template = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
+                               "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+                               "{% if add_generation_prompt %} ASSISTANT:{% endif %}")
+    processor.save_pretrained(root)
+    templated = VQAScore.from_pretrained(root, "a red ball")
+    assert torch.equal(templated.input_ids, plain.input_ids)  # the template renders the same prompt
+    processor.chat_template = processor.chat_template.replace(" ASSISTANT:", " ASSISTANT: Answer:")
+    processor.save_pretrained(root)
+    longer = VQAScore.from_pretrained(root, "a red ball")
+    assert longer.input_ids.shape[1] == plain.input_ids.shape[1] + 2  # and a different template is followed
