@@ -16,7 +16,7 @@ def cmd_generate(args) -> int:
     from .generate import Job, run
 
     fields = ("prompt", "scene", "frames", "sampler", "particles", "steps", "mcmc_steps", "seed", "guidance",
-              "vlm_weight", "select", "experts", "potentials", "config")
+              "vlm_weight", "select", "experts", "potentials", "config", "device")
     job = Job.from_dict({k: getattr(args, k) for k in fields}, "generate")
     t = time.perf_counter()
     written = run(job, Path(args.out), progress=not args.quiet)
@@ -99,6 +99,7 @@ def main(argv=None) -> int:
                    help="a discriminative expert from a local model, weighted by --vlm-weight; repeatable")
     g.add_argument("--config", default=None, metavar="FILE",
                    help="a YAML/JSON file of experts and potentials with their options (see README)")
+    g.add_argument("--device", default="cpu", help="torch device for experts and particles, e.g. cuda")
     g.add_argument("--out", default="poegen.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(fn=cmd_generate)

@@ -34,6 +34,7 @@ class Job:
     experts: Optional[List[str]] = None      # e.g. ["sd:/models/sd15"]; default: the embedded shapes world
     potentials: Optional[List[str]] = None   # e.g. ["clip:/models/clip"]
     config: Optional[str] = None             # a YAML/JSON file of experts and potentials (registry.load_config)
+    device: str = "cpu"                      # "cuda" uses cuda:LOCAL_RANK under accelerate/torchrun
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
@@ -42,6 +43,10 @@ class Job:
             raise ValueError(f"{where}: give exactly one of prompt or scene (with --config, the prompt may be in it)")
         if job.sampler not in samplers.available():
             raise ValueError(f"{where}: unknown sampler {job.sampler!r}; available: {', '.join(samplers.available())}")
+        try:
+            torch.device(job.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"{where}: device {job.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
         if job.frames < 1 or job.particles < 1 or job.steps < 1:
             raise ValueError(f"{where}: frames, particles and steps must be >= 1")
         return job
@@ -69,6 +74,16 @@ def products(job: Job):
     times = [spec.physics.duration * i / (n - 1) for i in range(n)] if n > 1 else [None]
     return [(f"_f{i:02d}" if n > 1 else "", build_scene_product(PhysicsExpert(spec, until=t), prior, job.guidance))
             for i, t in enumerate(times)]
+
+
+def job_device(name: str) -> torch.device:
+    """The torch device of a job; plain "cuda" means this process's GPU (LOCAL_RANK) when launched by accelerate."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: no CUDA device here; use --device cpu")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
 
 
 def save_png(image, path: Path, metadata: dict, scale: int = 1):
@@ -101,10 +116,11 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     options = dict(progress=progress, select=job.select)
     if job.mcmc_steps is not None:
         options["mcmc_steps"] = job.mcmc_steps
-    written = []
+    written, device = [], job_device(job.device)
     for label, product in products(job):
+        product.to(device)
         result = samplers.sample(product, sampler=job.sampler, num_particles=job.particles, num_steps=job.steps,
-                                 generator=torch.Generator().manual_seed(job.seed), **options)
+                                 generator=torch.Generator(device).manual_seed(job.seed), **options)
         meta = {"poegen": __version__, "job": asdict(job), "frame": label,
                 "experts": dict(zip(product.names, product.weights)),
                 "potentials": dict(zip(product.potential_names, product.lambdas)),
@@ -112,7 +128,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
                                     if k != "progress"},
                 "log_Z": result.log_Z, "nfe": result.nfe}
         path = out.with_name(out.stem + label + out.suffix)
-        img = to_pil(product.decode(result.x[:1])[0] if product.decode is not None else result.x[0])
+        img = to_pil((product.decode(result.x[:1])[0] if product.decode is not None else result.x[0]).cpu())
         save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)
         save_png(img, path, meta, scale)
         written.append(path)

@@ -50,6 +50,22 @@ class Evaluation:
                           torch.where(mask[None], other.bad, self.bad))
 
 
+def _move(obj, device: torch.device, seen: set):
+    """Move the modules and tensors ``obj`` holds in its attributes to ``device``, following poegen's own
+    objects (a scorer inside a potential); shared modules move once."""
+    if obj is None or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.nn.Module):
+        obj.to(device)
+        return
+    for key, value in list(getattr(obj, "__dict__", {}).items()):
+        if isinstance(value, Tensor):
+            setattr(obj, key, value.to(device))
+        elif isinstance(value, torch.nn.Module) or type(value).__module__.startswith("poegen"):
+            _move(value, device, seen)
+
+
 class Product:
     """Generative experts with weights ``beta`` (negative allowed) and optional spatial masks,
     times discriminative experts with weights ``lambdas`` annealed by ``schedule`` (a potential with
@@ -96,6 +112,14 @@ class Product:
                 except RuntimeError:
                     raise ValueError(f"mask of expert {n} has shape {tuple(m.shape)}, not broadcastable to {shape}") from None
         return shape
+
+    def to(self, device) -> "Product":
+        """Move every expert's and potential's torch modules and tensors (and the decoder's) to ``device``."""
+        seen: set = set()
+        for obj in self.experts + self.potentials + [self.decode]:
+            _move(obj, torch.device(device), seen)
+        self.masks = [None if m is None else m.to(device) for m in self.masks]
+        return self
 
     # ---- generative part ---------------------------------------------------------------------
 

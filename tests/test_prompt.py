@@ -71,3 +71,26 @@ def test_phrase_experts_share_one_forward_and_match_separate_calls():
     handle.remove()
     for e, b in zip(experts, batched):
         assert torch.allclose(e.denoise(x, sigma), b, atol=1e-5)
+
+
+def test_product_to_moves_every_module_and_tensor():
+    import torch
+
+    from poegen.experts.physics import PhysicsExpert
+    from poegen.experts.shapes import load_prior, load_vlm
+    from poegen.experts.shapes.prompt import build_product, build_scene_product
+    from poegen.scene import load_scene
+
+    prior, vlm = load_prior(), load_vlm()
+    scene = build_scene_product(PhysicsExpert(load_scene("examples/stacking.yaml")), prior)
+    for product in (build_product("a red ball left of a blue box", prior=prior, vlm=vlm), scene):
+        product.to("meta")  # a device without data: every tensor it can reach must have moved
+        left = [(type(o).__name__, k) for o in product.experts + product.potentials for k, v in vars(o).items()
+                if isinstance(v, torch.Tensor) and v.device.type != "meta"]
+        assert not left
+    assert all(p.device.type == "meta" for p in [*prior.net.parameters(), *vlm.net.parameters()])
+
+
+def test_generate_refuses_a_bad_device(capsys):
+    assert main(["generate", "a red ball", "--device", "gpu0", "-q"]) != 0
+    assert "device 'gpu0'" in capsys.readouterr().err

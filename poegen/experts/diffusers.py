@@ -433,10 +433,10 @@ def vae_decoder(path_or_id: str, subfolder: str = "vae", device=None):
 
     vae = AutoencoderKL.from_pretrained(resolve(path_or_id), subfolder=subfolder).eval().to(device)
     shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents
-    p = next(vae.parameters())
 
-    @torch.no_grad()
-    def decode(latents: Tensor) -> Tensor:
-        z = (latents / vae.config.scaling_factor + shift).to(p.device, p.dtype)
-        return vae.decode(z).sample.clamp(-1, 1).to(latents.device, latents.dtype)
+    def decode(latents: Tensor) -> Tensor:  # differentiable where the caller enables grad (gradient guidance)
+        p = next(decode.vae.parameters())
+        z = (latents / decode.vae.config.scaling_factor + shift).to(p.device, p.dtype)
+        return decode.vae.decode(z).sample.clamp(-1, 1).to(latents.device, latents.dtype)
+    decode.vae = vae  # Product.to moves it
     return decode
