@@ -16,7 +16,7 @@ def cmd_generate(args) -> int:
     from .generate import Job, run
 
     fields = ("prompt", "scene", "frames", "sampler", "particles", "steps", "mcmc_steps", "seed", "guidance",
-              "vlm_weight", "select", "experts", "potentials", "config", "device")
+              "vlm_weight", "select", "grad_guidance", "experts", "potentials", "config", "device")
     job = Job.from_dict({k: getattr(args, k) for k in fields}, "generate")
     t = time.perf_counter()
     written = run(job, Path(args.out), progress=not args.quiet)
@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     g.add_argument("--guidance", type=float, default=1.0, help="composable-diffusion weight of each phrase")
     g.add_argument("--vlm-weight", type=float, default=1.0, help="lambda of each VLM question (0: none; prompts only)")
     g.add_argument("--select", default="best", choices=("best", "draw"), help="which particle becomes the image")
+    g.add_argument("--grad-guidance", type=float, default=0.0,
+                   help="follow the potentials' gradient in the stochastic proposal (weights keep the target)")
     g.add_argument("--expert", dest="experts", action="append", default=None, metavar="KIND:PATH",
                    help="a generative expert from a local model (see `poegen experts`); repeatable")
     g.add_argument("--potential", dest="potentials", action="append", default=None, metavar="KIND:PATH",

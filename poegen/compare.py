@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -35,10 +35,11 @@ def equal_nfe_options(sampler: str, particles: int, mcmc_steps: int) -> dict:
     return dict(num_particles=chains, select="best")
 
 
-def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: int, seed: int):
-    """One image's run of ``sampler`` at the NFE of ``poe`` with ``particles`` and ``mcmc_steps``."""
+def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: int, seed: int, **options):
+    """One image's run of ``sampler`` at the NFE of ``poe`` with ``particles`` and ``mcmc_steps`` (``options``:
+    further SamplerConfig fields)."""
     return samplers.sample(product, sampler=sampler, num_steps=steps, generator=torch.Generator().manual_seed(seed),
-                           **equal_nfe_options(sampler, particles, mcmc_steps))
+                           **{**equal_nfe_options(sampler, particles, mcmc_steps), **options})
 
 
 def judge(image, prompt) -> Dict[str, bool]:
@@ -122,10 +123,10 @@ def _target(target: str, guidance: float, vlm_weight: float):
 
 def _run_task(task):
     """One (sampler, target, seed): sample, then score with the checker and the VLM; (row, image)."""
-    sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight = task
+    sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight, options = task
     product, questions, verdict = _target(target, guidance, vlm_weight)
     t = time.perf_counter()
-    r = sample_one(product, sampler, particles, mcmc_steps, steps, seed)
+    r = sample_one(product, sampler, particles, mcmc_steps, steps, seed, **options)
     seconds = time.perf_counter() - t
     x = r.x[0]
     score = float(_WORKER["vlm"].log_prob_yes(x[None].expand(len(questions), -1, -1, -1), questions).mean())
@@ -136,9 +137,10 @@ def _run_task(task):
 
 def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 2,
         steps: int = 30, guidance: float = 1.0, vlm_weight: float = 1.0, progress: bool = True, workers: int = 1,
-        seed0: int = 0):
+        seed0: int = 0, options: Optional[dict] = None):
     """(rows, images[(sampler, target)] -> (seeds, 3, H, W)) for every sampler x target x seed (seeds
-    seed0, seed0 + 1, ...); a target is a prompt or a scene spec path. With ``workers`` > 1 the runs are
+    seed0, seed0 + 1, ...); a target is a prompt or a scene spec path; ``options`` are further
+    SamplerConfig fields for every sampler (e.g. grad_guidance). With ``workers`` > 1 the runs are
     spread over that many processes, each with an equal share of torch's threads; results do not
     depend on ``workers``."""
     from .experts.shapes.prompt import parse_prompt
@@ -146,7 +148,9 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
 
     for target in targets:  # bad prompts and specs fail before any work
         load_scene(target) if is_scene(target) else parse_prompt(target)
-    tasks = [(s, p, seed, particles, mcmc_steps, steps, guidance, vlm_weight)
+    if options:
+        samplers.config("poe", **options)  # unknown options fail before any work
+    tasks = [(s, p, seed, particles, mcmc_steps, steps, guidance, vlm_weight, dict(options or {}))
              for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
     bar = tqdm(total=len(tasks), desc="compare", disable=not progress)
     results = []

@@ -25,12 +25,14 @@ def main():
     ap.add_argument("--mcmc-steps", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=1.0)
+    ap.add_argument("--grad-guidance", type=float, default=0.0, help="gradient guidance of the stochastic proposals")
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
     folder = Path(args.scenes)
     scenes = sorted(map(str, folder.glob("*.yaml"))) if folder.is_dir() else args.scenes.split(",")
     rows, _ = compare.run(scenes, args.samplers.split(","), args.samples, args.particles, args.mcmc_steps,
-                          args.steps, args.guidance, workers=args.workers, seed0=args.seed0)
+                          args.steps, args.guidance, workers=args.workers, seed0=args.seed0,
+                          options={"grad_guidance": args.grad_guidance} if args.grad_guidance else None)
     groups, totals = defaultdict(list), defaultdict(list)
     for r in rows:
         groups[r.prompt, r.sampler].append(r)

@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--vlm-weight", type=float, default=1.0)
+    ap.add_argument("--grad-guidance", type=float, default=0.0, help="gradient guidance of the stochastic proposals")
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the runs")
     ap.add_argument("--time", action="store_true", help="also time `poegen generate` with defaults (3 runs)")
     args = ap.parse_args()
@@ -45,7 +46,8 @@ def main():
     prompts = [p for c in cats for p in PROMPTS[c]]
     category = {p: c for c in cats for p in PROMPTS[c]}
     rows, _ = compare.run(prompts, args.samplers.split(","), args.samples, args.particles, args.mcmc_steps,
-                          args.steps, args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0)
+                          args.steps, args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0,
+                          options={"grad_guidance": args.grad_guidance} if args.grad_guidance else None)
     groups = defaultdict(list)
     for r in rows:
         groups[r.prompt, r.sampler].append(r)

@@ -101,12 +101,10 @@ class VPUNetExpert:
     def _forward(self, x_vp: Tensor, t: Tensor, **cond) -> Tensor:
         return self.unet(x_vp, t).sample
 
-    @torch.no_grad()
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.denoise_batch([self], x, sigma)[0]
 
     @classmethod
-    @torch.no_grad()
     def denoise_batch(cls, experts, x: Tensor, sigma: Tensor):
         """x0_hat of several experts sharing one backbone: their rows are stacked into one forward per
         micro-batch (conditionings concatenated), then split and converted per expert."""
@@ -315,12 +313,10 @@ class FlowTransformerExpert:
     def _forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         return self.transformer(hidden_states=x_t, timestep=(1000 * t).to(x_t.dtype), **cond).sample
 
-    @torch.no_grad()
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.denoise_batch([self], x, sigma)[0]
 
     @classmethod
-    @torch.no_grad()
     def denoise_batch(cls, experts, x: Tensor, sigma: Tensor):
         """x0_hat = x_t - t v of several experts on one transformer, one call per micro-batch."""
         first, n, E = experts[0], x.shape[0], len(experts)

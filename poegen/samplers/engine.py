@@ -45,6 +45,8 @@ class SamplerConfig:
     resample: str = "systematic"       # scheme name in poegen.resampling.RESAMPLERS
     ess_threshold: float = 0.5         # resample when ESS < threshold * N (0 never, 1 always)
     select: str = "all"                # "all" particles with weights, the "best" weight, or a weighted "draw"
+    grad_guidance: float = 0.0         # > 0: the stochastic proposal follows this times the potentials' gradient
+    #                                    (a twisted proposal; its ratio enters the weights, the target stays)
     sigma_min: Optional[float] = None
     sigma_max: Optional[float] = None
     rho: float = 7.0
@@ -61,8 +63,8 @@ class SamplerConfig:
             if getattr(cfg, name) not in allowed:
                 raise ValueError(f"{name}={getattr(cfg, name)!r} is not one of {allowed}")
         resampling.get(cfg.resample)
-        if cfg.mcmc_steps < 0 or cfg.step_scale <= 0 or not 0 <= cfg.ess_threshold <= 1:
-            raise ValueError("need mcmc_steps >= 0, step_scale > 0 and 0 <= ess_threshold <= 1")
+        if cfg.mcmc_steps < 0 or cfg.step_scale <= 0 or not 0 <= cfg.ess_threshold <= 1 or cfg.grad_guidance < 0:
+            raise ValueError("need mcmc_steps >= 0, step_scale > 0, 0 <= ess_threshold <= 1 and grad_guidance >= 0")
         return cfg
 
 
@@ -117,7 +119,7 @@ class _Monitor:
         self.pending.clear()
 
 
-@torch.no_grad()  # potentials and experts need no graph here; the exact-Euler Jacobian enables its own
+@torch.no_grad()  # no graphs here; the exact-Euler Jacobian and gradient guidance enable their own
 def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int,
         generator: Optional[torch.Generator] = None, shape: Optional[Sequence[int]] = None,
         device=None, dtype: torch.dtype = torch.float32) -> SampleResult:
@@ -163,6 +165,17 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
             return z, z[None, :0].reshape(0, N)
         return product.log_potentials(ev.x0, t)
 
+    def potential_grad(x: Tensor, s: Tensor, t: float) -> Tensor:
+        """Gradient in x of the annealed potentials of x0_hat(x) (through the denoisers, as in DPS)."""
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            total = torch.nan_to_num(product.log_potentials(product.evaluate(z, s, B).x0, t)[0], neginf=0.0)
+            grad = torch.autograd.grad(total.sum(), z, allow_unused=True)[0] if total.requires_grad else None
+        if grad is None:
+            raise ValueError("grad_guidance needs potentials and denoisers that torch can differentiate; "
+                             f"({', '.join(product.names + product.potential_names)}): set grad_guidance=0")
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
     def settle(x: Tensor, prev: Particles, g: Tensor, ev: Evaluation, bad: Tensor, f: Tensor, per: Tensor,
                sigma: float) -> Particles:
         """New particles after multiplying the weights by exp(g); dead rows get -inf; log Z accumulates."""
@@ -201,9 +214,12 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         elif proposal == "euler":
             x = kernels.euler_step(x, a["x0"], s, s_next)
         elif proposal == "stochastic":
-            x, log_ratio = kernels.ancestral_step(x, a["x0"], s, s_next, B, generator)
+            guided = cfg.grad_guidance > 0 and cfg.potentials and product.potentials
+            grad = cfg.grad_guidance * potential_grad(x, s, (k + 1) / K) if guided else None
+            x, log_ratio, twist = kernels.ancestral_step(x, a["x0"], s, s_next, B, generator, grad)
+            log_ratio = log_ratio + twist if exact else twist
         ev = evaluate(x, s_next)
-        g = ev.log_gamma - a["log_gamma"] + log_ratio if exact else torch.zeros(N, device=device, dtype=dtype)
+        g = ev.log_gamma - a["log_gamma"] + log_ratio if exact else log_ratio + torch.zeros(N, device=device, dtype=dtype)
         bad = ev.bad
         # 2. MCMC moves targeting the generative product at s_next
         eps = cfg.step_scale * s_next ** 2 / B

@@ -32,15 +32,21 @@ def log_abs_det_jacobian(y: Tensor, x: Tensor) -> Tensor:
 
 
 def ancestral_step(x: Tensor, x0: Tensor, sigma: Tensor, sigma_next: Tensor, B: Tensor,
-                   generator: Optional[torch.Generator]):
-    """Stochastic DDPM-posterior step q(x'|x) (Ho et al. 2020), and the log ratio log L(x|x') - log q(x'|x)
-    with L the forward noising kernel from sigma_next to sigma, which makes the SMC weight exact."""
+                   generator: Optional[torch.Generator], grad: Optional[Tensor] = None):
+    """Stochastic DDPM-posterior step q(x'|x) (Ho et al. 2020); returns x', the log ratio
+    log L(x|x') - log q(x'|x) with L the forward noising kernel from sigma_next to sigma (which makes
+    the SMC weight exact), and the twist correction. With ``grad`` (the gradient of a log twist, e.g. of
+    the potentials) the mean moves by var * grad, a first-order twisted proposal q_t; the correction
+    log q(x'|x) - log q_t(x'|x) is the weight that keeps the target unchanged (0 without ``grad``)."""
     ratio = (sigma_next / sigma) ** 2
     mean = x0 + ratio * (x - x0)
     var = (sigma_next ** 2 * (1 - ratio)) / B
-    x_next = mean + var.sqrt() * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    log_ratio = gaussian_logpdf(x, x_next, (sigma ** 2 - sigma_next ** 2) / B) - gaussian_logpdf(x_next, mean, var)
-    return x_next, log_ratio
+    moved = mean if grad is None else mean + var * grad
+    x_next = moved + var.sqrt() * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    log_q = gaussian_logpdf(x_next, mean, var)
+    log_ratio = gaussian_logpdf(x, x_next, (sigma ** 2 - sigma_next ** 2) / B) - log_q
+    twist = torch.zeros_like(log_q) if grad is None else log_q - gaussian_logpdf(x_next, moved, var)
+    return x_next, log_ratio, twist
 
 
 def langevin_proposal(x: Tensor, score: Tensor, eps: Tensor, generator: Optional[torch.Generator]) -> Tensor:

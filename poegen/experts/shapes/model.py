@@ -132,7 +132,6 @@ class ShapesPhraseExpert:
         return self.denoise_batch([self], x, sigma)[0]
 
     @classmethod
-    @torch.no_grad()
     def denoise_batch(cls, experts, x: Tensor, sigma: Tensor):
         """x0_hat of several phrase experts in one forward: rows stacked, phrase ids and position maps concatenated."""
         first, n, E = experts[0], x.shape[0], len(experts)

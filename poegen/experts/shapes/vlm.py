@@ -283,7 +283,6 @@ class ShapesVLMExpert:
         self.ids = encode_batch([question])
         self.name = f"vlm[{question}]"
 
-    @torch.no_grad()
     def log_potential(self, x0: Tensor) -> Tensor:
         """(N,) log P(yes) <= 0 for images x0 (N,3,32,32) in [-1,1] (clamped)."""
         dev = next(self.net.parameters()).device
