@@ -90,8 +90,10 @@ def main(argv=None) -> int:
     g.add_argument("--steps", type=int, default=30)
     g.add_argument("--mcmc-steps", type=int, default=None, help="Langevin moves per level (preset default)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--guidance", type=float, default=1.0, help="composable-diffusion weight of each phrase")
-    g.add_argument("--vlm-weight", type=float, default=1.0, help="lambda of each VLM question (0: none; prompts only)")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="composable-diffusion weight of each phrase (shapes world: 2.5) or a model's guidance (1)")
+    g.add_argument("--vlm-weight", type=float, default=None,
+                   help="lambda of each VLM question (shapes world: 3; 0: none) or of each --potential (1)")
     g.add_argument("--select", default="best", choices=("best", "draw"), help="which particle becomes the image")
     g.add_argument("--grad-guidance", type=float, default=0.0,
                    help="follow the potentials' gradient in the stochastic proposal (weights keep the target)")
@@ -120,8 +122,8 @@ def main(argv=None) -> int:
     c.add_argument("--particles", type=int, default=16)
     c.add_argument("--mcmc-steps", type=int, default=2, help="poe/ais moves per level; the others get equal NFE")
     c.add_argument("--steps", type=int, default=30)
-    c.add_argument("--guidance", type=float, default=1.0)
-    c.add_argument("--vlm-weight", type=float, default=1.0)
+    c.add_argument("--guidance", type=float, default=None, help="phrase weight (default 2.5)")
+    c.add_argument("--vlm-weight", type=float, default=None, help="lambda of each question (default 3)")
     c.add_argument("--workers", type=int, default=0,
                    help="processes sharing the runs (results do not change); 0 = one per CPU core, at most 4")
     c.add_argument("--out", default="poegen-compare")

@@ -100,7 +100,7 @@ def _init_worker(threads: int):
     _WORKER.update(prior=load_prior(), vlm=load_vlm(), targets={})
 
 
-def _target(target: str, guidance: float, vlm_weight: float):
+def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float]):
     """(product, VLM questions, verdict function) of a prompt or a scene spec path, built once per process."""
     from .experts.physics import PhysicsExpert
     from .experts.shapes.prompt import build_product, build_scene_product, parse_prompt
@@ -136,7 +136,7 @@ def _run_task(task):
 
 
 def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 2,
-        steps: int = 30, guidance: float = 1.0, vlm_weight: float = 1.0, progress: bool = True, workers: int = 1,
+        steps: int = 30, guidance: Optional[float] = None, vlm_weight: Optional[float] = None, progress: bool = True, workers: int = 1,
         seed0: int = 0, options: Optional[dict] = None):
     """(rows, images[(sampler, target)] -> (seeds, 3, H, W)) for every sampler x target x seed (seeds
     seed0, seed0 + 1, ...); a target is a prompt or a scene spec path; ``options`` are further

@@ -28,8 +28,8 @@ class Job:
     steps: int = 30
     mcmc_steps: Optional[int] = None
     seed: int = 0
-    guidance: float = 1.0
-    vlm_weight: float = 1.0
+    guidance: Optional[float] = None         # None: the shapes world's default, 1.0 for named models
+    vlm_weight: Optional[float] = None       # None: the shapes world's default, 1.0 for named models
     select: str = "best"
     grad_guidance: float = 0.0               # gradient guidance of the stochastic proposal (SamplerConfig)
     experts: Optional[List[str]] = None      # e.g. ["sd:/models/sd15"]; default: the embedded shapes world
@@ -63,7 +63,8 @@ def products(job: Job):
             raise ValueError("scenes use the shapes world; drop --expert/--config or --scene")
         cfg = load_config(job.config) if job.config else {"prompt": None, "experts": [], "potentials": []}
         return [("", build(job.prompt or cfg["prompt"], (job.experts or []) + cfg["experts"],
-                           (job.potentials or []) + cfg["potentials"], job.guidance, job.vlm_weight))]
+                           (job.potentials or []) + cfg["potentials"], 1.0 if job.guidance is None else job.guidance,
+                           1.0 if job.vlm_weight is None else job.vlm_weight))]
     if job.scene is None:
         return [("", build_product(job.prompt, guidance=job.guidance, vlm_weight=job.vlm_weight))]
     from .experts.physics import PhysicsExpert

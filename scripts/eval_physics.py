@@ -24,7 +24,7 @@ def main():
     ap.add_argument("--particles", type=int, default=16)
     ap.add_argument("--mcmc-steps", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--guidance", type=float, default=1.0)
+    ap.add_argument("--guidance", type=float, default=None, help="phrase weight (default: the shapes world's)")
     ap.add_argument("--grad-guidance", type=float, default=0.0, help="gradient guidance of the stochastic proposals")
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()

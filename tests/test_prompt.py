@@ -54,6 +54,10 @@ def test_prompt_product_uses_composable_weights():
     assert product.weights == [-3.0, 2.0, 2.0]  # null^(1 - 2w) * red^w * blue^w
     assert product.names[0] == "shapes[null]"
     assert product.potential_names == ["vlm[is there a red ball?]", "vlm[is there a blue box?]"]
+    from poegen.experts.shapes.prompt import GUIDANCE, VLM_WEIGHT
+
+    default = build_product("a red ball")
+    assert default.weights == [1 - GUIDANCE, GUIDANCE] and default.lambdas == [VLM_WEIGHT]
 
 
 def test_phrase_experts_share_one_forward_and_match_separate_calls():

@@ -172,8 +172,8 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
             total = torch.nan_to_num(product.log_potentials(product.evaluate(z, s, B).x0, t)[0], neginf=0.0)
             grad = torch.autograd.grad(total.sum(), z, allow_unused=True)[0] if total.requires_grad else None
         if grad is None:
-            raise ValueError("grad_guidance needs potentials and denoisers that torch can differentiate; "
-                             f"({', '.join(product.names + product.potential_names)}): set grad_guidance=0")
+            raise ValueError("grad_guidance needs potentials and denoisers that torch can differentiate, and "
+                             f"{', '.join(product.names + product.potential_names)} give no gradient: set grad_guidance=0")
         return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
     def settle(x: Tensor, prev: Particles, g: Tensor, ev: Evaluation, bad: Tensor, f: Tensor, per: Tensor,
