@@ -67,7 +67,8 @@ Checker hit rate (the phrase's colour and shape found in the sample), ancestral 
 |---|---|---|
 {table}
 
-Limitations: an early snapshot; shapes are blobby and colours sometimes bleed between touching objects.
+Limitations: trained on a CPU only; the loss was still falling slowly. Binding a colour to its shape is the
+weakest part (a phrase's colour sometimes lands on another object), and colours bleed between touching objects.
 """
     (WEIGHTS_DIR / "PRIOR_CARD.md").write_text(card)
     print(f"wrote {WEIGHTS_DIR / 'PRIOR_CARD.md'} in {time.time() - t:.0f} s")
