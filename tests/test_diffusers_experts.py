@@ -317,3 +317,12 @@ def test_flux_vae_decoder_undoes_scaling_and_shift(tmp_path):
     with torch.no_grad():
         expected = vae.decode(z / 0.3611 + 0.1159).sample.clamp(-1, 1)
     assert torch.allclose(vae_decoder(str(root))(z), expected, atol=1e-5)
+
+
+def test_sd_registry_loads_one_unet_for_the_prompt_and_the_empty_prompt(tmp_path):
+    from poegen.experts.registry import GENERATIVE
+
+    experts, weights, decode = GENERATIVE["sd"][1](str(tiny_sd_folder(tmp_path)), "a red ball", 7.5)
+    assert [e.name for e in experts] == ["sd[a red ball]", "sd[]"] and weights == [7.5, -6.5]
+    assert experts[0].unet is experts[1].unet and experts[0].batch_key == experts[1].batch_key
+    assert not torch.equal(experts[0].text_embeddings, experts[1].text_embeddings)

@@ -31,6 +31,12 @@ def resolve(path_or_id: str) -> str:
             f"`huggingface-cli download {path_or_id} --local-dir <folder>` and pass the folder.") from None
 
 
+def _prompt_ids(tokenizer, prompt: str, length: Optional[int] = None) -> Tensor:
+    """(1, length) token ids of ``prompt`` padded or truncated to ``length`` (default: the tokenizer's maximum)."""
+    return tokenizer([prompt], padding="max_length", max_length=length or tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 def _stacked_conditioning(experts, n: int) -> dict:
     """The experts' per-row conditioning tensors for n rows each, concatenated in expert order."""
     conds = [e._conditioning(n) for e in experts]
@@ -140,6 +146,11 @@ class TextConditionedUNetExpert(VPUNetExpert):
     @classmethod
     def from_pretrained(cls, path_or_id: str, prompt: str = "", **kwargs) -> "TextConditionedUNetExpert":
         """Load unet/, scheduler/, tokenizer/ and text_encoder/ of a Stable Diffusion folder and encode ``prompt``."""
+        return TextConditionedUNetExpert.load_prompts(path_or_id, [prompt], **kwargs)[0]
+
+    @classmethod
+    def load_prompts(cls, path_or_id: str, prompts, **kwargs):
+        """One expert per prompt, all on one UNet loaded once (so a product of them is one call per step)."""
         from diffusers import DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -148,12 +159,14 @@ class TextConditionedUNetExpert(VPUNetExpert):
         scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
         tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
         encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()
-        ids = tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        with torch.no_grad():
-            emb = encoder(ids).last_hidden_state
-        kwargs.setdefault("name", f"sd[{prompt}]")
-        return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, emb, **kwargs)
+        experts = []
+        for prompt in prompts:
+            with torch.no_grad():
+                emb = encoder(_prompt_ids(tokenizer, prompt)).last_hidden_state
+            args = dict(kwargs, name=kwargs.get("name") or f"sd[{prompt}]")
+            experts.append(TextConditionedUNetExpert(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type,
+                                                     emb, **args))
+        return experts
 
     def _conditioning(self, n: int) -> dict:
         return {"encoder_hidden_states": self.text_embeddings.expand(n, -1, -1)}
@@ -268,9 +281,7 @@ def encode_sdxl_prompt(encoders, prompt: str):
     penultimate layers concatenated, and the second encoder's projected embedding."""
     hidden = []
     for tokenizer, encoder in encoders:
-        ids = tokenizer([prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        out = encoder(ids, output_hidden_states=True)
+        out = encoder(_prompt_ids(tokenizer, prompt), output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
     return torch.cat(hidden, dim=-1), out.text_embeds
 
@@ -393,10 +404,8 @@ class FluxExpert(FlowTransformerExpert):
         experts = []
         for prompt in prompts:
             with torch.no_grad():
-                pooled = clip(clip_tok([prompt], padding="max_length", max_length=clip_tok.model_max_length,
-                                       truncation=True, return_tensors="pt").input_ids).pooler_output
-                hidden = t5(t5_tok([prompt], padding="max_length", max_length=length, truncation=True,
-                                   return_tensors="pt").input_ids).last_hidden_state
+                pooled = clip(_prompt_ids(clip_tok, prompt)).pooler_output
+                hidden = t5(_prompt_ids(t5_tok, prompt, length)).last_hidden_state
             args = dict(kwargs, name=kwargs.get("name") or f"flux[{prompt}]")
             experts.append(cls(model, hidden, pooled, shape, **args))
         return experts

@@ -30,11 +30,8 @@ def _dtype(options: dict) -> dict:
 
 def _sd(path: str, prompt: str, guidance: float, **options):
     from .diffusers import TextConditionedUNetExpert, vae_decoder
-    cond = TextConditionedUNetExpert.from_pretrained(path, prompt, **options)
-    null = TextConditionedUNetExpert(cond.unet, cond.alphas_cumprod, cond.prediction_type,
-                                     TextConditionedUNetExpert.from_pretrained(path, "").text_embeddings, name="sd[]",
-                                     **options)
-    return [cond, null], [guidance, 1.0 - guidance], vae_decoder(path)
+    experts = TextConditionedUNetExpert.load_prompts(path, [prompt, ""], **options)  # one UNet, one call per step
+    return experts, [guidance, 1.0 - guidance], vae_decoder(path)
 
 
 def _sdxl(path: str, prompt: str, guidance: float, **options):
