@@ -11,7 +11,6 @@ from pathlib import Path
 from . import samplers
 
 
-
 def cmd_generate(args) -> int:
     from .generate import Job, run
 
@@ -30,8 +29,6 @@ def cmd_generate(args) -> int:
 
 
 def cmd_batch(args) -> int:
-    import os
-
     from .batch import run_batch
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -61,12 +58,11 @@ def cmd_compare(args) -> int:
 def cmd_experts(args) -> int:
     from .experts.registry import GENERATIVE, OPTIONS, POTENTIALS
 
-    print("generative experts (--expert KIND:PATH); without any, the embedded shapes world is used:")
-    for kind, (what, _) in GENERATIVE.items():
-        print(f"  {kind:10s} {what}" + (f"; options: {', '.join(OPTIONS[kind])}" if OPTIONS.get(kind) else ""))
-    print("potentials (--potential KIND:PATH):")
-    for kind, (what, _) in POTENTIALS.items():
-        print(f"  {kind:10s} {what}" + (f"; options: {', '.join(OPTIONS[kind])}" if OPTIONS.get(kind) else ""))
+    for title, table in (("generative experts (--expert KIND:PATH); without any, the embedded shapes world is used",
+                          GENERATIVE), ("potentials (--potential KIND:PATH)", POTENTIALS)):
+        print(title + ":")
+        for kind, (what, _) in table.items():
+            print(f"  {kind:10s} {what}" + (f"; options: {', '.join(OPTIONS[kind])}" if OPTIONS.get(kind) else ""))
     print("both may also be named in a file: poegen generate --config experts.yaml (see README)")
     return 0
 

@@ -60,9 +60,8 @@ def judge_scene(image, physics, tolerance: float = 2.0) -> Dict[str, bool]:
     from .experts.shapes import detect
 
     dets, present, placed = detect(image), True, True
-    for o, pos in zip(physics.scene.objects, physics.positions):
-        if pos is None:
-            continue
+    for k in physics.visible:
+        o, pos = physics.scene.objects[k], physics.positions[k]
         same = [d for d in dets if d.colour == o.colour and d.shape == o.shape]
         present = present and bool(same)
         placed = placed and any(math.hypot(d.centroid[0] - pos[0], d.centroid[1] - pos[1]) <= tolerance for d in same)
@@ -111,8 +110,8 @@ def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float])
         prior, vlm = _WORKER["prior"], _WORKER["vlm"]
         if is_scene(target):
             physics = PhysicsExpert(load_scene(target))
-            questions = [f"is there a {o.colour} {o.shape}?" for o, p in zip(physics.scene.objects, physics.positions)
-                         if p is not None]
+            questions = [f"is there a {physics.scene.objects[k].colour} {physics.scene.objects[k].shape}?"
+                         for k in physics.visible]
             built = (build_scene_product(physics, prior, guidance), questions, lambda x: judge_scene(x, physics))
         else:
             built = (build_product(target, prior=prior, vlm=vlm, guidance=guidance, vlm_weight=vlm_weight),
@@ -135,9 +134,22 @@ def _run_task(task):
                **verdict(x)), x
 
 
+def _results(tasks, workers: int):
+    """The tasks' (row, image) results in order: here, or in ``workers`` spawned processes sharing torch's threads."""
+    if workers <= 1:
+        _init_worker(0)
+        yield from map(_run_task, tasks)
+        return
+    import multiprocessing as mp
+
+    threads = max(1, torch.get_num_threads() // workers)
+    with mp.get_context("spawn").Pool(workers, _init_worker, (threads,)) as pool:
+        yield from pool.imap(_run_task, tasks)
+
+
 def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 2,
-        steps: int = 30, guidance: Optional[float] = None, vlm_weight: Optional[float] = None, progress: bool = True, workers: int = 1,
-        seed0: int = 0, options: Optional[dict] = None):
+        steps: int = 30, guidance: Optional[float] = None, vlm_weight: Optional[float] = None, progress: bool = True,
+        workers: int = 1, seed0: int = 0, options: Optional[dict] = None):
     """(rows, images[(sampler, target)] -> (seeds, 3, H, W)) for every sampler x target x seed (seeds
     seed0, seed0 + 1, ...); a target is a prompt or a scene spec path; ``options`` are further
     SamplerConfig fields for every sampler (e.g. grad_guidance). With ``workers`` > 1 the runs are
@@ -152,22 +164,7 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
         samplers.config("poe", **options)  # unknown options fail before any work
     tasks = [(s, p, seed, particles, mcmc_steps, steps, guidance, vlm_weight, dict(options or {}))
              for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
-    bar = tqdm(total=len(tasks), desc="compare", disable=not progress)
-    results = []
-    if workers > 1:
-        import multiprocessing as mp
-
-        threads = max(1, torch.get_num_threads() // workers)
-        with mp.get_context("spawn").Pool(workers, _init_worker, (threads,)) as pool:
-            for res in pool.imap(_run_task, tasks):
-                results.append(res)
-                bar.update()
-    else:
-        _init_worker(0)
-        for task in tasks:
-            results.append(_run_task(task))
-            bar.update()
-    bar.close()
+    results = list(tqdm(_results(tasks, workers), total=len(tasks), desc="compare", disable=not progress))
     rows, images = [r for r, _ in results], {}
     for (s, p, *_), (_, x) in zip(tasks, results):
         images.setdefault((s, p), []).append(x)

@@ -78,6 +78,7 @@ class PhysicsExpert:
         image, masks = render(self.scene, spec.camera.resolution)
         self.image, self.masks = torch.from_numpy(image), torch.from_numpy(masks)
         self.positions = [centroid(m) if m.sum() > 0.5 else None for m in masks]
+        self.visible = [k for k, p in enumerate(self.positions) if p is not None]  # objects in view
         self.colours = torch.from_numpy(np.stack([to_unit(COLOURS[o.colour]) for o in self.scene.objects]))
 
     def depth(self) -> Tensor:
@@ -103,8 +104,7 @@ class PhysicsExpert:
     def region_weights(self, size: int) -> Tensor:
         """(1 + K, size, size) per-pixel weights summing to 1: the background, then each visible object's
         simulated mask, area-resized to ``size`` (a latent grid); overlaps are shared."""
-        visible = [k for k, p in enumerate(self.positions) if p is not None]
-        m = torch.nn.functional.interpolate(self.masks[None, visible].float(), size=(size, size), mode="area")[0]
+        m = torch.nn.functional.interpolate(self.masks[None, self.visible].float(), size=(size, size), mode="area")[0]
         total = m.sum(0)
         m = m / torch.where(total > 1, total, torch.ones_like(total))
         return torch.cat([(1 - m.sum(0)).clamp(min=0)[None], m])
@@ -117,8 +117,8 @@ class PhysicsExpert:
         from ..product import Product
 
         style = self.spec.prompt
-        texts = [style] + [", ".join(t for t in (style, f"a {o.size} {o.colour} {o.shape}") if t)
-                           for o, p in zip(self.scene.objects, self.positions) if p is not None]
+        objects = [self.scene.objects[k] for k in self.visible]
+        texts = [style] + [", ".join(t for t in (style, f"a {o.size} {o.colour} {o.shape}") if t) for o in objects]
         experts = [make_expert(t) for t in texts]
         size = experts[0].shape[-1] if getattr(experts[0], "shape", None) else self.spec.camera.resolution
         regions = self.region_weights(size)
@@ -129,5 +129,4 @@ class PhysicsExpert:
         return LayoutPotential(self.masks, self.colours, comparator)
 
     def hard_constraint(self, tolerance: float = 2.0) -> CentroidConstraint:
-        visible = [k for k, p in enumerate(self.positions) if p is not None]
-        return CentroidConstraint([self.positions[k] for k in visible], self.colours[visible], tolerance)
+        return CentroidConstraint([self.positions[k] for k in self.visible], self.colours[self.visible], tolerance)

@@ -115,7 +115,7 @@ def build_scene_product(physics, prior=None, guidance: Optional[float] = None, b
 
     prior = prior or load_prior()
     guidance = GUIDANCE if guidance is None else guidance
-    objects = [(o, pos) for o, pos in zip(physics.scene.objects, physics.positions) if pos is not None]
+    objects = [(physics.scene.objects[k], physics.positions[k]) for k in physics.visible]
     experts, weights = _over_null(prior, [prior.expert(f"{o.size} {o.colour} {o.shape}", pos, bf16=bf16)
                                           for o, pos in objects], guidance, bf16)
     potentials, lambdas = [], []
