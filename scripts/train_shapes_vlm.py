@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poegen.experts.shapes.render import render  # noqa: E402
-from poegen.experts.shapes.vlm import (WEIGHTS_DIR, ShapesVLM, encode_batch, parse_question,  # noqa: E402
-                                       load_vlm, random_question, save_vlm)
+from poegen.experts.shapes.vlm import (WEIGHTS_DIR, ShapesVLM, answer_scene, encode_batch,  # noqa: E402
+                                       load_vlm, parse_question, random_question, save_vlm)
 from poegen.experts.shapes.world import COLOUR_NAMES, SHAPES, SIZE_NAMES, random_scene  # noqa: E402
 
 
@@ -61,54 +61,72 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x + noise_std * torch.randn(x.shape, generator=gen)).clamp(-1, 1)
 
 
-def aux_targets(scene, masks: np.ndarray):
+def aux_targets(scene, masks: np.ndarray, morph: int | None = None):
     """Per-pixel labels from the renderer: colour (H,W; background = n_colours), shape, size (-100 = ignore),
-    density (H,W) summing to one over each object."""
+    density (H,W) summing to one over each object, and the distractor's pixels (H,W bool), whose shape is
+    pushed to uniform and which get no density (a morph is not an object of the vocabulary)."""
     total = masks.sum(0)
     owner = masks.argmax(0)
     fg = total >= 0.5
     colour = np.where(fg, np.array([COLOUR_NAMES.index(o.colour) for o in scene.objects])[owner], len(COLOUR_NAMES))
     shape = np.where(fg, np.array([SHAPES.index(o.shape) for o in scene.objects])[owner], -100)
     size = np.where(fg, np.array([SIZE_NAMES.index(o.size) for o in scene.objects])[owner], -100)
-    density = (masks / np.maximum(masks.sum((1, 2), keepdims=True), 1e-6)).sum(0)
-    return colour, shape, size, density
+    counted = [k for k in range(len(masks)) if k != morph]
+    density = (masks[counted] / np.maximum(masks[counted].sum((1, 2), keepdims=True), 1e-6)).sum(0)
+    distractor = fg & (owner == morph) if morph is not None else np.zeros_like(fg)
+    shape = np.where(distractor, -100, shape)
+    return colour, shape, size, density, distractor
+
+
+def distort(scene, rng, p_morph: float = 0.3, p_repeat: float = 0.3):
+    """A training variant of a scene: colours permuted (or, with p_repeat, drawn with repeats), maybe mirrored,
+    and with p_morph one object (of two or more) drawn as a morph between two shapes. Returns the scene,
+    the morphs for `render`, the morph's index (or None) and the scene that questions are asked about
+    (the morph matches no phrase, so it is left out)."""
+    n = len(COLOUR_NAMES)
+    perm = rng.integers(n, size=n) if rng.random() < p_repeat else rng.permutation(n)
+    scene = scene.recoloured({c: COLOUR_NAMES[perm[i]] for i, c in enumerate(COLOUR_NAMES)})
+    if rng.random() < 0.5:
+        scene = scene.mirrored()
+    if len(scene.objects) < 2 or rng.random() >= p_morph:
+        return scene, None, None, scene
+    k = int(rng.integers(len(scene.objects)))
+    other = str(rng.choice([s for s in SHAPES if s != scene.objects[k].shape]))
+    morph = (other, float(rng.uniform(0.4, 0.6)), "blend") if rng.random() < 0.6 else (other, 0.0, "split")
+    return scene, {k: morph}, k, scene.subset([i for i in range(len(scene.objects)) if i != k])
 
 
 def make_batch(pool, rng, batch: int, per_image: int = 2):
     """Images (B,3,32,32), aux target tensors, questions (2*per_image per image), image index, labels."""
     imgs, aux, qs, idx, ys = [], [], [], [], []
     while len(imgs) < batch:
-        scene = pool[rng.integers(len(pool))]
-        perm = rng.permutation(len(COLOUR_NAMES))
-        scene = scene.recoloured({c: COLOUR_NAMES[perm[i]] for i, c in enumerate(COLOUR_NAMES)})
-        if rng.random() < 0.5:
-            scene = scene.mirrored()
-        pairs = [(random_question(scene, rng, want), want) for want in (True, False) for _ in range(per_image)]
+        scene, morphs, k, asked = distort(pool[rng.integers(len(pool))], rng)
+        pairs = [(random_question(asked, rng, want), want) for want in (True, False) for _ in range(per_image)]
         pairs = [(q, y) for q, y in pairs if q is not None]
-        img, masks = render(scene)
+        img, masks = render(scene, morphs=morphs)
         for q, y in pairs:
             qs.append(q)
             ys.append(float(y))
             idx.append(len(imgs))
         imgs.append(torch.from_numpy(img))
-        aux.append(aux_targets(scene, masks))
-    colour, shape, size, density = (torch.from_numpy(np.stack(a)) for a in zip(*aux))
-    return (torch.stack(imgs), (colour.long(), shape.long(), size.long(), density.float()), qs,
+        aux.append(aux_targets(scene, masks, k))
+    colour, shape, size, density, distractor = (torch.from_numpy(np.stack(a)) for a in zip(*aux))
+    return (torch.stack(imgs), (colour.long(), shape.long(), size.long(), density.float(), distractor), qs,
             torch.tensor(idx), torch.tensor(ys))
 
 
 def aux_loss(maps, targets):
     """Cross-entropy on the attribute maps plus a density regression (renderer supervision)."""
-    colour, shape, size, density = targets
+    colour, shape, size, density, distractor = targets
+    uniform = -(F.log_softmax(maps["shape"], 1).mean(1) * distractor).sum() / distractor.sum().clamp(min=1)
     return (F.cross_entropy(maps["colour"], colour) + F.cross_entropy(maps["shape"], shape, ignore_index=-100)
-            + F.cross_entropy(maps["size"], size, ignore_index=-100) + ((maps["density"] - density) * 30).pow(2).mean())
+            + uniform + F.cross_entropy(maps["size"], size, ignore_index=-100)
+            + ((maps["density"] - density) * 30).pow(2).mean())
 
 
 @torch.no_grad()
 def evaluate(net, scenes, rng, gen=None):
     """Accuracy overall and per question kind / answer on fresh scenes (optionally augmented)."""
-    net.eval()
-    hits, counts = collections.Counter(), collections.Counter()
     imgs, qs, ys, kinds = [], [], [], []
     for scene in scenes:
         for want in (True, False):
@@ -119,6 +137,33 @@ def evaluate(net, scenes, rng, gen=None):
             qs.append(q)
             ys.append(want)
             kinds.append(parse_question(q).kind + (":" + parse_question(q).rel if parse_question(q).rel else ""))
+    return _score(net, imgs, qs, ys, kinds, gen)
+
+
+@torch.no_grad()
+def evaluate_distractors(net, scenes, rng):
+    """Accuracy of 'is there a <colour> <shape>' about a morph's colour and either of its two shapes (the
+    answer is yes only when another object matches), on scenes of two or more objects with one morph."""
+    imgs, qs, ys, kinds = [], [], [], []
+    for scene in scenes:
+        if len(scene.objects) < 2:
+            continue
+        scene, morphs, k, asked = distort(scene, rng, p_morph=1.0, p_repeat=0.0)
+        img = torch.from_numpy(render(scene, morphs=morphs)[0])
+        for shape in (scene.objects[k].shape, morphs[k][0]):
+            q = f"is there a {scene.objects[k].colour} {shape}"
+            imgs.append(img)
+            qs.append(q)
+            ys.append(answer_scene(q, asked))
+            kinds.append(f"distractor:{morphs[k][2]}")
+    return _score(net, imgs, qs, ys, kinds, None)
+
+
+@torch.no_grad()
+def _score(net, imgs, qs, ys, kinds, gen):
+    """Accuracy of the net's yes/no answers, overall, per kind and per answer."""
+    net.eval()
+    hits, counts = collections.Counter(), collections.Counter()
     x = torch.stack(imgs)
     if gen is not None:
         x = augment(x, gen)
@@ -141,9 +186,10 @@ def main():
     t0 = time.time()
     pool = [random_scene(rng) for _ in range(args.pool)]
     print(f"pool of {len(pool)} scenes in {time.time() - t0:.0f} s", flush=True)
-    net = ShapesVLM()
+    net, before = ShapesVLM(), {}
     if args.init:
         net = load_vlm(args.init).net.train()
+        before = json.loads((Path(args.init) / "vlm_config.json").read_text())
         print(f"continuing from {args.init}", flush=True)
     n_params = sum(p.numel() for p in net.parameters())
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -176,15 +222,20 @@ def main():
     noisy = evaluate(net, scenes, np.random.default_rng(1), torch.Generator().manual_seed(1))
     print("held-out accuracy (clean):", json.dumps({k: round(v[0], 4) for k, v in clean.items()}), flush=True)
     print("held-out accuracy (augmented):", json.dumps({k: round(v[0], 4) for k, v in noisy.items()}), flush=True)
+    distract = evaluate_distractors(net, scenes, np.random.default_rng(2))
+    print("held-out accuracy (distractors):", json.dumps({k: round(v[0], 4) for k, v in distract.items()}), flush=True)
+    step += before.get("trained_steps", 0)
+    minutes += before.get("trained_minutes", 0.0)
     path = save_vlm(net, args.out, extra={"trained_steps": step, "trained_minutes": round(minutes, 1),
                                           "heldout_accuracy": round(clean["all"][0], 4)})
-    write_card(Path(args.out) / "VLM_CARD.md", n_params, step, minutes, args, clean, noisy)
+    write_card(Path(args.out) / "VLM_CARD.md", n_params, step, minutes, args, clean, noisy, distract)
     print(f"saved {path}", flush=True)
 
 
-def write_card(path: Path, n_params, step, minutes, args, clean, noisy):
-    """Markdown model card with the held-out accuracy table."""
+def write_card(path: Path, n_params, step, minutes, args, clean, noisy, distract):
+    """Markdown model card with the held-out accuracy tables."""
     rows = "\n".join(f"| {k} | {clean[k][1]} | {clean[k][0]:.3f} | {noisy[k][0]:.3f} |" for k in clean)
+    drows = "\n".join(f"| {k} | {distract[k][1]} | {distract[k][0]:.3f} |" for k in distract)
     path.write_text(f"""# Shapes-world VLM (yes/no scorer)
 
 A small modular scorer ({n_params:,} parameters) that returns log P(yes | image, question) for 32x32
@@ -193,9 +244,15 @@ parsed with the world's fixed grammar into structured ids; a dilated CNN gives p
 size / object-density maps (supervised by the renderer's masks during training), each phrase becomes a
 soft mask, and an MLP answers from the masks' soft counts and a small relation CNN run on the two masks.
 
-- Training: {step} steps of {args.batch} images x 4 questions (two yes, two no) + map losses (weight {args.aux}), {minutes:.0f} minutes on one CPU
-  thread, AdamW lr {args.lr} with cosine decay; scenes simulated with pybullet, colours permuted and
-  mirrored; augmentation: 3x3 blur (p 0.3), colour jitter (p 0.3), Gaussian noise std up to 0.1 (p 0.5).
+- Training: {step} steps in all of {args.batch} images x 4 questions (two yes, two no) + map losses (weight
+  {args.aux}), {minutes:.0f} minutes on one CPU thread, AdamW with cosine decay (lr {args.lr} in the last run);
+  scenes simulated with pybullet, colours permuted (with p 0.3 drawn with repeats) and mirrored;
+  augmentation: 3x3 blur (p 0.3), colour jitter (p 0.3), Gaussian noise std up to 0.1 (p 0.5).
+- Distractors: in 30% of the scenes of two or more objects, one object is drawn as a morph between its
+  shape and another (the two outlines' distance functions blended at 0.4-0.6, or one shape's upper half on
+  the other's lower half). A morph matches no phrase: questions are answered as if it were absent, its
+  pixels' shape map is pushed to uniform and it gets no object density. Generated images whose shapes are
+  half-formed are therefore scored low, instead of being taken for either shape.
 - Questions: `is there a [size] [colour] shape`, `is the <phrase> left of|right of|on|above|below the
   <phrase>`, `are there <zero..four> <balls|boxes|wedges>`. 'on' is the physics contact relation; left/right
   need a 0.3 world-unit gap, above/below 0.5 (training questions avoid pairs within 0.25 of those margins).
@@ -206,8 +263,15 @@ soft mask, and an MLP answers from the masks' soft counts and a small relation C
 |---|---|---|---|
 {rows}
 
-Limitations: trained only on rendered scenes with distinct colours per scene; generated images far
-from the renderer's style, repeated colours, or more than four objects are out of distribution.
+Distractor accuracy: the same scenes (two or more objects) with one morph, asked "is there a <its colour>
+<either of its two shapes>?" (yes only when another object matches):
+
+| subset | n | accuracy |
+|---|---|---|
+{drows}
+
+Limitations: trained only on rendered scenes; generated images far from the renderer's style or more
+than four objects are out of distribution, and a morph close to one of its shapes is ambiguous.
 """)
 
 

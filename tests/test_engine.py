@@ -111,6 +111,23 @@ def test_best_of_n_keeps_the_highest_reward():
     assert float(r.x[0, 0]) == pytest.approx(float(r.particles.x[:, 0].max()))
 
 
+def test_best_ranks_live_particles_by_final_reward_after_resampling():
+    # poe resamples at every level here (threshold 1), so all final weights are equal: "best" must still
+    # return the particle with the highest reward, as the weight alone would pick an arbitrary one
+    prior = Gaussian(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64))
+    product = poegen.Product([prior], potentials=[LinearPotential([1.0, 0.0])])
+    r = poegen.sample(product, sampler="poe", num_particles=32, num_steps=8, generator=gen(), dtype=F64,
+                      ess_threshold=1.0, select="best")
+    assert bool((r.particles.log_w == r.particles.log_w[0]).all())
+    assert float(r.x[0, 0]) == pytest.approx(float(r.particles.x[:, 0].max()))
+    # a dead particle is never chosen, whatever its reward
+    from poegen.samplers.engine import _select
+    p = r.particles
+    dead = p.replace(log_w=torch.where(p.x[:, 0] == p.x[:, 0].max(), -math.inf, p.log_w))
+    x, _ = _select(dead, "best", None)
+    assert float(x[0, 0]) == pytest.approx(float(p.x[:, 0].sort().values[-2]))
+
+
 def test_hard_constraint_posterior():
     # N(0, 1) restricted to x0 >= 0.5: the mean is the truncated-normal mean phi(a) / (1 - Phi(a))
     prior = Gaussian(torch.zeros(1, dtype=F64), torch.eye(1, dtype=F64))

@@ -1,6 +1,7 @@
 """Tests of the shapes world: simulation, renderer, checker, vocabulary, and the trained experts."""
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from poegen.experts.shapes import vlm as shapes_vlm  # noqa: E402
 from poegen.experts.shapes.checker import detect  # noqa: E402
 from poegen.experts.shapes.render import centroid, render, world_to_pixel  # noqa: E402
 from poegen.experts.shapes.vocab import Phrase, encode, parse_phrase, vocabulary  # noqa: E402
-from poegen.experts.shapes.world import SceneObject, random_scene, simulate  # noqa: E402
+from poegen.experts.shapes.world import Scene, SceneObject, random_scene, simulate  # noqa: E402
 
 HAVE_PRIOR = (shapes_model.WEIGHTS_DIR / "prior.safetensors").exists()
 HAVE_VLM = (shapes_vlm.WEIGHTS_DIR / "vlm.safetensors").exists()
@@ -32,6 +33,23 @@ def test_render_range_and_masks(scenes):
     assert img.min() >= -1 and img.max() <= 1
     assert masks.shape == (len(scenes[0].objects), 32, 32)
     assert np.all(masks.sum(0) <= 1 + 1e-6)
+
+
+@pytest.mark.parametrize("own,other", [("ball", "box"), ("box", "wedge"), ("wedge", "ball")])
+def test_morphs_lie_between_the_two_shapes(own, other):
+    scene = SceneObject(own, "red", "large", 0.0, 1.5, 0.0)
+    as_own = render(Scene((scene,)))[1][0]
+    as_other = render(Scene((replace(scene, shape=other),)))[1][0]
+    blend = render(Scene((scene,)), morphs={0: (other, 0.5, "blend")})[1][0]
+    # the blended outline covers what both shapes cover, and nothing that neither does
+    both, either = np.minimum(as_own, as_other) > 0.99, np.maximum(as_own, as_other) > 0
+    assert (blend[both] > 0.99).all() and (blend[~either] == 0).all()
+    assert 0.2 < np.abs(blend - as_own).sum() and 0.2 < np.abs(blend - as_other).sum()
+    # split: the other shape above the centre row, the object's own below
+    split = render(Scene((scene,)), morphs={0: (other, 0.0, "split")})[1][0]
+    _, row = world_to_pixel(0.0, 1.5)
+    above, below = slice(0, int(np.floor(row))), slice(int(np.ceil(row)) + 1, 32)
+    assert np.allclose(split[above], as_other[above]) and np.allclose(split[below], as_own[below])
 
 
 def test_checker_recovers_every_object(scenes):

@@ -44,7 +44,8 @@ class SamplerConfig:
     exact: Union[str, bool] = "auto"   # generative density-ratio weights: True, False, "auto" (when possible)
     resample: str = "systematic"       # scheme name in poegen.resampling.RESAMPLERS
     ess_threshold: float = 0.5         # resample when ESS < threshold * N (0 never, 1 always)
-    select: str = "all"                # "all" particles with weights, the "best" weight, or a weighted "draw"
+    select: str = "all"                # "all" particles with weights, the "best" (highest final reward among the
+    #                                    live particles, weight breaking ties), or a weighted "draw"
     grad_guidance: float = 0.0         # > 0: the stochastic proposal follows this times the potentials' gradient
     #                                    (a twisted proposal; its ratio enters the weights, the target stays)
     sigma_min: Optional[float] = None
@@ -254,11 +255,16 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
 
 
 def _select(p: Particles, how: str, generator):
-    """The returned samples: all particles, the highest weight, or one weighted draw."""
+    """The returned samples: all particles, the best one, or one weighted draw.
+
+    "best" ranks live particles by their final reward (the potentials at full strength), then by weight:
+    after a resampling step all weights are equal, and the weight alone would pick an arbitrary particle."""
     if how == "all":
         return p.x, p.log_w
     if how == "best":
-        i = p.log_w.argmax().reshape(1)
+        alive = torch.isfinite(p.log_w)
+        f = torch.where(alive, torch.nan_to_num(p.aux["f"], nan=-math.inf), -math.inf)
+        i = torch.where(f == f.max(), p.log_w, -math.inf).argmax().reshape(1)
     else:
         i = torch.multinomial(torch.softmax(p.log_w.double(), 0), 1, generator=generator)
     return p.x[i], p.log_w[i]

@@ -6,6 +6,9 @@ Images are float32 (3, H, W) in [-1, 1].
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import numpy as np
 
 from .world import BACKGROUND, COLOURS, FLOOR, FLOOR_FRACTION, VIEW_WIDTH, Scene, SceneObject, world_outline
@@ -37,14 +40,34 @@ def pixel_to_world(col, row, size: int = 32):
     return x, y
 
 
-def _object_mask(o: SceneObject, size: int, ss: int) -> np.ndarray:
-    """Binary coverage of one object on the supersampled (size*ss, size*ss) grid."""
+def _inside_distance(o: SceneObject, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """A signed distance-like function of the object's outline: <= 0 inside (exact inside, a lower bound
+    outside for the polygons: the largest signed distance to an edge's line)."""
+    if o.shape == "ball":
+        return np.sqrt((X - o.x) ** 2 + (Y - o.y) ** 2) - o.extent / 2
+    poly = world_outline(o)
+    d = np.full(np.broadcast(X, Y).shape, -np.inf)
+    for a, b in zip(poly, np.roll(poly, -1, axis=0)):  # convex CCW polygon: inside is left of every edge
+        e = b - a
+        d = np.maximum(d, ((b[1] - a[1]) * (X - a[0]) - (b[0] - a[0]) * (Y - a[1])) / np.hypot(*e))
+    return d
+
+
+def _object_mask(o: SceneObject, size: int, ss: int, morph: tuple | None = None) -> np.ndarray:
+    """Binary coverage of one object on the supersampled (size*ss, size*ss) grid.
+
+    ``morph = (other_shape, t, kind)`` draws a shape that is neither: "blend" mixes the two outlines'
+    distance functions with weight t on the other shape; "split" draws the other shape on the object's
+    upper half (its own frame) and the object's shape on the lower half. (The scorer's training uses
+    these as distractors that match no phrase.)"""
     n = size * ss
     ppu = pixels_per_unit(size)
-    if o.shape == "ball":
+    r = o.extent * 1.2  # covers the ball, the box's diagonal and the wedge's legs
+    lo_x, hi_x, lo_y, hi_y = o.x - r, o.x + r, o.y - r, o.y + r
+    if morph is None and o.shape == "ball":
         r = o.extent / 2
         lo_x, hi_x, lo_y, hi_y = o.x - r, o.x + r, o.y - r, o.y + r
-    else:
+    elif morph is None:
         poly = world_outline(o)
         lo_x, lo_y = poly.min(0)
         hi_x, hi_y = poly.max(0)
@@ -61,12 +84,18 @@ def _object_mask(o: SceneObject, size: int, ss: int) -> np.ndarray:
     v = (np.arange(r0, r1) + 0.5) / ss
     X = (u / ppu - VIEW_WIDTH / 2)[None, :]
     Y = ((top - v) / ppu)[:, None]
-    if o.shape == "ball":
-        inside = (X - o.x) ** 2 + (Y - o.y) ** 2 <= (o.extent / 2) ** 2
+    if morph is None:
+        inside = _inside_distance(o, X, Y) <= 0
     else:
-        inside = np.ones((r1 - r0, c1 - c0), dtype=bool)
-        for a, b in zip(poly, np.roll(poly, -1, axis=0)):  # convex CCW polygon: left of every edge
-            inside &= (b[0] - a[0]) * (Y - a[1]) - (b[1] - a[1]) * (X - a[0]) >= 0
+        other, t, kind = morph
+        d_own, d_other = _inside_distance(o, X, Y), _inside_distance(replace(o, shape=other), X, Y)
+        if kind == "blend":
+            inside = (1 - t) * d_own + t * d_other <= 0
+        elif kind == "split":
+            up = -math.sin(o.angle) * (X - o.x) + math.cos(o.angle) * (Y - o.y) > 0
+            inside = np.where(up, d_other, d_own) <= 0
+        else:
+            raise ValueError(f"morph kind {kind!r} is not 'blend' or 'split'")
     mask[r0:r1, c0:c1] = inside
     return mask
 
@@ -77,8 +106,11 @@ def _downsample(a: np.ndarray, ss: int) -> np.ndarray:
     return a.reshape(*lead, h // ss, ss, w // ss, ss).mean(axis=(-3, -1))
 
 
-def render(scene: Scene, size: int = 32, antialias: bool = True, supersample: int = 4):
-    """Render a scene: returns (image (3, size, size) float32 in [-1, 1], masks (K, size, size) coverage)."""
+def render(scene: Scene, size: int = 32, antialias: bool = True, supersample: int = 4, morphs: dict | None = None):
+    """Render a scene: returns (image (3, size, size) float32 in [-1, 1], masks (K, size, size) coverage).
+
+    ``morphs`` maps object indices to ``(other_shape, t, kind)``: those objects are drawn as shapes
+    between their own and the other (see ``_object_mask``)."""
     ss = supersample if antialias else 1
     n = size * ss
     img = np.empty((3, n, n), dtype=np.float32)
@@ -87,7 +119,7 @@ def render(scene: Scene, size: int = 32, antialias: bool = True, supersample: in
     img[:, floor_row:, :] = to_unit(FLOOR)[:, None, None]
     masks = np.zeros((len(scene.objects), n, n), dtype=np.float32)
     for k, o in enumerate(scene.objects):
-        m = _object_mask(o, size, ss)
+        m = _object_mask(o, size, ss, (morphs or {}).get(k))
         img[:, m] = to_unit(COLOURS[o.colour])[:, None]
         masks[k] = m
     for k in range(len(masks)):  # later objects paint over earlier ones
