@@ -42,13 +42,14 @@ def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: in
                            **{**equal_nfe_options(sampler, particles, mcmc_steps), **options})
 
 
-def judge(image, prompt) -> Dict[str, bool]:
-    """The checker's verdict on a prompt: every asked object present; every relation holds."""
+def judge(image, prompt, split: bool = True) -> Dict[str, bool]:
+    """The checker's verdict on a prompt: every asked object present; every relation holds (``split``:
+    see ``detect``)."""
     from .experts.shapes import answer_detections, detect
     from .experts.shapes.prompt import parse_prompt
 
     p = parse_prompt(prompt)
-    dets = detect(image)
+    dets = detect(image, split=split)
     present = all(any(o.colour == d.colour and o.shape == d.shape for d in dets) for o in p.objects)
     relations = p.questions()[len(p.objects):]
     return {"present": present, "relation": present and all(answer_detections(q, dets) for q in relations)}

@@ -4,7 +4,8 @@ Every pixel is unmixed against the palette: c = b + alpha (p - b) for a backgrou
 floor) and a palette colour p, keeping the best (p, b) and its coverage alpha. Pixels with alpha > 0.5
 form per-colour 4-connected components; each component's shape is the best of the ball / box / wedge
 templates fitted to its coverage map (centroid and area from the map, angle by grid search), and its
-size is the nearest nominal size.
+size is the nearest nominal size. A component that no template fits well is tried as two touching
+objects of one colour, cut along a row or a column; the cut is kept only when both parts fit well.
 """
 
 from __future__ import annotations
@@ -139,15 +140,44 @@ def _fit_shape(cov: np.ndarray, r0: int, c0: int, cx: float, cy: float, area: fl
     return min(results, key=lambda t: t[3])
 
 
-def _component_mask(comp: np.ndarray, shape) -> np.ndarray:
-    """Boolean (H, W) mask of a component given as (row, col) pairs."""
-    m = np.zeros(shape, dtype=bool)
-    m[comp[:, 0], comp[:, 1]] = True
-    return m
+SPLIT_ERROR = 0.06  # a component fitted worse than this may be two touching objects of one colour
 
 
-def detect(image, min_area: float = 6.0, min_alpha: float = 0.5, max_resid: float = 60.0) -> list[Detection]:
-    """Read every object of a (3,H,W) image in [-1,1] (numpy or torch); sorted left to right."""
+def _fit_patch(cov: np.ndarray, r0: int, c0: int):
+    """(cx, cy, area, shape, angle, extent_px, error) of the best template for a coverage patch."""
+    area = float(cov.sum())
+    rr, cc = np.indices(cov.shape)
+    cy, cx = float((rr * cov).sum() / area) + r0, float((cc * cov).sum() / area) + c0
+    return (cx, cy, area, *_fit_shape(cov, r0, c0, cx, cy, area))
+
+
+def _read(cov: np.ndarray, r0: int, c0: int, min_area: float, depth: int = 2) -> list:
+    """Objects of one same-colour component as [(fit, part)]: one template, or, when that fits badly, the
+    straight cut (a row or a column boundary) into two parts that each fit a template well (touching
+    objects of one colour: a stack, or neighbours), applied again to each part up to ``depth`` times."""
+    single = _fit_patch(cov, r0, c0)
+    if single[-1] <= SPLIT_ERROR or depth == 0:
+        return [(single, cov > 0)]
+    best = None
+    for axis in (0, 1):
+        for cut in range(1, cov.shape[axis]):
+            side = (np.arange(cov.shape[axis]) < cut)[:, None] if axis == 0 else (np.arange(cov.shape[1]) < cut)[None, :]
+            a, b = np.where(side, cov, 0.0), np.where(side, 0.0, cov)
+            if a.sum() < min_area or b.sum() < min_area:
+                continue
+            err = _fit_patch(a, r0, c0)[-1] + _fit_patch(b, r0, c0)[-1]
+            if best is None or err < best[0]:
+                best = (err, a, b)
+    if best is None or best[0] > 0.5 * single[-1]:
+        return [(single, cov > 0)]
+    parts = _read(best[1], r0, c0, min_area, depth - 1) + _read(best[2], r0, c0, min_area, depth - 1)
+    return parts if all(fit[-1] <= SPLIT_ERROR for fit, _ in parts) else [(single, cov > 0)]
+
+
+def detect(image, min_area: float = 6.0, min_alpha: float = 0.5, max_resid: float = 60.0,
+           split: bool = True) -> list[Detection]:
+    """Read every object of a (3,H,W) image in [-1,1] (numpy or torch); sorted left to right. With
+    ``split=False`` touching objects of one colour are read as one (the reading before cuts were tried)."""
     label, alpha, resid = unmix(image)
     size = alpha.shape[1]
     ppu = pixels_per_unit(size)
@@ -166,16 +196,17 @@ def detect(image, min_area: float = 6.0, min_alpha: float = 0.5, max_resid: floa
             grown = inner.copy()
             grown[1:] |= inner[:-1]; grown[:-1] |= inner[1:]; grown[:, 1:] |= inner[:, :-1]; grown[:, :-1] |= inner[:, 1:]
             cov = np.where(grown, cov, 0.0)
-            area = float(cov.sum())
-            if area < min_area:
+            if float(cov.sum()) < min_area:
                 continue
-            rr, cc = np.indices(cov.shape)
-            cy, cx = float((rr * cov).sum() / area) + r0, float((cc * cov).sum() / area) + c0
-            shape, angle, ext_px, err = _fit_shape(cov, r0, c0, cx, cy, area)
-            ext = ext_px / ppu
-            size_name = min(SIZES, key=lambda s: abs(np.log(SIZES[s] / ext)))
-            dets.append(Detection(name, shape, size_name, (cx, cy), (int(rmin), int(cmin), int(rmax), int(cmax)),
-                                  area, angle, float(err), size, _component_mask(comp, alpha.shape)))
+            for (cx, cy, area, shape, angle, ext_px, err), part in _read(cov, r0, c0, min_area, depth=2 if split else 0):
+                mask = np.zeros(alpha.shape, dtype=bool)
+                mask[r0:r1, c0:c1] = part & inner
+                rows, cols = np.nonzero(mask)
+                ext = ext_px / ppu
+                size_name = min(SIZES, key=lambda s: abs(np.log(SIZES[s] / ext)))
+                bbox = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1) if len(rows) else \
+                    (int(rmin), int(cmin), int(rmax), int(cmax))
+                dets.append(Detection(name, shape, size_name, (cx, cy), bbox, area, angle, float(err), size, mask))
     return sorted(dets, key=lambda d: d.centroid[0])
 
 
