@@ -251,8 +251,8 @@ soft mask, and an MLP answers from the masks' soft counts and a small relation C
 - Distractors: in 30% of the scenes of two or more objects, one object is drawn as a morph between its
   shape and another (the two outlines' distance functions blended at 0.4-0.6, or one shape's upper half on
   the other's lower half). A morph matches no phrase: questions are answered as if it were absent, its
-  pixels' shape map is pushed to uniform and it gets no object density. Generated images whose shapes are
-  half-formed are therefore scored low, instead of being taken for either shape.
+  pixels' shape map is pushed to uniform and it gets no object density, so that half-formed shapes in
+  generated images are less often taken for either shape (distractor accuracy below).
 - Questions: `is there a [size] [colour] shape`, `is the <phrase> left of|right of|on|above|below the
   <phrase>`, `are there <zero..four> <balls|boxes|wedges>`. 'on' is the physics contact relation; left/right
   need a 0.3 world-unit gap, above/below 0.5 (training questions avoid pairs within 0.25 of those margins).
