@@ -90,7 +90,8 @@ def main(argv=None) -> int:
                    help="composable-diffusion weight of each phrase (shapes world: 2.5) or a model's guidance (1)")
     g.add_argument("--vlm-weight", type=float, default=None,
                    help="lambda of each VLM question (shapes world: 3; 0: none) or of each --potential (1)")
-    g.add_argument("--select", default="best", choices=("best", "draw"), help="which particle becomes the image: the highest final reward, or a weighted draw")
+    g.add_argument("--select", default="best", choices=("best", "draw"),
+                   help="which particle becomes the image: the highest final reward, or a weighted draw")
     g.add_argument("--grad-guidance", type=float, default=0.0,
                    help="follow the potentials' gradient in the stochastic proposal (weights keep the target)")
     g.add_argument("--expert", dest="experts", action="append", default=None, metavar="KIND:PATH",
