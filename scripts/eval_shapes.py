@@ -6,7 +6,8 @@ Samplers run at equal NFE (poegen.compare.equal_nfe_options): poe uses --particl
 ancestral's uniform draw from independent chains has the law of one chain, so it runs one. Prints the
 share of samples that contain every asked object and, for relation prompts, the share whose relations
 hold; also the share present when touching objects of one colour are read as one object (the checker
-before it tried cuts, `detect(split=False)`); with --time, the median wall time of three `poegen generate` runs with defaults.
+before it tried cuts, `detect(split=False)`); with --time, the median wall time of three `poegen
+generate` runs with defaults.
 
     python scripts/eval_shapes.py --workers 2 --time
 """
@@ -47,15 +48,13 @@ def main():
     prompts = [p for c in cats for p in PROMPTS[c]]
     category = {p: c for c in cats for p in PROMPTS[c]}
     rows, images = compare.run(prompts, args.samplers.split(","), args.samples, args.particles, args.mcmc_steps,
-                          args.steps, args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0,
-                          options={"grad_guidance": args.grad_guidance} if args.grad_guidance else None)
-    groups, merged = defaultdict(list), {}
+                               args.steps, args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0,
+                               options={"grad_guidance": args.grad_guidance} if args.grad_guidance else None)
+    groups = defaultdict(list)
     for r in rows:
         groups[r.prompt, r.sampler].append(r)
-    for (sampler, prompt), xs in images.items():
-        merged[prompt, sampler] = [compare.judge(x, prompt, split=False)["present"] for x in xs]
     print(f"{'prompt':55s} {'sampler':10s} present  relation  s/sample    NFE")
-    totals = defaultdict(list)
+    totals, unsplit = defaultdict(list), defaultdict(list)
     for (prompt, sampler), rs in groups.items():
         n, cat = len(rs), category[prompt]
         present, rel = sum(r.present for r in rs) / n, sum(r.relation for r in rs) / n
@@ -63,12 +62,12 @@ def main():
         print(f"{prompt:55s} {sampler:10s} {present:7.2f} {rel_txt}  {statistics.median(r.seconds for r in rs):8.1f}"
               f" {statistics.mean(r.nfe for r in rs):6.0f}", flush=True)
         totals[cat, sampler] += rs
-        totals[cat, sampler, "merged"] += merged[prompt, sampler]
-    for (cat, sampler), rs in [(k, v) for k, v in totals.items() if len(k) == 2]:
+        unsplit[cat, sampler] += [compare.judge(x, prompt, split=False)["present"] for x in images[sampler, prompt]]
+    for (cat, sampler), rs in totals.items():
         n = len(rs)
         extra = f" relation_holds={sum(r.relation for r in rs) / n:.3f}" if cat == "relation" else ""
         print(f"{cat}_{sampler}_present={sum(r.present for r in rs) / n:.3f}{extra} (n={n}) "
-              f"present_unsplit={sum(totals[cat, sampler, 'merged']) / n:.3f}")
+              f"present_unsplit={sum(unsplit[cat, sampler]) / n:.3f}")
     if args.time:
         walls = []
         for _ in range(3):

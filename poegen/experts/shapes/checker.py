@@ -160,9 +160,9 @@ def _read(cov: np.ndarray, r0: int, c0: int, min_area: float, depth: int = 2) ->
         return [(single, cov > 0)]
     best = None
     for axis in (0, 1):
+        index = np.indices(cov.shape)[axis]  # row or column of every pixel
         for cut in range(1, cov.shape[axis]):
-            side = (np.arange(cov.shape[axis]) < cut)[:, None] if axis == 0 else (np.arange(cov.shape[1]) < cut)[None, :]
-            a, b = np.where(side, cov, 0.0), np.where(side, 0.0, cov)
+            a, b = np.where(index < cut, cov, 0.0), np.where(index < cut, 0.0, cov)
             if a.sum() < min_area or b.sum() < min_area:
                 continue
             err = _fit_patch(a, r0, c0)[-1] + _fit_patch(b, r0, c0)[-1]

@@ -62,15 +62,12 @@ def _object_mask(o: SceneObject, size: int, ss: int, morph: tuple | None = None)
     these as distractors that match no phrase.)"""
     n = size * ss
     ppu = pixels_per_unit(size)
-    r = o.extent * 1.2  # covers the ball, the box's diagonal and the wedge's legs
-    lo_x, hi_x, lo_y, hi_y = o.x - r, o.x + r, o.y - r, o.y + r
-    if morph is None and o.shape == "ball":
-        r = o.extent / 2
-        lo_x, hi_x, lo_y, hi_y = o.x - r, o.x + r, o.y - r, o.y + r
-    elif morph is None:
+    if morph is None and o.shape != "ball":
         poly = world_outline(o)
-        lo_x, lo_y = poly.min(0)
-        hi_x, hi_y = poly.max(0)
+        (lo_x, lo_y), (hi_x, hi_y) = poly.min(0), poly.max(0)
+    else:  # a ball; a morph's box covers the ball, the box's diagonal and the wedge's corners
+        r = o.extent / 2 if morph is None else o.extent * 1.2
+        lo_x, hi_x, lo_y, hi_y = o.x - r, o.x + r, o.y - r, o.y + r
     # bounding box on the fine grid (sub-pixel centres at (k + 0.5) / ss in pixel-edge units)
     c0 = int(np.clip(np.floor((lo_x + VIEW_WIDTH / 2) * ppu * ss), 0, n))
     c1 = int(np.clip(np.ceil((hi_x + VIEW_WIDTH / 2) * ppu * ss) + 1, 0, n))
