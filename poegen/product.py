@@ -66,6 +66,21 @@ def _move(obj, device: torch.device, seen: set):
             _move(value, device, seen)
 
 
+def merge_experts(experts: Sequence, weights: Sequence[float], masks: Sequence[Optional[Tensor]]):
+    """(experts, weights, masks) with each expert object once: its weighted masks summed (beta_1 m_1 + beta_2 m_2 as
+    one mask of weight 1; a plain sum of weights when none is masked), so a shared expert costs one evaluation."""
+    merged: Dict[int, list] = {}
+    for e, w, m in zip(experts, weights, masks):
+        entry = merged.setdefault(id(e), [e, 0.0, None])
+        if m is None:
+            entry[1] += float(w)
+        else:
+            entry[2] = w * m if entry[2] is None else entry[2] + w * m
+    out = [(e, w, None) if m is None else (e, 1.0, m + w) for e, w, m in merged.values()]
+    out = [o for o in out if o[2] is not None or o[1] != 0]  # an expert whose weights cancel costs nothing
+    return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
+
+
 class Product:
     """Generative experts with weights ``beta`` (negative allowed) and optional spatial masks,
     times discriminative experts with weights ``lambdas`` annealed by ``schedule`` (a potential with
@@ -182,22 +197,29 @@ class Product:
     # ---- discriminative part -----------------------------------------------------------------
 
     def log_potentials(self, x0: Tensor, t: float):
-        """(total (N,), per-expert (J, N)) annealed log-potentials lambda_j a(t) r_j at progress t."""
+        """(total (N,), per-expert (J, N)) annealed log-potentials lambda_j a(t) r_j at progress t. Potentials with
+        equal ``batch_key`` (questions on one scorer) are evaluated together by ``log_potential_batch``."""
         n = x0.shape[0]
         if not self.potentials:
             z = torch.zeros(n, device=x0.device, dtype=x0.dtype)
             return z, z[None, :0].reshape(0, n)
         image = self.decode(x0) if self.decode is not None else x0
-        per: List[Tensor] = []
-        for name, r, lam in zip(self.potential_names, self.potentials, self.lambdas):
+        per: List[Tensor] = [torch.zeros(n, device=x0.device, dtype=x0.dtype)] * len(self.potentials)
+        groups: Dict = {}
+        for j, (r, lam) in enumerate(zip(self.potentials, self.lambdas)):
             a = (getattr(r, "schedule", None) or self.schedule)(t)  # a potential may carry its own schedule
             if lam * a == 0:  # not active yet: skip the call (and 0 * -inf)
-                per.append(torch.zeros(n, device=x0.device, dtype=x0.dtype))
                 continue
-            v = r.log_potential(image)
-            self.nfe[name] += n
-            if v.shape != (n,):
-                raise ValueError(f"potential {name} returned shape {tuple(v.shape)}; expected ({n},)")
-            per.append(lam * a * v.to(x0.dtype))
+            key = getattr(r, "batch_key", None)
+            groups.setdefault(("solo", j) if key is None else key, []).append((j, lam * a))
+        for members in groups.values():
+            rs = [self.potentials[j] for j, _ in members]
+            values = type(rs[0]).log_potential_batch(rs, image) if len(rs) > 1 else [rs[0].log_potential(image)]
+            for (j, scale), v in zip(members, values):
+                name = self.potential_names[j]
+                self.nfe[name] += n
+                if v.shape != (n,):
+                    raise ValueError(f"potential {name} returned shape {tuple(v.shape)}; expected ({n},)")
+                per[j] = scale * v.to(x0.dtype)
         per_t = torch.stack(per)
         return per_t.sum(0), per_t

@@ -1,6 +1,8 @@
 """CLIP score on a tiny CLIP built from a config, saved and loaded back offline."""
 import torch
 
+from poegen.experts import cache
+
 from poegen.experts.vlm import ClipScore
 from poegen.testing import tiny_clip_folder
 
@@ -146,9 +148,11 @@ def test_vqa_prompt_follows_the_processors_chat_template(tmp_path):
                                "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
                                "{% if add_generation_prompt %} ASSISTANT:{% endif %}")
     processor.save_pretrained(root)
+    cache.clear()  # the folder changed under the loaded model
     templated = VQAScore.from_pretrained(root, "a red ball")
     assert torch.equal(templated.input_ids, plain.input_ids)  # the template renders the same prompt
     processor.chat_template = processor.chat_template.replace(" ASSISTANT:", " ASSISTANT: Answer:")
     processor.save_pretrained(root)
+    cache.clear()
     longer = VQAScore.from_pretrained(root, "a red ball")
     assert longer.input_ids.shape[1] == plain.input_ids.shape[1] + 2  # and a different template is followed

@@ -12,7 +12,8 @@ class GenerativeExpert(Protocol):
 
     Optional attributes the engine reads when present: ``name``, ``shape`` (event shape),
     ``sigma_min`` / ``sigma_max`` (the noise range it was trained on), and
-    ``log_density(x, sigma) -> (N,)`` (normalised, enables MALA and exact weights).
+    ``log_density(x, sigma) -> (N,)`` (normalised, enables MALA and exact weights). Experts on one backbone
+    share a ``batch_key``; the product then calls ``type(e).denoise_batch(experts, x, sigma)`` once for all.
     """
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
@@ -22,7 +23,10 @@ class GenerativeExpert(Protocol):
 
 @runtime_checkable
 class DiscriminativeExpert(Protocol):
-    """A black-box log-potential on a clean image; -inf marks a violated hard constraint."""
+    """A black-box log-potential on a clean image; -inf marks a violated hard constraint.
+
+    Questions on one scorer share a ``batch_key``; the product then calls
+    ``type(r).log_potential_batch(potentials, images) -> list of (N,)`` once for all of them."""
 
     def log_potential(self, x0: Tensor) -> Tensor:
         """(N,) log-potential of each clean sample."""

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..schedules import flow_input, sigma_to_flow, sigma_to_vp_t, vp_input, vp_sigmas
+from .cache import cached
 
 log = logging.getLogger("poegen.experts.diffusers")
 
@@ -63,6 +64,29 @@ def _vae_scale(root: str) -> int:
     return 2 ** (len(blocks) - 1) if blocks else 8
 
 
+def _sd_parts(path_or_id: str, torch_dtype=None) -> dict:
+    """UNet (in ``torch_dtype``), scheduler, tokenizer and text encoder of a Stable Diffusion folder, loaded once."""
+    def load():
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        root = resolve(path_or_id)
+        return {"root": root, "embeddings": {},
+                "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype),
+                "scheduler": DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
+                "tokenizer": CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
+                "encoder": CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()}
+    return cached("sd", path_or_id, torch_dtype, None, load)
+
+
+@torch.no_grad()
+def _encoded(parts: dict, prompt: str, encode):
+    """``encode(prompt)``, once per prompt and loaded model."""
+    if prompt not in parts["embeddings"]:
+        parts["embeddings"][prompt] = encode(prompt)
+    return parts["embeddings"][prompt]
+
+
 class VPUNetExpert:
     """A pixel-space ``UNet2DModel`` trained as a VP diffusion, predicting epsilon, v or the sample.
 
@@ -89,8 +113,10 @@ class VPUNetExpert:
         """Load a DDPM/DDIM-style folder (``unet/`` and ``scheduler/``) from disk or the local cache."""
         from diffusers import DDPMScheduler, UNet2DModel
 
+        torch_dtype = kwargs.pop("torch_dtype", None)
         root = resolve(path_or_id)
-        unet = UNet2DModel.from_pretrained(root, subfolder=unet_subfolder)
+        unet = cached("unet", root, torch_dtype, None, lambda: UNet2DModel.from_pretrained(
+            root, subfolder=unet_subfolder, torch_dtype=torch_dtype), unet_subfolder)
         scheduler = DDPMScheduler.from_pretrained(root, subfolder=scheduler_subfolder)
         kwargs.setdefault("name", f"unet[{path_or_id}]")
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, **kwargs)
@@ -149,52 +175,32 @@ class TextConditionedUNetExpert(VPUNetExpert):
         return TextConditionedUNetExpert.load_prompts(path_or_id, [prompt], **kwargs)[0]
 
     @classmethod
-    def load_prompts(cls, path_or_id: str, prompts, **kwargs):
-        """One expert per prompt, all on one UNet loaded once (so a product of them is one call per step)."""
-        from diffusers import DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        root = resolve(path_or_id)
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet")
-        scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
-        tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
-        encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()
-        experts = []
-        for prompt in prompts:
-            with torch.no_grad():
-                emb = encoder(_prompt_ids(tokenizer, prompt)).last_hidden_state
-            args = dict(kwargs, name=kwargs.get("name") or f"sd[{prompt}]")
-            experts.append(TextConditionedUNetExpert(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type,
-                                                     emb, **args))
-        return experts
+    def load_prompts(cls, path_or_id: str, prompts, torch_dtype=None, **kwargs):
+        """One expert per prompt, all on one UNet loaded once per (folder, dtype) (so a product of them is one
+        call per step, whichever config entry or region asked for them)."""
+        parts = _sd_parts(path_or_id, torch_dtype)
+        return [cls(parts["unet"], parts["scheduler"].alphas_cumprod, parts["scheduler"].config.prediction_type,
+                    _encoded(parts, prompt, lambda text: parts["encoder"](_prompt_ids(parts["tokenizer"], text))
+                             .last_hidden_state), **dict(kwargs, name=kwargs.get("name") or f"sd[{prompt}]"))
+                for prompt in prompts]
 
     def _conditioning(self, n: int) -> dict:
         return {"encoder_hidden_states": self.text_embeddings.expand(n, -1, -1)}
 
-    def _forward(self, x_vp: Tensor, t: Tensor, encoder_hidden_states: Tensor = None) -> Tensor:
-        return self.unet(x_vp, t, encoder_hidden_states=encoder_hidden_states).sample
+    def _net_kwargs(self, encoder_hidden_states: Tensor = None) -> dict:
+        """Keyword arguments of the UNet (and of a ControlNet on it) for one batch of conditioning rows."""
+        return {"encoder_hidden_states": encoder_hidden_states}
+
+    def _forward(self, x_vp: Tensor, t: Tensor, **cond) -> Tensor:
+        return self.unet(x_vp, t, **self._net_kwargs(**cond)).sample
 
 
-class ControlNetExpert(TextConditionedUNetExpert):
-    """A text-conditioned UNet steered by a ``ControlNetModel`` on a fixed control image (e.g. a depth map
-    from the physics expert), in [0, 1] at pixel resolution, shape (1, C, H, W)."""
+class _ControlNetMixin:
+    """A text-conditioned UNet expert steered by a ``ControlNetModel`` on a fixed control image (e.g. the physics
+    expert's depth map) in [0, 1] at pixel resolution, shape (1, C, H, W); the UNet's own conditioning goes to both."""
 
-    def __init__(self, unet, alphas_cumprod, prediction_type: str, text_embeddings: Tensor, controlnet,
-                 control_image: Tensor, conditioning_scale: float = 1.0, **kwargs):
-        super().__init__(unet, alphas_cumprod, prediction_type, text_embeddings, **kwargs)
+    def _control(self, controlnet, control_image: Tensor, conditioning_scale: float):
         self.controlnet, self.control_image, self.conditioning_scale = controlnet.eval(), control_image, conditioning_scale
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str, prompt: str = "", controlnet: str = "", control_image: Tensor = None,
-                        conditioning_scale: float = 1.0, **kwargs) -> "ControlNetExpert":
-        """The Stable Diffusion folder ``path_or_id`` plus a ControlNet folder or cached id ``controlnet``."""
-        from diffusers import ControlNetModel
-
-        base = TextConditionedUNetExpert.from_pretrained(path_or_id, prompt)
-        net = ControlNetModel.from_pretrained(resolve(controlnet))
-        kwargs.setdefault("name", f"controlnet[{prompt}]")
-        return cls(base.unet, base.alphas_cumprod, base.prediction_type, base.text_embeddings, net, control_image,
-                   conditioning_scale, **kwargs)
 
     @property
     def batch_key(self):
@@ -203,12 +209,27 @@ class ControlNetExpert(TextConditionedUNetExpert):
     def _conditioning(self, n: int) -> dict:
         return {**super()._conditioning(n), "controlnet_cond": self.control_image.expand(n, -1, -1, -1)}
 
-    def _forward(self, x_vp: Tensor, t: Tensor, encoder_hidden_states: Tensor = None,
-                 controlnet_cond: Tensor = None) -> Tensor:
-        down, mid = self.controlnet(x_vp, t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=controlnet_cond,
-                                    conditioning_scale=self.conditioning_scale, return_dict=False)
-        return self.unet(x_vp, t, encoder_hidden_states=encoder_hidden_states, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid).sample
+    def _forward(self, x_vp: Tensor, t: Tensor, controlnet_cond: Tensor = None, **cond) -> Tensor:
+        kwargs = self._net_kwargs(**cond)
+        down, mid = self.controlnet(x_vp, t, controlnet_cond=controlnet_cond, conditioning_scale=self.conditioning_scale,
+                                    return_dict=False, **kwargs)
+        return self.unet(x_vp, t, down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                         **kwargs).sample
+
+
+class ControlNetExpert(_ControlNetMixin, TextConditionedUNetExpert):
+    """Stable Diffusion 1.x/2.x with a ControlNet (see ``_ControlNetMixin``)."""
+
+    def __init__(self, unet, alphas_cumprod, prediction_type: str, text_embeddings: Tensor, controlnet,
+                 control_image: Tensor, conditioning_scale: float = 1.0, **kwargs):
+        super().__init__(unet, alphas_cumprod, prediction_type, text_embeddings, **kwargs)
+        self._control(controlnet, control_image, conditioning_scale)
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, prompt: str = "", controlnet: str = "", control_image: Tensor = None,
+                        conditioning_scale: float = 1.0, **kwargs) -> "ControlNetExpert":
+        """The Stable Diffusion folder ``path_or_id`` plus a ControlNet folder or cached id ``controlnet``."""
+        return load_controlnet_prompts(path_or_id, controlnet, [prompt], control_image, conditioning_scale, **kwargs)[0]
 
 
 class SDXLExpert(TextConditionedUNetExpert):
@@ -235,30 +256,16 @@ class SDXLExpert(TextConditionedUNetExpert):
         """One expert per prompt, all on one UNet (so a product of them is one batched call per step).
 
         Sizes are (height, width) in pixels; both default to the UNet's sample size times the VAE factor."""
-        from diffusers import DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-        root = resolve(path_or_id)
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype)
-        if unet.config.addition_embed_type != "text_time":
-            raise ValueError(f"{path_or_id}: unet addition_embed_type is {unet.config.addition_embed_type!r}, not "
-                             "'text_time'; this is not an SDXL UNet (use the `sd` expert for SD 1.x/2.x)")
-        scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
-        encoders = [(CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
-                     CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()),
-                    (CLIPTokenizer.from_pretrained(root, subfolder="tokenizer_2"),
-                     CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder_2").eval())]
-        index = Path(root) / "model_index.json"
-        index = json.loads(index.read_text()) if index.exists() else {}
-        zeros_for_empty = index.get("force_zeros_for_empty_prompt", True)
+        parts = _sdxl_parts(path_or_id, torch_dtype)
+        unet, scheduler, root = parts["unet"], parts["scheduler"], parts["root"]
         size = unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         target = tuple(target_size or (size[0] * _vae_scale(root), size[1] * _vae_scale(root)))
         time_ids = torch.tensor([[*(original_size or target), *crop_top_left, *target]], dtype=torch.float32)
         experts = []
         for prompt in prompts:
-            hidden, pooled = encode_sdxl_prompt(encoders, prompt)
-            if prompt == "" and zeros_for_empty:
+            hidden, pooled = _encoded(parts, prompt, lambda text: encode_sdxl_prompt(parts["encoders"], text))
+            if prompt == "" and parts["zeros_for_empty"]:
                 hidden, pooled = torch.zeros_like(hidden), torch.zeros_like(pooled)
             args = dict(kwargs, name=kwargs.get("name") or f"sdxl[{prompt}]")
             experts.append(cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, hidden, pooled,
@@ -269,10 +276,73 @@ class SDXLExpert(TextConditionedUNetExpert):
         return {**super()._conditioning(n), "text_embeds": self.pooled_embeddings.expand(n, -1),
                 "time_ids": self.time_ids.expand(n, -1)}
 
-    def _forward(self, x_vp: Tensor, t: Tensor, encoder_hidden_states: Tensor = None, text_embeds: Tensor = None,
-                 time_ids: Tensor = None) -> Tensor:
-        return self.unet(x_vp, t, encoder_hidden_states=encoder_hidden_states,
-                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}).sample
+    def _net_kwargs(self, encoder_hidden_states: Tensor = None, text_embeds: Tensor = None,
+                    time_ids: Tensor = None) -> dict:
+        return {"encoder_hidden_states": encoder_hidden_states,
+                "added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}}
+
+
+class SDXLControlNetExpert(_ControlNetMixin, SDXLExpert):
+    """Stable Diffusion XL with a ControlNet (see ``_ControlNetMixin``)."""
+
+    def __init__(self, unet, alphas_cumprod, prediction_type: str, text_embeddings: Tensor, pooled_embeddings: Tensor,
+                 time_ids: Tensor, controlnet, control_image: Tensor, conditioning_scale: float = 1.0, **kwargs):
+        super().__init__(unet, alphas_cumprod, prediction_type, text_embeddings, pooled_embeddings, time_ids, **kwargs)
+        self._control(controlnet, control_image, conditioning_scale)
+
+
+def load_controlnet_prompts(base: str, controlnet: str, prompts, control_image: Tensor, conditioning_scale: float = 1.0,
+                            torch_dtype=None, **kwargs):
+    """One ControlNet expert per prompt on the SD 1.x/2.x or SDXL folder ``base`` (told apart by the UNet's
+    ``addition_embed_type``) and the ControlNet folder or cached id ``controlnet``, each loaded once."""
+    from diffusers import ControlNetModel
+
+    if not controlnet:
+        raise ValueError("a ControlNet expert needs the ControlNet's folder or cached id")
+    if control_image is None or control_image.dim() != 4:
+        raise ValueError("a ControlNet expert needs a control image of shape (1, C, H, W) in [0, 1]")
+    root = resolve(controlnet)
+    net = cached("controlnet", root, torch_dtype, None,
+                 lambda: ControlNetModel.from_pretrained(root, torch_dtype=torch_dtype))
+    xl = _sd_parts_config(base).get("addition_embed_type") == "text_time"
+    kwargs.setdefault("name", None)
+    experts = (SDXLExpert if xl else TextConditionedUNetExpert).load_prompts(base, prompts, torch_dtype=torch_dtype)
+    kind = SDXLControlNetExpert if xl else ControlNetExpert
+    out = []
+    for prompt, e in zip(prompts, experts):
+        cond = (e.text_embeddings, e.pooled_embeddings, e.time_ids) if xl else (e.text_embeddings,)
+        out.append(kind(e.unet, e.alphas_cumprod, e.prediction_type, *cond, net, control_image, conditioning_scale,
+                        **dict(kwargs, name=kwargs["name"] or f"controlnet[{prompt}]")))
+    return out
+
+
+def _sd_parts_config(path_or_id: str) -> dict:
+    """The UNet config of a Stable Diffusion (or SDXL) folder, read without loading weights."""
+    config = Path(resolve(path_or_id)) / "unet" / "config.json"
+    return json.loads(config.read_text()) if config.exists() else {}
+
+
+def _sdxl_parts(path_or_id: str, torch_dtype=None) -> dict:
+    """UNet, scheduler and both (tokenizer, CLIP text encoder) pairs of an SDXL folder, loaded once."""
+    def load():
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+        root = resolve(path_or_id)
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype)
+        if unet.config.addition_embed_type != "text_time":
+            raise ValueError(f"{path_or_id}: unet addition_embed_type is {unet.config.addition_embed_type!r}, not "
+                             "'text_time'; this is not an SDXL UNet (use the `sd` expert for SD 1.x/2.x)")
+        index = Path(root) / "model_index.json"
+        index = json.loads(index.read_text()) if index.exists() else {}
+        return {"root": root, "unet": unet, "embeddings": {},
+                "scheduler": DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
+                "encoders": [(CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
+                              CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()),
+                             (CLIPTokenizer.from_pretrained(root, subfolder="tokenizer_2"),
+                              CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder_2").eval())],
+                "zeros_for_empty": index.get("force_zeros_for_empty_prompt", True)}
+    return cached("sdxl", path_or_id, torch_dtype, None, load)
 
 
 @torch.no_grad()
@@ -361,6 +431,23 @@ def latent_ids(h: int, w: int, device=None, dtype=torch.float32) -> Tensor:
     return ids.reshape(h * w, 3)
 
 
+def _flux_parts(path_or_id: str, torch_dtype=None) -> dict:
+    """Transformer, CLIP and T5 text encoders (with tokenizers) of a FLUX folder, loaded once."""
+    def load():
+        from diffusers import FluxTransformer2DModel
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+        root = resolve(path_or_id)
+        return {"root": root, "embeddings": {},
+                "transformer": FluxTransformer2DModel.from_pretrained(root, subfolder="transformer",
+                                                                      torch_dtype=torch_dtype),
+                "clip_tokenizer": CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
+                "clip": CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval(),
+                "t5_tokenizer": AutoTokenizer.from_pretrained(root, subfolder="tokenizer_2"),
+                "t5": T5EncoderModel.from_pretrained(root, subfolder="text_encoder_2").eval()}
+    return cached("flux", path_or_id, torch_dtype, None, load)
+
+
 class FluxExpert(FlowTransformerExpert):
     """FLUX.1 (``FluxTransformer2DModel``) for one prompt, through the same flow -> VE conversion.
 
@@ -389,23 +476,18 @@ class FluxExpert(FlowTransformerExpert):
                      torch_dtype=None, **kwargs):
         """One expert per prompt on one transformer; images are ``resolution`` pixels square (default: the VAE's
         ``sample_size``, 1024 for FLUX.1), latents 2 * (resolution // (2 * vae factor)) on a side."""
-        from diffusers import FluxTransformer2DModel
-        from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
-
-        root = resolve(path_or_id)
-        model = FluxTransformer2DModel.from_pretrained(root, subfolder="transformer", torch_dtype=torch_dtype)
-        clip_tok = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer")
-        clip = CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()
-        t5_tok = AutoTokenizer.from_pretrained(root, subfolder="tokenizer_2")
-        t5 = T5EncoderModel.from_pretrained(root, subfolder="text_encoder_2").eval()
+        parts = _flux_parts(path_or_id, torch_dtype)
+        root, model = parts["root"], parts["transformer"]
         side = 2 * ((resolution or _vae_config(root).get("sample_size", 1024)) // (2 * _vae_scale(root)))
         shape = (model.config.in_channels // 4, side, side)
-        length = min(max_sequence_length, t5_tok.model_max_length)
+        length = min(max_sequence_length, parts["t5_tokenizer"].model_max_length)
+
+        def encode(prompt):
+            return (parts["t5"](_prompt_ids(parts["t5_tokenizer"], prompt, length)).last_hidden_state,
+                    parts["clip"](_prompt_ids(parts["clip_tokenizer"], prompt)).pooler_output)
         experts = []
         for prompt in prompts:
-            with torch.no_grad():
-                pooled = clip(_prompt_ids(clip_tok, prompt)).pooler_output
-                hidden = t5(_prompt_ids(t5_tok, prompt, length)).last_hidden_state
+            hidden, pooled = _encoded(parts, (prompt, length), lambda key: encode(key[0]))
             args = dict(kwargs, name=kwargs.get("name") or f"flux[{prompt}]")
             experts.append(cls(model, hidden, pooled, shape, **args))
         return experts
@@ -436,7 +518,9 @@ def vae_decoder(path_or_id: str, subfolder: str = "vae", device=None):
     The VAE runs on ``device`` (default CPU) in float32; images come back on the latents' device."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(resolve(path_or_id), subfolder=subfolder).eval().to(device)
+    root = resolve(path_or_id)
+    vae = cached("vae", root, None, device, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder).eval()
+                 .to(device), subfolder)
     shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents
 
     def decode(latents: Tensor) -> Tensor:  # differentiable where the caller enables grad (gradient guidance)

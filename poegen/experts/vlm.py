@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cache import cached
 from .diffusers import resolve
 
 log = logging.getLogger("poegen.experts.vlm")
@@ -36,10 +37,11 @@ def _normalise(x0: Tensor, size, mean, std, dtype) -> Tensor:
 class ClipScore:
     """logit_scale * cos(CLIP image embedding, CLIP text embedding) of images in [-1, 1] (Radford et al. 2021).
 
-    Differentiable in the image: preprocessing (resize, normalise) is done in torch."""
+    Differentiable in the image: preprocessing (resize, normalise) is done in torch. Questions on one model share
+    a ``batch_key``: each image is embedded once and dotted with every question's text embedding."""
 
-    def __init__(self, model, tokenizer, text: str, name: Optional[str] = None):
-        self.model = model.eval()
+    def __init__(self, model, tokenizer, text: str, name: Optional[str] = None, micro_batch: Optional[int] = None):
+        self.model, self.micro_batch = model.eval(), micro_batch
         length = min(tokenizer.model_max_length, model.config.text_config.max_position_embeddings)
         ids = tokenizer([text], padding="max_length", max_length=length, truncation=True, return_tensors="pt")
         with torch.no_grad():
@@ -49,19 +51,34 @@ class ClipScore:
         self.name = name or f"clip[{text}]"
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, text: str, tokenizer: Optional[str] = None, **kwargs) -> "ClipScore":
-        """A CLIPModel folder or cached id; its tokenizer from ``tokenizer`` (a folder or id) when given."""
+    def from_pretrained(cls, path_or_id: str, text: str, tokenizer: Optional[str] = None, torch_dtype=None,
+                        **kwargs) -> "ClipScore":
+        """A CLIPModel folder or cached id (loaded once per dtype); its tokenizer from ``tokenizer`` when given."""
         from transformers import CLIPModel, CLIPTokenizer
 
         root = resolve(path_or_id)
-        tok = CLIPTokenizer.from_pretrained(resolve(tokenizer) if tokenizer else root)
-        return cls(CLIPModel.from_pretrained(root), tok, text, **kwargs)
+        model, tok = cached("clip", root, torch_dtype, None, lambda: (
+            CLIPModel.from_pretrained(root, dtype=torch_dtype),
+            CLIPTokenizer.from_pretrained(resolve(tokenizer) if tokenizer else root)), tokenizer)
+        return cls(model, tok, text, **kwargs)
+
+    @property
+    def batch_key(self):
+        return (ClipScore, id(self.model))
+
+    @classmethod
+    def log_potential_batch(cls, potentials, x0: Tensor):
+        """(K, N) scores of K questions on one model: ceil(N / micro_batch) image-embedding calls in all."""
+        first = potentials[0]
+        p = next(first.model.parameters())
+        img = _normalise(x0, (first.size, first.size), CLIP_MEAN, CLIP_STD, p.dtype)
+        emb = torch.cat([_embedding(first.model.get_image_features(pixel_values=chunk))
+                         for chunk in img.split(first.micro_batch or len(img))])
+        texts = torch.cat([q.text for q in potentials]).to(emb.device).float()
+        return (first.scale * F.normalize(emb.float(), dim=-1) @ texts.T).T.to(x0.dtype)
 
     def log_potential(self, x0: Tensor) -> Tensor:
-        p = next(self.model.parameters())
-        img = _normalise(x0, (self.size, self.size), CLIP_MEAN, CLIP_STD, p.dtype)
-        emb = F.normalize(_embedding(self.model.get_image_features(pixel_values=img)), dim=-1)
-        return (self.scale * emb.float() @ self.text.to(emb.device).float().T)[:, 0].to(x0.dtype)
+        return self.log_potential_batch([self], x0)[0]
 
 
 class PickScore(ClipScore):
@@ -109,6 +126,7 @@ class VQAScore:
             raise ValueError(f"{type(processor).__name__} gives {', '.join(extra) or 'variable-size pixel_values'}; "
                              "VQAScore supports VLMs with a fixed-size image input (Llava family)")
         self.input_ids, self.attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.size = tuple(inputs["pixel_values"].shape[-2:])
         self.mean, self.std = tuple(ip.image_mean), tuple(ip.image_std)
         self.answer_ids = [self._token(tok, answer)] + ([self._token(tok, versus)] if versus else [])
@@ -130,18 +148,40 @@ class VQAScore:
 
         root = resolve(path_or_id)
         kwargs.setdefault("name", f"vqa[{text}]")
-        model = AutoModelForImageTextToText.from_pretrained(root, dtype=torch_dtype)
-        return cls(model, AutoProcessor.from_pretrained(root), question.format(text), **kwargs)
+        model, processor = cached("vqa", root, torch_dtype, None, lambda: (
+            AutoModelForImageTextToText.from_pretrained(root, dtype=torch_dtype), AutoProcessor.from_pretrained(root)))
+        return cls(model, processor, question.format(text), **kwargs)
+
+    @property
+    def batch_key(self):
+        return (VQAScore, id(self.model))
+
+    @classmethod
+    def log_potential_batch(cls, potentials, x0: Tensor):
+        """(K, N) scores of K questions on one VLM: the K * N (question, image) rows go through the model in
+        ceil(K * N / micro_batch) calls; prompts of unequal length are left-padded with matching position ids."""
+        first, n, k = potentials[0], x0.shape[0], len(potentials)
+        p = next(first.model.parameters())
+        pixels = _normalise(x0, first.size, first.mean, first.std, p.dtype)
+        width = max(q.input_ids.shape[1] for q in potentials)
+        ids = torch.stack([F.pad(q.input_ids[0], (width - q.input_ids.shape[1], 0), value=q.pad_id) for q in potentials])
+        mask = torch.stack([F.pad(q.attention_mask[0], (width - q.input_ids.shape[1], 0)) for q in potentials])
+        ids, mask = ids.to(x0.device).repeat_interleave(n, 0), mask.to(x0.device).repeat_interleave(n, 0)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        image = torch.arange(n, device=x0.device).repeat(k)
+        mb = first.micro_batch or k * n
+        logits = torch.cat([first.model(input_ids=ids[i:i + mb], attention_mask=mask[i:i + mb],
+                                        position_ids=positions[i:i + mb], pixel_values=pixels[image[i:i + mb]],
+                                        logits_to_keep=1).logits[:, -1].float()
+                            for i in range(0, k * n, mb)]).reshape(k, n, -1)
+        return torch.stack([q._score(row) for q, row in zip(potentials, logits)]).to(x0.dtype)
+
+    def _score(self, logits: Tensor) -> Tensor:
+        """log P(answer) over the vocabulary, or against ``versus`` only, from answer-position logits (N, V)."""
+        if len(self.answer_ids) == 1:
+            return logits.log_softmax(-1)[:, self.answer_ids[0]]
+        pair = logits[:, self.answer_ids]
+        return pair[:, 0] - pair.logsumexp(-1)
 
     def log_potential(self, x0: Tensor) -> Tensor:
-        p = next(self.model.parameters())
-        mb = self.micro_batch or x0.shape[0]
-        pixels = _normalise(x0, self.size, self.mean, self.std, p.dtype)
-        ids, mask = self.input_ids.to(x0.device), self.attention_mask.to(x0.device)
-        logits = torch.cat([self.model(input_ids=ids.expand(len(chunk), -1), attention_mask=mask.expand(len(chunk), -1),
-                                       pixel_values=chunk, logits_to_keep=1).logits[:, -1].float()
-                            for chunk in pixels.split(mb)])
-        if len(self.answer_ids) == 1:
-            return logits.log_softmax(-1)[:, self.answer_ids[0]].to(x0.dtype)
-        pair = logits[:, self.answer_ids]
-        return (pair[:, 0] - pair.logsumexp(-1)).to(x0.dtype)
+        return self.log_potential_batch([self], x0)[0]

@@ -1,0 +1,30 @@
+"""One cache of loaded models, keyed by (kind, path, dtype, device): every expert and question on a checkpoint
+shares one backbone, whichever config entry, region or frame asked for it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Dict, Hashable, Tuple
+
+log = logging.getLogger("poegen.experts.cache")
+
+_MODELS: Dict[Tuple, object] = {}
+
+
+def _path_key(path: str) -> str:
+    p = Path(path)
+    return str(p.resolve()) if p.exists() else str(path)
+
+
+def cached(kind: str, path: str, dtype, device, load: Callable[[], object], extra: Hashable = None):
+    """``load()`` the first time (kind, path, dtype, device[, extra]) is asked for, the same object afterwards."""
+    key = (kind, _path_key(path), str(dtype), str(device or "cpu"), extra)
+    if key not in _MODELS:
+        log.info("loading %s from %s", kind, path)
+        _MODELS[key] = load()
+    return _MODELS[key]
+
+
+def clear():
+    """Forget every loaded model (their memory is freed once no expert holds them)."""
+    _MODELS.clear()
