@@ -14,7 +14,7 @@ from . import samplers
 def cmd_generate(args) -> int:
     from .generate import Job, run
 
-    fields = ("prompt", "scene", "frames", "sampler", "particles", "steps", "mcmc_steps", "seed", "guidance",
+    fields = ("prompt", "scene", "layout", "compose", "parts", "questions", "frames", "sampler", "particles", "steps", "mcmc_steps", "seed", "guidance",
               "vlm_weight", "select", "grad_guidance", "experts", "potentials", "config", "device")
     job = Job.from_dict({k: getattr(args, k) for k in fields}, "generate")
     t = time.perf_counter()
@@ -77,9 +77,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="poegen", description="Generate images from a product of experts.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = ap.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="sample an image for a prompt or a scene spec of the embedded shapes world")
+    g = sub.add_parser("generate", help="sample an image for a prompt, a layout spec or a scene spec, in the "
+                                        "embedded shapes world or on named models (--expert, --config)")
     g.add_argument("prompt", nargs="?", help="e.g. 'a red ball and a blue box', 'a green wedge left of a yellow ball'")
     g.add_argument("--scene", default=None, help="a scene spec (YAML/JSON, see examples/): physics places the objects")
+    g.add_argument("--layout", default=None, help="a layout spec (YAML/JSON, see examples/): phrases with boxes")
+    g.add_argument("--compose", action="store_true",
+                   help="named models: split the prompt into objects at 'and' and commas, one expert and question each")
+    g.add_argument("--part", dest="parts", action="append", default=None, metavar="PHRASE",
+                   help="an object phrase (repeatable), instead of splitting the prompt")
+    g.add_argument("--question", dest="questions", action="append", default=None, metavar="TEXT",
+                   help="what every potential asks (repeatable; default: each object and relation)")
     g.add_argument("--frames", type=int, default=1, help="with --scene: simulate N time points, one image each, and a GIF")
     g.add_argument("--sampler", default="poe", choices=samplers.available())
     g.add_argument("--particles", type=int, default=16)

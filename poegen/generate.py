@@ -21,7 +21,11 @@ class Job:
     """What `poegen generate` takes; batch files list these (plus an optional ``id``)."""
 
     prompt: Optional[str] = None
-    scene: Optional[str] = None
+    scene: Optional[str] = None              # a scene spec: physics places the objects
+    layout: Optional[str] = None             # a layout spec: phrases with boxes
+    compose: bool = False                    # named models: split the prompt into objects ("and", commas)
+    parts: Optional[List[str]] = None        # object phrases, listed instead of split from the prompt
+    questions: Optional[List[str]] = None    # what every potential asks (default: each object and relation)
     frames: int = 1
     sampler: str = "poe"
     particles: int = 16
@@ -40,8 +44,10 @@ class Job:
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
         job = cls(**check_keys(d, where, [f.name for f in fields(cls)]))
-        if (job.prompt is not None or job.config is not None) == (job.scene is not None):
-            raise ValueError(f"{where}: give exactly one of prompt or scene (with --config, the prompt may be in it)")
+        given = [k for k in ("prompt", "scene", "layout") if getattr(job, k) is not None]
+        if len(given) > 1 or (not given and job.config is None):
+            raise ValueError(f"{where}: give exactly one of prompt, scene or layout (with --config, the prompt may "
+                             f"be in it); got {', '.join(given) or 'none'}")
         if job.sampler not in samplers.available():
             raise ValueError(f"{where}: unknown sampler {job.sampler!r}; available: {', '.join(samplers.available())}")
         try:
@@ -54,28 +60,35 @@ class Job:
 
 
 def products(job: Job):
-    """(file label, Product) pairs: one for a prompt, one per frame for a scene spec."""
-    from .experts.shapes.prompt import build_product, build_scene_product
+    """(file label, Product) pairs: one for a prompt or a layout spec, one per frame for a scene spec; each
+    through its Layout, in the shapes world or on the named models of --expert/--config."""
+    from .layout import build_product, from_physics, from_prompt, load_layout
 
-    if job.experts or job.config:
-        from .experts.registry import build, load_config
-        if job.scene is not None:
-            raise ValueError("scenes use the shapes world; drop --expert/--config or --scene")
-        cfg = load_config(job.config) if job.config else {"prompt": None, "experts": [], "potentials": []}
-        return [("", build(job.prompt or cfg["prompt"], (job.experts or []) + cfg["experts"],
-                           (job.potentials or []) + cfg["potentials"], 1.0 if job.guidance is None else job.guidance,
-                           1.0 if job.vlm_weight is None else job.vlm_weight))]
-    if job.scene is None:
-        return [("", build_product(job.prompt, guidance=job.guidance, vlm_weight=job.vlm_weight))]
-    from .experts.physics import PhysicsExpert
-    from .experts.shapes.model import load_prior
-    from .scene import load_scene
+    cfg = {"prompt": None, "experts": [], "potentials": [], "compose": False, "parts": None, "questions": None}
+    if job.config:
+        from .experts.registry import load_config
+        cfg = load_config(job.config)
+    experts, potentials = (job.experts or []) + cfg["experts"], (job.potentials or []) + cfg["potentials"]
+    if job.scene is not None:
+        from .experts.physics import PhysicsExpert
+        from .scene import load_scene
 
-    spec, prior = load_scene(job.scene), load_prior()
-    n = job.frames
-    times = [spec.physics.duration * i / (n - 1) for i in range(n)] if n > 1 else [None]
-    return [(f"_f{i:02d}" if n > 1 else "", build_scene_product(PhysicsExpert(spec, until=t), prior, job.guidance))
-            for i, t in enumerate(times)]
+        spec, n = load_scene(job.scene), job.frames
+        times = [spec.physics.duration * i / (n - 1) for i in range(n)] if n > 1 else [None]
+        layouts = [(f"_f{i:02d}" if n > 1 else "", from_physics(PhysicsExpert(spec, until=t))) for i, t in enumerate(times)]
+    elif job.layout is not None:
+        layouts = [("", load_layout(job.layout))]
+    else:
+        prompt = job.prompt if job.prompt is not None else cfg["prompt"]
+        if prompt is None:
+            raise ValueError("no prompt: give one on the command line or as prompt: in the config")
+        layouts = [("", from_prompt(prompt, job.compose or cfg["compose"], job.parts or cfg["parts"],
+                                    job.questions if job.questions is not None else cfg["questions"]))]
+    questions = job.questions if job.questions is not None else cfg["questions"]
+    for _, layout in layouts:
+        if questions is not None:
+            layout.questions = list(questions)
+    return [(label, build_product(layout, experts, potentials, job.guidance, job.vlm_weight)) for label, layout in layouts]
 
 
 def job_device(name: str) -> torch.device:

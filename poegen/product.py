@@ -69,14 +69,18 @@ def _move(obj, device: torch.device, seen: set):
 def merge_experts(experts: Sequence, weights: Sequence[float], masks: Sequence[Optional[Tensor]]):
     """(experts, weights, masks) with each expert object once: its weighted masks summed (beta_1 m_1 + beta_2 m_2 as
     one mask of weight 1; a plain sum of weights when none is masked), so a shared expert costs one evaluation."""
-    merged: Dict[int, list] = {}
+    groups: Dict[int, list] = {}
     for e, w, m in zip(experts, weights, masks):
-        entry = merged.setdefault(id(e), [e, 0.0, None])
-        if m is None:
-            entry[1] += float(w)
+        groups.setdefault(id(e), []).append((e, float(w), m))
+    out = []
+    for group in groups.values():
+        e = group[0][0]
+        if len(group) == 1:
+            out.append(group[0])
+        elif all(m is None for _, _, m in group):
+            out.append((e, sum(w for _, w, _ in group), None))
         else:
-            entry[2] = w * m if entry[2] is None else entry[2] + w * m
-    out = [(e, w, None) if m is None else (e, 1.0, m + w) for e, w, m in merged.values()]
+            out.append((e, 1.0, sum(w * (1.0 if m is None else m) for _, w, m in group)))
     out = [o for o in out if o[2] is not None or o[1] != 0]  # an expert whose weights cancel costs nothing
     return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
 

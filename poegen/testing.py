@@ -175,3 +175,78 @@ def tiny_vlm_folder(tmp_path: Path):
         image_token_index=tok.convert_tokens_to_ids("<image>"))
     LlavaForConditionalGeneration(config).save_pretrained(tmp_path)
     return str(tmp_path)
+
+
+def tiny_controlnet_folder(tmp_path: Path, sd_folder: Path):
+    """A ControlNetModel for the tiny SD folder's UNet (its weights copied, a 2-level conditioning embedding that
+    halves 16x16 control images to the 8x8 latents), with its zero-initialised output convolutions given small
+    random weights so the control image acts; saved to ``tmp_path``, which is returned as a string."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_pretrained(Path(sd_folder) / "unet")
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
+    with torch.no_grad():
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+            conv.weight.normal_(0, 0.1)
+    net.save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def tiny_owlv2_folder(tmp_path: Path):
+    """An OWLv2 detector with random weights and its Owlv2Processor in one folder: text and vision towers of
+    hidden size 32 (32x32 images, 8x8 patches: 16 boxes), a CLIP tokenizer laid out like CLIP's own ("!" is the
+    pad id 0, end of text the largest id, as OWLv2's query mask and pooling expect). Returns the folder."""
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    torch.manual_seed(0)
+    vocab = {"!": 0}
+    for token in _clip_vocab():
+        if not token.startswith("<|"):
+            vocab[token] = len(vocab)
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16, pad_token="!")
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 32, "width": 32}),
+                   tokenizer=tok).save_pretrained(tmp_path)
+    config = Owlv2Config(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                          num_attention_heads=4, max_position_embeddings=16, pad_token_id=0,
+                                          bos_token_id=len(vocab) - 2, eos_token_id=len(vocab) - 1),
+                         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                            num_attention_heads=4, image_size=32, patch_size=8),
+                         projection_dim=32)  # the class head compares patches with text embeds of the text width
+    Owlv2ForObjectDetection(config).save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def tiny_sd3_folder(tmp_path: Path, t5: bool = True):
+    """A Stable-Diffusion-3-shaped folder with random weights, saved by ``StableDiffusion3Pipeline`` itself: an
+    SD3Transformer2DModel on 8x8 latents of 4 channels, two CLIP text encoders with projections (hidden 32 each,
+    pooled 16 + 16), a T5 encoder 80 wide (the joint attention width; CLIP's 64 are zero-padded to it), their
+    tokenizers (8 tokens), a shifted flow-match scheduler and a VAE with a shift factor (16x16 pixels).
+    ``t5=False`` leaves text_encoder_3/ and tokenizer_3/ out (the pipeline then uses zeros)."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    vocab = _clip_vocab()
+    parts = {}
+    for i, sub in enumerate(("", "_2")):
+        parts[f"tokenizer{sub}"] = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=8)
+        parts[f"text_encoder{sub}"] = CLIPTextModelWithProjection(_tiny_clip_text_config(vocab, 16))
+    parts["tokenizer_3"] = parts["text_encoder_3"] = None
+    if t5:
+        parts["tokenizer_3"] = word_tokenizer(["a", "red", "ball", "blue", "box"], ["<unk>", "<pad>", "</s>"],
+                                              pad_token="<pad>", eos_token="</s>", model_max_length=8)
+        parts["text_encoder_3"] = T5EncoderModel(T5Config(vocab_size=len(parts["tokenizer_3"]), d_model=80, d_kv=8,
+                                                          d_ff=37, num_layers=1, num_heads=4, pad_token_id=1,
+                                                          eos_token_id=2))
+    parts["transformer"] = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4,
+                                                 num_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                                 joint_attention_dim=80, caption_projection_dim=16,
+                                                 pooled_projection_dim=32, pos_embed_max_size=8)
+    _tiny_vae(tmp_path / "vae", scaling_factor=1.5305, shift_factor=0.0609)
+    parts["vae"] = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    StableDiffusion3Pipeline(**parts).save_pretrained(tmp_path)
+    return tmp_path

@@ -143,7 +143,7 @@ def test_generate_with_named_local_experts(tmp_path, capsys):
                  "--steps", "2", "--particles", "2", "--quiet", "--out", str(out)]) == 0
     assert Image.open(tmp_path / "img_raw.png").size == (16, 16)  # decoded by the VAE: pixels, not latents
     assert main(["generate", "a red ball", "--expert", f"sd15:{sd}"]) == 2
-    assert "KIND one of sd, sdxl, flux, unet" in capsys.readouterr().err
+    assert "KIND one of sd, sdxl, sd3, flux, controlnet, unet" in capsys.readouterr().err
     assert main(["experts"]) == 0 and "clip" in capsys.readouterr().out
 
 
@@ -320,9 +320,11 @@ def test_flux_vae_decoder_undoes_scaling_and_shift(tmp_path):
 
 
 def test_sd_registry_loads_one_unet_for_the_prompt_and_the_empty_prompt(tmp_path):
-    from poegen.experts.registry import GENERATIVE
+    from poegen.experts.registry import build
 
-    experts, weights, decode = GENERATIVE["sd"][1](str(tiny_sd_folder(tmp_path)), "a red ball", 7.5)
+    root = str(tiny_sd_folder(tmp_path))
+    product = build("a red ball", [f"sd:{root}"], guidance=7.5)
+    experts, weights = product.experts, product.weights
     assert [e.name for e in experts] == ["sd[a red ball]", "sd[]"] and weights == [7.5, -6.5]
     assert experts[0].unet is experts[1].unet and experts[0].batch_key == experts[1].batch_key
     assert not torch.equal(experts[0].text_embeddings, experts[1].text_embeddings)

@@ -50,7 +50,9 @@ def test_scene_product_conditions_experts_on_simulated_positions(physics):
     assert product.weights == [-1.0, 1.0, 1.0]  # null^(1 - 2) * box * ball
     assert product.experts[0].position is None
     assert [e.position for e in product.experts[1:]] == physics.positions
-    assert product.potential_names == ["physics-layout"]
+    # one question per object (and per contact), then the spec's layout potential
+    assert product.potential_names[-1] == "physics-layout"
+    assert product.potential_names[:2] == [f"vlm[is there a {o.size} {o.colour} {o.shape}?]" for o in physics.scene.objects]
 
 
 def test_generate_scene_frames_writes_frames_and_gif(tmp_path, capsys):
@@ -67,37 +69,34 @@ def test_generate_scene_frames_writes_frames_and_gif(tmp_path, capsys):
 
 
 def test_regional_prompt_experts_follow_the_simulated_masks(tmp_path):
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
     import poegen
-    from poegen.experts.diffusers import TextConditionedUNetExpert
+    from poegen.experts.registry import build
+    from poegen.layout import from_physics
     from poegen.scene import load_scene
     from poegen.testing import tiny_sd_folder
 
     physics = PhysicsExpert(load_scene("examples/stacking.yaml"))
     root = tiny_sd_folder(tmp_path)
-    unet = UNet2DConditionModel.from_pretrained(root / "unet")
-    ab = DDPMScheduler.from_pretrained(root / "scheduler").alphas_cumprod
-    texts = []
-
-    def make_expert(text):  # prompt experts that share one UNet
-        texts.append(text)
-        e = TextConditionedUNetExpert.from_pretrained(str(root), text)
-        return TextConditionedUNetExpert(unet, ab, "epsilon", e.text_embeddings, name=text)
-
-    product = physics.regional_product(make_expert)
-    regions = physics.region_weights(8)
-    assert texts == ["a red ball on a blue box", "a red ball on a blue box, a large blue box",
-                     "a red ball on a blue box, a small red ball"]
-    assert torch.allclose(regions.sum(0), torch.ones(8, 8))
+    layout = from_physics(physics)
+    product = build(layout, [f"sd:{root}"], guidance=2.0)
+    assert product.names == ["sd[a red ball on a blue box]", "sd[large blue box]", "sd[small red ball]", "sd[]"]
+    assert product.weights == [2.0, 2.0, 2.0, -1.0]  # regions tile: guidance 2 everywhere, the empty prompt -1
+    background, regions = layout.regions(8, 8)
+    assert torch.allclose(background + sum(regions), torch.ones(8, 8))
+    masks = [m[0] for m in product.masks[:3]]
+    assert all(torch.equal(m, r) for m, r in zip(masks, [background, *regions]))
+    ball = torch.nn.functional.adaptive_avg_pool2d(physics.masks[1][None, None].float(), (8, 8))[0, 0]
+    assert torch.equal(masks[2] > 0, ball > 0)  # the ball's expert acts only inside its simulated mask
+    unet = product.experts[0].unet
+    assert all(e.unet is unet for e in product.experts)
     calls = []
     unet.register_forward_hook(lambda *a: calls.append(1))
     x, sigma = torch.randn(2, 4, 8, 8), torch.tensor(0.7)
     x0 = product.evaluate(x, sigma, product.total_weight((4, 8, 8), "cpu", torch.float32)).x0
-    assert len(calls) == 1  # three regional experts, one backbone call
+    assert len(calls) == 1  # four prompt experts, one backbone call
     each = [e.denoise(x, sigma) for e in product.experts]
-    assert torch.allclose(x0, sum(r * d for r, d in zip(regions, each)), atol=1e-5)
-    box = regions[1] == 1  # latent cells inside the box: the box's expert alone
-    assert box.any() and torch.allclose(x0[..., box], each[1][..., box], atol=1e-5)
+    null = each[-1]
+    expected = null + 2.0 * sum(r * (d - null) for r, d in zip([background, *regions], each))
+    assert torch.allclose(x0, expected, atol=1e-5)
     r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()

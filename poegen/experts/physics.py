@@ -101,30 +101,6 @@ class PhysicsExpert:
             near = torch.where(m > 0.5, value, near)
         return near
 
-    def region_weights(self, size: int) -> Tensor:
-        """(1 + K, size, size) per-pixel weights summing to 1: the background, then each visible object's
-        simulated mask, area-resized to ``size`` (a latent grid); overlaps are shared."""
-        m = torch.nn.functional.interpolate(self.masks[None, self.visible].float(), size=(size, size), mode="area")[0]
-        total = m.sum(0)
-        m = m / torch.where(total > 1, total, torch.ones_like(total))
-        return torch.cat([(1 - m.sum(0)).clamp(min=0)[None], m])
-
-    def regional_product(self, make_expert: Callable[[str], object], potentials=(), lambdas=None,
-                         **product_options):
-        """Regional prompt experts for real models: ``make_expert(text)`` (e.g. a Stable Diffusion or
-        depth-ControlNet prompt expert) for the spec's prompt on the background and, inside each visible
-        object's simulated mask, for that object's phrase; the regions tile the image, so B = 1."""
-        from ..product import Product
-
-        style = self.spec.prompt
-        objects = [self.scene.objects[k] for k in self.visible]
-        texts = [style] + [", ".join(t for t in (style, f"a {o.size} {o.colour} {o.shape}") if t) for o in objects]
-        experts = [make_expert(t) for t in texts]
-        size = experts[0].shape[-1] if getattr(experts[0], "shape", None) else self.spec.camera.resolution
-        regions = self.region_weights(size)
-        return Product(experts, masks=[r[None] for r in regions], potentials=potentials, lambdas=lambdas,
-                       **product_options)
-
     def layout_potential(self, comparator: Comparator = dice_agreement) -> LayoutPotential:
         return LayoutPotential(self.masks, self.colours, comparator)
 

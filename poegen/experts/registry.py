@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..product import Product
+import torch
+
 from ..validation import check_keys
 
-# kind -> (what it is, builder(path, prompt, guidance, **options) -> (experts, weights, decode or None))
+# kind -> (what it is, loader(path, guidance, **options) -> Backbone)
 GENERATIVE: Dict[str, Tuple[str, Callable]] = {}
-# kind -> (what it is, builder(path, prompt, **options) -> potential)
+# kind -> (what it is, loader(path, texts, layout, **options) -> one potential per text or object)
 POTENTIALS: Dict[str, Tuple[str, Callable]] = {}
 # kind -> the options a config entry may give it (keyword arguments of its loader)
 OPTIONS: Dict[str, Tuple[str, ...]] = {}
@@ -28,62 +30,134 @@ def _dtype(options: dict) -> dict:
     return options
 
 
-def _sd(path: str, prompt: str, guidance: float, **options):
+@dataclass
+class Backbone:
+    """A loaded generative entry: ``make(texts, layout)`` gives one prompt expert per text, all on one model.
+    ``cfg``: classifier-free guidance is a product with the empty prompt's expert (False for guidance-distilled
+    FLUX, whose guidance is embedded); ``text``: False for an unconditional model."""
+
+    make: Callable
+    decode: Optional[Callable] = None
+    cfg: bool = True
+    text: bool = True
+    _made: Dict = field(default_factory=dict)
+
+    def experts(self, texts: Sequence[str], layout=None) -> List:
+        """Prompt experts for ``texts``; the same text gives the same expert object (merged by the product)."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self._made]
+        if todo:
+            self._made.update(zip(todo, self.make(todo, layout)))
+        return [self._made[t] for t in texts]
+
+
+def _sd(path: str, guidance: float, **options):
     from .diffusers import TextConditionedUNetExpert, vae_decoder
-    experts = TextConditionedUNetExpert.load_prompts(path, [prompt, ""], **options)  # one UNet, one call per step
-    return experts, [guidance, 1.0 - guidance], vae_decoder(path)
+    options = _dtype(options)
+    return Backbone(lambda texts, layout: TextConditionedUNetExpert.load_prompts(path, texts, **options),
+                    vae_decoder(path))
 
 
-def _sdxl(path: str, prompt: str, guidance: float, **options):
+def _sdxl(path: str, guidance: float, **options):
     from .diffusers import SDXLExpert, vae_decoder
-    experts = SDXLExpert.load_prompts(path, [prompt, ""], **_dtype(options))  # one UNet, one call per step
-    return experts, [guidance, 1.0 - guidance], vae_decoder(path)
+    options = _dtype(options)
+    return Backbone(lambda texts, layout: SDXLExpert.load_prompts(path, texts, **options), vae_decoder(path))
 
 
-def _flux(path: str, prompt: str, guidance: float, **options):
+def _sd3(path: str, guidance: float, **options):
+    from .diffusers import vae_decoder
+    from .sd3 import SD3Expert
+    options = _dtype(options)
+    return Backbone(lambda texts, layout: SD3Expert.load_prompts(path, texts, **options), vae_decoder(path))
+
+
+def _flux(path: str, guidance: float, **options):
     from .diffusers import FluxExpert, vae_decoder
-    return FluxExpert.load_prompts(path, [prompt], guidance=guidance, **_dtype(options)), [1.0], vae_decoder(path)
+    options = _dtype(options)
+    return Backbone(lambda texts, layout: FluxExpert.load_prompts(path, texts, guidance=guidance, **options),
+                    vae_decoder(path), cfg=False)
 
 
-def _unet(path: str, prompt: str, guidance: float, **options):
+def _controlnet(path: str, guidance: float, base: Optional[str] = None, image: Optional[str] = None,
+                conditioning_scale: float = 1.0, **options):
+    from ..layout import resize
+    from .diffusers import _sd_parts_config, _vae_scale, load_controlnet_prompts, resolve, vae_decoder
+    if not base:
+        raise ValueError(f"controlnet {path}: options.base is missing; name the SD 1.x or SDXL folder it steers, "
+                         "e.g. options: {base: /models/sd15}")
+    options = _dtype(options)
+
+    def make(texts, layout):
+        side = _sd_parts_config(base).get("sample_size", 64) * _vae_scale(resolve(base))
+        control = resize(_control_image(image, layout, path), side, side)[None, None].expand(1, 3, -1, -1)
+        return load_controlnet_prompts(base, path, texts, control.contiguous(), conditioning_scale, **options)
+    return Backbone(make, vae_decoder(base))
+
+
+def _control_image(image: Optional[str], layout, path: str):
+    """(H, W) control map in [0, 1]: the file ``image`` (grey levels), else the layout's depth map."""
+    if image:
+        import numpy as np
+        from PIL import Image
+        if not Path(image).exists():
+            raise FileNotFoundError(f"controlnet {path}: options.image {image} does not exist")
+        return torch.from_numpy(np.asarray(Image.open(image).convert("L"), dtype=np.float32) / 255.0)
+    if layout is None or layout.depth is None:
+        raise ValueError(f"controlnet {path}: no control image; use --scene SPEC (physics gives a depth map) or "
+                         "options: {image: depth.png}")
+    return layout.depth.float()
+
+
+def _unet(path: str, guidance: float, **options):
     from .diffusers import VPUNetExpert
-    return [VPUNetExpert.from_pretrained(path, **options)], [1.0], None
+    expert = VPUNetExpert.from_pretrained(path, **_dtype(options))
+    return Backbone(lambda texts, layout: [expert] * len(texts), None, cfg=False, text=False)
 
 
-def _clip(path: str, prompt: str, **options):
-    from .vlm import ClipScore
-    return ClipScore.from_pretrained(path, prompt, **options)
+def _questions(cls_name: str):
+    def load(path: str, texts: Sequence[str], layout=None, **options):
+        from . import vlm
+        cls = getattr(vlm, cls_name)
+        return [cls.from_pretrained(path, t, **_dtype(options)) for t in texts]
+    return load
 
 
-def _pickscore(path: str, prompt: str, **options):
-    from .vlm import PickScore
-    return PickScore.from_pretrained(path, prompt, **options)
+def _detector(path: str, texts: Sequence[str], layout=None, **options):
+    from .detector import load_detector
+    objects = [(o.phrase, o.bounding_box()) for o in layout.objects] if layout is not None and layout.objects else texts
+    return load_detector(path, objects, **_dtype(options))
 
 
-def _vqa(path: str, prompt: str, **options):
-    from .vlm import VQAScore
-    return VQAScore.from_pretrained(path, prompt, **_dtype(options))
-
-
-GENERATIVE["sd"] = ("Stable Diffusion 1.x/2.x folder or cached id: the prompt's expert times the empty prompt's "
+GENERATIVE["sd"] = ("Stable Diffusion 1.x/2.x folder or cached id: each prompt's expert times the empty prompt's "
                     "(classifier-free guidance as a product, --guidance), decoded by its VAE", _sd)
 GENERATIVE["sdxl"] = ("Stable Diffusion XL folder or cached id (two text encoders, added time ids); guidance as "
                       "for sd", _sdxl)
+GENERATIVE["sd3"] = ("Stable Diffusion 3 folder or cached id (MMDiT transformer, two CLIP and a T5 text encoder); "
+                     "guidance as for sd", _sd3)
 GENERATIVE["flux"] = ("FLUX.1 folder or cached id (transformer, CLIP + T5 text encoders, VAE); --guidance is the "
                       "embedded guidance of FLUX.1-dev (3.5 is typical; schnell has none)", _flux)
+GENERATIVE["controlnet"] = ("ControlNet folder or cached id (e.g. a depth ControlNet) on its base SD 1.x or SDXL "
+                            "model (options.base); the control image is the scene's depth map or options.image",
+                            _controlnet)
 GENERATIVE["unet"] = ("pixel-space UNet2DModel folder with unet/ and scheduler/ (unconditional)", _unet)
-POTENTIALS["clip"] = ("CLIP score (transformers CLIPModel folder or cached id) of the image against the prompt", _clip)
+POTENTIALS["clip"] = ("CLIP score (transformers CLIPModel folder or cached id) of the image against each question",
+                      _questions("ClipScore"))
 POTENTIALS["pickscore"] = ("PickScore preference (a CLIPModel such as yuvalkirstain/PickScore_v1; tokenizer from "
-                           "laion/CLIP-ViT-H-14-laion2B-s32B-b79K unless given)", _pickscore)
+                           "laion/CLIP-ViT-H-14-laion2B-s32B-b79K unless given)", _questions("PickScore"))
 POTENTIALS["vqa"] = ("VQAScore: log P(Yes) of an image-text-to-text VLM (Llava family) asked whether the image shows "
-                     "the prompt", _vqa)
-OPTIONS.update(sd=("micro_batch",), unet=("micro_batch",),
+                     "each question's text", _questions("VQAScore"))
+POTENTIALS["detector"] = ("open-vocabulary detector (OWLv2 folder or cached id): per object, log of its best "
+                          "detection score times the overlap with its box", _detector)
+OPTIONS.update(sd=("micro_batch", "torch_dtype"), unet=("micro_batch", "torch_dtype"),
                sdxl=("micro_batch", "original_size", "crop_top_left", "target_size", "torch_dtype"),
+               sd3=("micro_batch", "resolution", "max_sequence_length", "torch_dtype"),
                flux=("micro_batch", "resolution", "max_sequence_length", "torch_dtype"),
-               clip=("tokenizer",), pickscore=("tokenizer",),
-               vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"))
+               controlnet=("base", "image", "conditioning_scale", "micro_batch", "torch_dtype"),
+               clip=("tokenizer", "micro_batch", "torch_dtype"), pickscore=("tokenizer", "micro_batch", "torch_dtype"),
+               vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"),
+               detector=("micro_batch", "torch_dtype"))
 
 Spec = Union[str, dict]
+CONFIG_FIELDS = ("prompt", "compose", "parts", "questions", "experts", "potentials")
 GENERATIVE_FIELDS = ("kind", "path", "prompt", "guidance", "weight", "options")
 POTENTIAL_FIELDS = ("kind", "path", "prompt", "weight", "options")
 
@@ -100,48 +174,76 @@ def _entry(spec: Spec, table: Dict, fields: Sequence[str], where: str) -> dict:
     """A command-line 'kind:path' or a config mapping as a checked mapping."""
     if isinstance(spec, str):
         kind, path = split(spec, table, where)
-        return {"kind": kind, "path": path}
+        return {"kind": kind, "path": path, "options": {}}
     check_keys(spec, where, fields, required=("kind", "path"))
     if spec["kind"] not in table:
         raise ValueError(f"{where}: kind {spec['kind']!r} is not one of {', '.join(table)} (see `poegen experts`)")
     options = check_keys(spec.get("options", {}), f"{where}.options", OPTIONS.get(spec["kind"], ()))
-    for field in ("guidance", "weight"):
-        if field in spec and not isinstance(spec[field], (int, float)):
-            raise ValueError(f"{where}.{field}: expected a number, got {spec[field]!r}")
+    for name in ("guidance", "weight"):
+        if name in spec and (isinstance(spec[name], bool) or not isinstance(spec[name], (int, float))):
+            raise ValueError(f"{where}.{name}: expected a number, got {spec[name]!r}")
+    if "prompt" in spec and not isinstance(spec["prompt"], str):
+        raise ValueError(f"{where}.prompt: expected text, got {spec['prompt']!r}")
     return dict(spec, options=options)
 
 
-def build(prompt: str, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guidance: float = 1.0,
-          lambdas: float = 1.0) -> Product:
-    """The Product of named generative experts and potentials for one prompt. Each is 'kind:path' or a config
-    entry (``kind``, ``path``, optional ``prompt``, ``guidance``, ``weight`` (a factor on its weights, or its
-    lambda for a potential) and ``options``)."""
-    gen, weights, decode = [], [], None
+def build(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guidance: float = 1.0,
+          lambdas: float = 1.0):
+    """The Product of named experts for a Layout (or a prompt): on each generative entry's model, the background
+    prompt's expert outside the objects' regions, each located object's phrase inside its region, each unlocated
+    object's phrase everywhere (composable diffusion), and the empty prompt's expert to make guidance a product;
+    each potential entry asks one question per object and relation (a detector: one per object and its box).
+
+    Entries are 'kind:path' or config mappings (``kind``, ``path``, optional ``prompt`` (a fixed prompt instead of
+    the layout), ``guidance``, ``weight`` (a factor on its expert weights, or its lambda) and ``options``). Entries
+    on one model share it (``cache``), and equal texts share one expert."""
+    from ..layout import Layout, from_prompt
+    from ..product import Product, merge_experts
+
+    if not isinstance(layout, Layout):
+        layout = from_prompt(layout)
+    gen, weights, masks, backbones = [], [], [], {}
     for i, spec in enumerate(experts):
-        e = _entry(spec, GENERATIVE, GENERATIVE_FIELDS, "--expert" if isinstance(spec, str) else f"experts[{i}]")
-        text = e.get("prompt", prompt)
-        if text is None:
-            raise ValueError(f"experts[{i}]: no prompt; give one on the command line or as prompt: in the config")
-        made, w, d = GENERATIVE[e["kind"]][1](e["path"], text, e.get("guidance", guidance), **e.get("options", {}))
+        where = "--expert" if isinstance(spec, str) else f"experts[{i}]"
+        e = _entry(spec, GENERATIVE, GENERATIVE_FIELDS, where)
+        g = float(e.get("guidance", guidance))
+        key = (e["kind"], e["path"], json.dumps(e["options"], sort_keys=True, default=str), g)
+        if key not in backbones:
+            backbones[key] = GENERATIVE[e["kind"]][1](e["path"], g, **e["options"])
+        bb, lay, beta = backbones[key], (from_prompt(e["prompt"]) if e.get("prompt") else layout), e.get("weight", 1.0)
+        if not bb.text:
+            if lay.objects:
+                raise ValueError(f"{where}: kind {e['kind']} has no text conditioning; a layout needs one of "
+                                 f"{', '.join(k for k in GENERATIVE if k != 'unet')}")
+            gen, weights, masks = gen + bb.experts([""]), weights + [beta], masks + [None]
+            continue
+        w = g if bb.cfg else 1.0
+        made = bb.experts([lay.prompt] + [o.phrase for o in lay.objects] + [""], lay)
+        background, regions = lay.regions(*made[0].shape[-2:])
+        free = sum(m is None for m in regions)
+        located = free < len(regions)
         gen += made
-        weights += [e.get("weight", 1.0) * x for x in w]
-        decode = decode or d
+        weights += [beta * w] * (1 + len(regions)) + [beta * (1 - w - w * free)]
+        masks += [background[None] if located else None] + [m if m is None else m[None] for m in regions] + [None]
     pots: List = []
     lams: List[float] = []
     for j, spec in enumerate(potentials):
         e = _entry(spec, POTENTIALS, POTENTIAL_FIELDS, "--potential" if isinstance(spec, str) else f"potentials[{j}]")
-        text = e.get("prompt", prompt)
-        if text is None:
-            raise ValueError(f"potentials[{j}]: no prompt; give one on the command line or as prompt: in the config")
-        pots.append(POTENTIALS[e["kind"]][1](e["path"], text, **e.get("options", {})))
-        lams.append(float(e.get("weight", lambdas)))
-    return Product(gen, weights=weights, potentials=pots, lambdas=lams, decode=decode)
+        lay = from_prompt(e["prompt"]) if e.get("prompt") else layout
+        made = POTENTIALS[e["kind"]][1](e["path"], lay.texts(), lay, **e["options"])
+        pots += made
+        lams += [float(e.get("weight", lambdas))] * len(made)
+    decode = next((bb.decode for bb in backbones.values() if bb.decode is not None), None)
+    gen, weights, masks = merge_experts(gen, weights, masks)
+    return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode)
 
 
 def load_config(path: Union[str, Path]) -> dict:
     """A YAML or JSON file naming experts and potentials, checked field by field::
 
         prompt: a red ball on a blue box          # optional default for every entry
+        compose: true                             # optional: split the prompt into objects (or list parts:)
+        questions: [a red ball, a blue box]       # optional: what every potential asks
         experts:
           - {kind: sd, path: /models/sd15, guidance: 7.5, options: {micro_batch: 16}}
         potentials:
@@ -158,7 +260,7 @@ def load_config(path: Union[str, Path]) -> dict:
             data = yaml.safe_load(path.read_text())
     except Exception as e:  # json and yaml errors carry the line number
         raise ValueError(f"{path}: cannot parse: {e}") from None
-    check_keys(data, str(path), ("prompt", "experts", "potentials"), required=("experts",))
+    check_keys(data, str(path), CONFIG_FIELDS, required=("experts",))
     for field, table, fields in (("experts", GENERATIVE, GENERATIVE_FIELDS), ("potentials", POTENTIALS, POTENTIAL_FIELDS)):
         entries = data.get(field, [])
         if not isinstance(entries, list) or (field == "experts" and not entries):
@@ -173,4 +275,10 @@ def load_config(path: Union[str, Path]) -> dict:
             raise ValueError(f"{path}: {e}") from None
     if "prompt" in data and not isinstance(data["prompt"], str):
         raise ValueError(f"{path}: prompt must be a string")
-    return {"prompt": data.get("prompt"), "experts": data["experts"], "potentials": data.get("potentials", [])}
+    if not isinstance(data.get("compose", False), bool):
+        raise ValueError(f"{path}: compose must be true or false")
+    for name in ("parts", "questions"):
+        if name in data and not (isinstance(data[name], list) and all(isinstance(t, str) and t for t in data[name])):
+            raise ValueError(f"{path}: {name} must be a list of non-empty texts")
+    return {"prompt": data.get("prompt"), "experts": data["experts"], "potentials": data.get("potentials", []),
+            "compose": data.get("compose", False), "parts": data.get("parts"), "questions": data.get("questions")}

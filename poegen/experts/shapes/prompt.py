@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from ...layout import Layout, LayoutObject
 from ...product import Product
+from ..cache import cached
 from .vocab import WORD_TO_ID, SPECIALS, Phrase, parse_phrase, split_words, vocabulary
 from .vlm import RELATION_WORDS
 
@@ -85,41 +87,58 @@ def _over_null(prior, experts: List, guidance: float, bf16: bool):
     return experts, weights
 
 
-def build_product(prompt: str | Prompt, prior=None, vlm=None, guidance: Optional[float] = None,
-                  vlm_weight: Optional[float] = None,
-                  schedule="linear", positions: Optional[List] = None, bf16: bool = False) -> Product:
-    """The product of experts for a prompt: phrase experts over the divided-out prior, VLM potentials."""
+def shapes_layout(prompt: str | Prompt) -> Layout:
+    """The Layout of a shapes-world prompt: its objects (no boxes) and relations."""
+    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    return Layout("", [LayoutObject(str(o)) for o in p.objects],
+                  [(i, f"{rel} of" if rel in ("left", "right") else rel, j) for i, rel, j in p.relations])
+
+
+def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
+                   vlm_weight: Optional[float] = None, schedule="linear", bf16: bool = False) -> Product:
+    """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
+    or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
+    and relation, and a simulated scene's layout potential and hard constraint (weights from its spec)."""
     from .model import load_prior
     from .vlm import load_vlm
 
-    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    if not layout.objects:  # a plain prompt: the shapes world always composes
+        layout = Layout(**{**vars(shapes_layout(layout.prompt)), "questions": layout.questions, "extra": layout.extra})
+    phrases = []
+    for i, o in enumerate(layout.objects):
+        try:
+            phrases.append(parse_phrase(o.phrase))
+        except ValueError as e:
+            raise ValueError(f"objects[{i}].phrase: {e}") from None
     guidance = GUIDANCE if guidance is None else guidance
     vlm_weight = VLM_WEIGHT if vlm_weight is None else vlm_weight
-    prior = prior or load_prior()
-    positions = positions or [None] * len(p.objects)
-    experts, weights = _over_null(prior, [prior.expert(str(o), pos, bf16=bf16) for o, pos in zip(p.objects, positions)],
-                                  guidance, bf16)
+    prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
+    size = prior.config["image_size"]
+    experts, weights = _over_null(prior, [prior.expert(str(p), o.centre(size), bf16=bf16)
+                                          for p, o in zip(phrases, layout.objects)], guidance, bf16)
     potentials, lambdas = [], []
-    if vlm_weight:
-        scorer = vlm or load_vlm()
-        potentials = [scorer.expert(q) for q in p.questions()]
+    questions = layout.questions
+    if questions is None:
+        questions = Prompt(phrases, [(i, rel.replace(" of", ""), j) for i, rel, j in layout.relations]).questions()
+    if vlm_weight and questions:
+        scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
+        potentials = [scorer.expert(q) for q in questions]
         lambdas = [vlm_weight] * len(potentials)
+    physics = layout.extra.get("physics")
+    for c in physics.spec.constraints if physics is not None else ():
+        potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
+        lambdas.append(c.weight)
     return Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
 
 
-def build_scene_product(physics, prior=None, guidance: Optional[float] = None, bf16: bool = False) -> Product:
-    """The product for a simulated scene (a PhysicsExpert): one phrase expert per visible object at
-    its simulated position over the divided-out prior, the layout potential and, when the spec asks
-    for it, the hard centroid constraint (weights from the spec's constraints)."""
-    from .model import load_prior
+def build_product(prompt: str | Prompt, prior=None, vlm=None, guidance: Optional[float] = None,
+                  vlm_weight: Optional[float] = None, schedule="linear", bf16: bool = False) -> Product:
+    """The product of experts for a prompt: phrase experts over the divided-out prior, VLM potentials."""
+    return layout_product(shapes_layout(prompt), prior, vlm, guidance, vlm_weight, schedule, bf16)
 
-    prior = prior or load_prior()
-    guidance = GUIDANCE if guidance is None else guidance
-    objects = [(physics.scene.objects[k], physics.positions[k]) for k in physics.visible]
-    experts, weights = _over_null(prior, [prior.expert(f"{o.size} {o.colour} {o.shape}", pos, bf16=bf16)
-                                          for o, pos in objects], guidance, bf16)
-    potentials, lambdas = [], []
-    for c in physics.spec.constraints:
-        potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
-        lambdas.append(c.weight)
-    return Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule="linear")
+
+def build_scene_product(physics, prior=None, guidance: Optional[float] = None, vlm=None,
+                        vlm_weight: Optional[float] = None, bf16: bool = False) -> Product:
+    """The product for a simulated scene (a PhysicsExpert), through its Layout (``layout.from_physics``)."""
+    from ...layout import from_physics
+    return layout_product(from_physics(physics), prior, vlm, guidance, vlm_weight, bf16=bf16)

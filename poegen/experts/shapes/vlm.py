@@ -283,15 +283,29 @@ class ShapesVLMExpert:
         self.ids = encode_batch([question])
         self.name = f"vlm[{question}]"
 
+    @property
+    def batch_key(self):
+        return (ShapesVLMExpert, id(self.net))
+
+    @classmethod
+    def log_potential_batch(cls, experts, x0: Tensor) -> Tensor:
+        """(K, N) log P(yes) <= 0 of K questions on images x0 (N,3,32,32) in [-1,1] (clamped): the attribute maps
+        are computed once per image, then every question reads them."""
+        first, k = experts[0], len(experts)
+        dev = next(first.net.parameters()).device
+        ids = torch.cat([e.ids for e in experts]).to(dev)
+        out = []
+        for chunk in x0.split(first.batch_size):
+            img = chunk.to(dev, torch.float32).clamp(-1, 1)
+            n = img.shape[0]
+            index = torch.arange(n, device=dev).repeat(k)
+            logit = first.net(img, ids.repeat_interleave(n, 0), index=index, maps=first.net.maps(img))
+            out.append(F.logsigmoid(logit).float().reshape(k, n))
+        return torch.cat(out, 1).to(x0.device) if out else torch.zeros(k, 0, device=x0.device)
+
     def log_potential(self, x0: Tensor) -> Tensor:
         """(N,) log P(yes) <= 0 for images x0 (N,3,32,32) in [-1,1] (clamped)."""
-        dev = next(self.net.parameters()).device
-        out = []
-        for chunk in x0.split(self.batch_size):
-            img = chunk.to(dev, torch.float32).clamp(-1, 1)
-            logit = self.net(img, self.ids.to(dev).expand(img.shape[0], -1))
-            out.append(F.logsigmoid(logit).float())
-        return torch.cat(out).to(x0.device) if out else torch.zeros(0, device=x0.device)
+        return self.log_potential_batch([self], x0)[0]
 
     def __repr__(self) -> str:
         return f"ShapesVLMExpert({self.question!r})"
