@@ -44,10 +44,21 @@ def cmd_compare(args) -> int:
     names = args.samplers.split(",")
     for n in names:
         samplers.config(n)  # unknown names fail before any work
-    workers = args.workers or min(os.cpu_count() or 1, 4)
+    config = None
+    if args.config:
+        from .experts.registry import load_config
+        config = load_config(args.config)
+    budgets = None
+    if args.budgets:
+        try:
+            budgets = [int(b) for b in args.budgets.split(",")]
+        except ValueError:
+            raise ValueError(f"--budgets {args.budgets!r}: expected particle counts separated by commas, e.g. 1,4,16") from None
+    # named models are large: one process unless asked; the shapes world uses one per core
+    workers = args.workers or (1 if config else min(os.cpu_count() or 1, 4))
     rows, images = compare.run(args.targets, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
-                               args.guidance, args.vlm_weight, progress=not args.quiet,
-                               workers=workers)
+                               args.guidance, args.vlm_weight, progress=not args.quiet, workers=workers,
+                               config=config, metrics=args.metrics or (), budgets=budgets)
     summary = compare.summarise(rows, images)
     report = compare.write(Path(args.out), rows, images, summary)
     print(compare.table(summary))
@@ -118,10 +129,17 @@ def main(argv=None) -> int:
     b.add_argument("--out", default="poegen-batch")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.set_defaults(fn=cmd_batch)
-    c = sub.add_parser("compare", help="compare samplers at equal NFE on shapes-world prompts or scene specs; "
-                                         "tables and an HTML report")
-    c.add_argument("targets", nargs="+", metavar="PROMPT_OR_SCENE",
-                   help="prompts in the shapes world's vocabulary, or scene spec files (.yaml, .yml, .json)")
+    c = sub.add_parser("compare", help="compare samplers at equal NFE on prompts, layout specs or scene specs, in "
+                                         "the shapes world or on named models (--config); tables and an HTML report")
+    c.add_argument("targets", nargs="+", metavar="PROMPT_OR_SPEC",
+                   help="prompts, or layout or scene spec files (.yaml, .yml, .json)")
+    c.add_argument("--config", default=None, metavar="FILE",
+                   help="named experts and potentials to steer with (see `poegen generate --config`); default: "
+                        "the shapes world")
+    c.add_argument("--metrics", nargs="+", default=None, metavar="KIND:PATH",
+                   help="scorers that only evaluate, never steer (clip, pickscore, vqa; detector: mIoU on boxes)")
+    c.add_argument("--budgets", default=None, metavar="N,N,...",
+                   help="poe particle counts to run every sampler at (equal NFE each); plots reward against NFE")
     c.add_argument("--samplers", default="poe,smc,best-of-n,ancestral")
     c.add_argument("--seeds", type=int, default=8)
     c.add_argument("--particles", type=int, default=8, help="poe's particles (lighter than generate's 16, so a "
@@ -131,7 +149,8 @@ def main(argv=None) -> int:
     c.add_argument("--guidance", type=float, default=None, help="phrase weight (default 2.5)")
     c.add_argument("--vlm-weight", type=float, default=None, help="lambda of each question (default 3)")
     c.add_argument("--workers", type=int, default=0,
-                   help="processes sharing the runs (results do not change); 0 = one per CPU core, at most 4")
+                   help="processes sharing the runs (results do not change); 0 = one per CPU core, at most 4 "
+                        "(one with --config)")
     c.add_argument("--out", default="poegen-compare")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(fn=cmd_compare)

@@ -1,5 +1,6 @@
-"""Compare samplers at equal NFE on shapes-world prompts: per-sample metrics, aggregated tables (CSV,
-JSON) and a self-contained HTML report (image grids, reward versus NFE, ESS traces)."""
+"""Compare samplers at equal NFE on prompts, layout specs and scene specs, in the shapes world (checked by its
+checker) or on named models (scored by evaluation-only metrics): per-sample rows, aggregated tables (CSV,
+JSON) and a self-contained HTML report (image grids, reward versus NFE over budgets, ESS traces)."""
 from __future__ import annotations
 
 import base64
@@ -10,9 +11,9 @@ import logging
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -69,106 +70,178 @@ def judge_scene(image, physics, tolerance: float = 2.0) -> Dict[str, bool]:
     return {"present": present, "relation": placed}
 
 
+def judge_layout(image, layout, tolerance: float = 2.0) -> Dict[str, bool]:
+    """The checker's verdict on a layout spec in the shapes world: every object present (colour and shape), and
+    ``relation``: each one's centroid within its box (widened by ``tolerance`` px)."""
+    from .experts.shapes import detect
+    from .experts.shapes.vocab import parse_phrase
+
+    dets, present, placed, size = detect(image), True, True, image.shape[-1]
+    for o in layout.objects:
+        p = parse_phrase(o.phrase)
+        same = [d for d in dets if d.colour == (p.colour or d.colour) and d.shape == p.shape]
+        present = present and bool(same)
+        if o.box is not None:
+            x0, y0, x1, y1 = (v * size for v in o.box)
+            placed = placed and any(x0 - tolerance <= d.centroid[0] + 0.5 <= x1 + tolerance
+                                    and y0 - tolerance <= d.centroid[1] + 0.5 <= y1 + tolerance for d in same)
+    return {"present": present, "relation": present and placed}
+
+
 def is_scene(target: str) -> bool:
-    """A comparison target is a scene spec when it names a .yaml, .yml or .json file, else a prompt."""
+    """A comparison target is a spec file when it names a .yaml, .yml or .json file (a scene or a layout spec),
+    else a prompt."""
     return Path(target).suffix.lower() in (".yaml", ".yml", ".json")
 
 
 @dataclass
 class Row:
     sampler: str
-    prompt: str            # the prompt, or the scene spec's path
+    prompt: str            # the prompt, or the spec file's path
     seed: int
-    present: bool          # every object present (checker)
-    relation: bool         # prompt: every relation holds; scene: every object within 2 px of its simulated place
-    vlm: float
+    present: Optional[bool]   # shapes world: every object present (checker); None for named models
+    relation: Optional[bool]  # prompt: every relation holds; scene: every object within 2 px of its simulated
+    #                           place; layout: every object in its box
+    vlm: float             # the steering potentials' mean log-potential on the final image (shapes world: the VLM)
     log_Z: float
     nfe: int
     seconds: float
     ess: List[float]
+    particles: int = 0     # the budget: poe's particles (the others run at equal NFE)
+    metrics: Dict[str, float] = field(default_factory=dict)   # evaluation-only scorers (--metrics)
 
 
 _WORKER: dict = {}
 
 
-def _init_worker(threads: int):
+def _init_worker(threads: int, config: Optional[dict] = None, metrics: Sequence[str] = ()):
     """Per-process state of a comparison worker: its thread count, the experts and built targets."""
-    from .experts.shapes import load_prior, load_vlm
-
     if threads:
         torch.set_num_threads(threads)
-    _WORKER.update(prior=load_prior(), vlm=load_vlm(), targets={})
+    config = config or {"experts": [], "potentials": []}
+    _WORKER.update(config=config, metrics=list(metrics), targets={})
+    if not config["experts"]:
+        from .experts.shapes import load_prior, load_vlm
+        _WORKER.update(prior=load_prior(), vlm=load_vlm())
+
+
+def _metric_scorers(layout) -> List:
+    """(column, potentials) of every --metrics scorer for a layout: one potential per question or object."""
+    from .experts.registry import POTENTIALS, _entry, POTENTIAL_FIELDS
+
+    out = []
+    for spec in _WORKER["metrics"]:
+        e = _entry(spec, POTENTIALS, POTENTIAL_FIELDS, "--metrics")
+        pots = POTENTIALS[e["kind"]][1](e["path"], layout.texts(), layout, **e["options"])
+        boxed = e["kind"] == "detector" and any(o.bounding_box() is not None for o in layout.objects)
+        out.append((e["kind"] + ("_miou" if boxed else ""), pots, layout if boxed else None))
+    return out
 
 
 def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float]):
-    """(product, VLM questions, verdict function) of a prompt or a scene spec path, built once per process."""
-    from .experts.physics import PhysicsExpert
-    from .experts.shapes.prompt import build_product, build_scene_product, parse_prompt
-    from .scene import load_scene
+    """(product, metrics function, verdict function) of a prompt, layout spec or scene spec, built once per process."""
+    from .layout import build_product, load_target
 
     key = target, guidance, vlm_weight
     if key not in _WORKER["targets"]:
-        prior, vlm = _WORKER["prior"], _WORKER["vlm"]
-        if is_scene(target):
-            physics = PhysicsExpert(load_scene(target))
-            questions = [f"is there a {physics.scene.objects[k].colour} {physics.scene.objects[k].shape}?"
-                         for k in physics.visible]
-            built = (build_scene_product(physics, prior, guidance), questions, lambda x: judge_scene(x, physics))
-        else:
-            built = (build_product(target, prior=prior, vlm=vlm, guidance=guidance, vlm_weight=vlm_weight),
-                     parse_prompt(target).questions(), lambda x: judge(x, target))
-        _WORKER["targets"][key] = built
+        layout = load_target(target)
+        cfg = _WORKER["config"]
+        shapes = not cfg["experts"]
+        extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"]) if shapes else {}
+        product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, **extra)
+        verdict = (lambda x: {"present": None, "relation": None})
+        if shapes:
+            physics = layout.extra.get("physics")
+            verdict = ((lambda x: judge_scene(x, physics)) if physics is not None else
+                       (lambda x: judge_layout(x, layout)) if is_scene(target) else (lambda x: judge(x, target)))
+        _WORKER["targets"][key] = (product, _metric_scorers(layout), verdict)
     return _WORKER["targets"][key]
 
 
+@torch.no_grad()
+def _scores(product, scorers, image) -> Tuple[float, Dict[str, float]]:
+    """The steering potentials' mean log-potential and each metric scorer's value on one decoded image."""
+    from .experts.detector import mean_iou
+
+    from .experts.physics import CentroidConstraint, LayoutPotential
+
+    x = image[None]
+    asked = [r for r in product.potentials if not isinstance(r, (LayoutPotential, CentroidConstraint))]
+    reward = float(torch.stack([r.log_potential(x)[0] for r in asked]).mean()) if asked else 0.0
+    metrics = {}
+    for column, pots, layout in scorers:
+        if layout is not None:
+            boxed = [o for o in layout.objects if o.bounding_box() is not None]
+            metrics[column] = float(mean_iou(pots[0].scorer, x, [o.phrase for o in boxed],
+                                             [o.bounding_box() for o in boxed])[0])
+        else:
+            metrics[column] = float(torch.stack([r.log_potential(x)[0] for r in pots]).mean())
+    return reward, metrics
+
+
 def _run_task(task):
-    """One (sampler, target, seed): sample, then score with the checker and the VLM; (row, image)."""
+    """One (sampler, target, seed, budget): sample, then score; (row, decoded image)."""
     sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight, options = task
-    product, questions, verdict = _target(target, guidance, vlm_weight)
+    product, scorers, verdict = _target(target, guidance, vlm_weight)
     t = time.perf_counter()
     r = sample_one(product, sampler, particles, mcmc_steps, steps, seed, **options)
     seconds = time.perf_counter() - t
-    x = r.x[0]
-    score = float(_WORKER["vlm"].log_prob_yes(x[None].expand(len(questions), -1, -1, -1), questions).mean())
+    with torch.no_grad():
+        x = (product.decode(r.x[:1]) if product.decode is not None else r.x[:1])[0].float()
+    score, metrics = _scores(product, scorers, x)
     return Row(sampler, target, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
                nfe=sum(v for k, v in r.nfe.items() if k in product.names), ess=r.diagnostics["ess"],
-               **verdict(x)), x
+               particles=particles, metrics=metrics, **verdict(x)), x
 
 
-def _results(tasks, workers: int):
+def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str]):
     """The tasks' (row, image) results in order: here, or in ``workers`` spawned processes sharing torch's threads."""
     if workers <= 1:
-        _init_worker(0)
+        _init_worker(0, config, metrics)
         yield from map(_run_task, tasks)
         return
     import multiprocessing as mp
 
     threads = max(1, torch.get_num_threads() // workers)
-    with mp.get_context("spawn").Pool(workers, _init_worker, (threads,)) as pool:
+    with mp.get_context("spawn").Pool(workers, _init_worker, (threads, config, metrics)) as pool:
         yield from pool.imap(_run_task, tasks)
 
 
 def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 2,
         steps: int = 30, guidance: Optional[float] = None, vlm_weight: Optional[float] = None, progress: bool = True,
-        workers: int = 1, seed0: int = 0, options: Optional[dict] = None):
-    """(rows, images[(sampler, target)] -> (seeds, 3, H, W)) for every sampler x target x seed (seeds
-    seed0, seed0 + 1, ...); a target is a prompt or a scene spec path; ``options`` are further
-    SamplerConfig fields for every sampler (e.g. grad_guidance). With ``workers`` > 1 the runs are
-    spread over that many processes, each with an equal share of torch's threads; results do not
-    depend on ``workers``."""
-    from .experts.shapes.prompt import parse_prompt
-    from .scene import load_scene
+        workers: int = 1, seed0: int = 0, options: Optional[dict] = None, config: Optional[dict] = None,
+        metrics: Sequence[str] = (), budgets: Optional[Sequence[int]] = None):
+    """(rows, images[(sampler, target, budget)] -> (seeds, 3, H, W)) for every sampler x target x seed x budget
+    (seeds seed0, seed0 + 1, ...; budgets: poe's particle counts, default ``particles``). A target is a prompt,
+    a layout spec or a scene spec path; ``config`` names the models ({experts, potentials}, as
+    ``registry.load_config``; default: the shapes world); ``metrics`` are 'kind:path' scorers that only
+    evaluate; ``options`` are further SamplerConfig fields for every sampler (e.g. grad_guidance). With
+    ``workers`` > 1 the runs are spread over that many processes, each with an equal share of torch's threads;
+    results do not depend on ``workers``."""
+    from .experts.registry import POTENTIAL_FIELDS, POTENTIALS, _entry
+    from .layout import load_target
 
+    from .experts.shapes.prompt import parse_prompt
+
+    shapes = not (config and config["experts"])
     for target in targets:  # bad prompts and specs fail before any work
-        load_scene(target) if is_scene(target) else parse_prompt(target)
+        load_target(target)
+        if shapes and not is_scene(target):
+            parse_prompt(target)
+    for spec in metrics:
+        _entry(spec, POTENTIALS, POTENTIAL_FIELDS, "--metrics")
     if options:
         samplers.config("poe", **options)  # unknown options fail before any work
-    tasks = [(s, p, seed, particles, mcmc_steps, steps, guidance, vlm_weight, dict(options or {}))
-             for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
-    results = list(tqdm(_results(tasks, workers), total=len(tasks), desc="compare", disable=not progress))
+    budgets = list(budgets or [particles])
+    if any(not isinstance(b, int) or b < 1 for b in budgets):
+        raise ValueError(f"budgets {budgets}: expected particle counts >= 1, e.g. 1,4,16")
+    tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, vlm_weight, dict(options or {}))
+             for b in budgets for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
+    results = list(tqdm(_results(tasks, workers, config, metrics), total=len(tasks), desc="compare",
+                        disable=not progress))
     rows, images = [r for r, _ in results], {}
-    for (s, p, *_), (_, x) in zip(tasks, results):
-        images.setdefault((s, p), []).append(x)
+    for (s, p, _, b, *_), (_, x) in zip(tasks, results):
+        images.setdefault((s, p, b), []).append(x)
     return rows, {k: torch.stack(v) for k, v in images.items()}
 
 
@@ -182,25 +255,40 @@ def diversity(x: torch.Tensor) -> float:
 
 
 def summarise(rows: List[Row], images) -> List[dict]:
-    """One record per sampler: rates, means and diversity over prompts and seeds."""
+    """One record per sampler and budget: rates, means and diversity over targets and seeds (None where a
+    column does not apply, e.g. the checker's rates for named models)."""
     out = []
-    for sampler in dict.fromkeys(r.sampler for r in rows):
-        rs = [r for r in rows if r.sampler == sampler]
-        div = statistics.mean(diversity(v) for (s, _), v in images.items() if s == sampler)
-        mean = lambda f: float(statistics.mean(f(r) for r in rs))  # noqa: E731
-        out.append({"sampler": sampler, "n": len(rs), "present": mean(lambda r: r.present),
-                    "relation": mean(lambda r: r.relation), "vlm": mean(lambda r: r.vlm), "diversity": div,
-                    "log_Z": mean(lambda r: r.log_Z), "nfe": mean(lambda r: r.nfe), "seconds": mean(lambda r: r.seconds)})
+    for sampler, budget in dict.fromkeys((r.sampler, r.particles) for r in rows):
+        rs = [r for r in rows if r.sampler == sampler and r.particles == budget]
+        div = statistics.mean(diversity(v) for (s, _, b), v in images.items() if s == sampler and b == budget)
+
+        def mean(f):
+            values = [f(r) for r in rs if f(r) is not None]
+            return float(statistics.mean(values)) if values else None
+        record = {"sampler": sampler, "particles": budget, "n": len(rs), "present": mean(lambda r: r.present),
+                  "relation": mean(lambda r: r.relation), "vlm": mean(lambda r: r.vlm)}
+        record.update({k: mean(lambda r: r.metrics.get(k)) for k in dict.fromkeys(k for r in rs for k in r.metrics)})
+        record.update({"diversity": div, "log_Z": mean(lambda r: r.log_Z), "nfe": mean(lambda r: r.nfe),
+                       "seconds": mean(lambda r: r.seconds)})
+        out.append(record)
     return out
 
 
 def table(summary: List[dict]) -> str:
     """The summary as aligned text."""
-    cols = ["sampler", "n", "present", "relation", "vlm", "diversity", "log_Z", "nfe", "seconds"]
-    lines = ["  ".join(f"{c:>10s}" for c in cols)]
-    for s in summary:
-        lines.append("  ".join(f"{s[c]:>10.3f}" if isinstance(s[c], float) else f"{s[c]!s:>10s}" for c in cols))
-    return "\n".join(lines)
+    cols = list(dict.fromkeys(c for s in summary for c in s))
+
+    def cell(v):
+        return f"{v:>10.3f}" if isinstance(v, float) else f"{'-' if v is None else v!s:>10s}"
+    return "\n".join(["  ".join(f"{c:>10s}" for c in cols)] + ["  ".join(cell(s.get(c)) for c in cols) for s in summary])
+
+
+def _headline(summary: List[dict]) -> str:
+    """The column the reward-versus-NFE plot shows: the checker's rate, else the first metric, else the reward."""
+    if summary[0]["present"] is not None:
+        return "present"
+    fixed = {"sampler", "particles", "n", "present", "relation", "vlm", "diversity", "log_Z", "nfe", "seconds"}
+    return next((c for c in summary[0] if c not in fixed), "vlm")
 
 
 def _png_b64(fig_or_image) -> str:
@@ -222,32 +310,37 @@ def write(out: Path, rows: List[Row], images, summary: List[dict]) -> Path:
     from .experts.shapes.render import grid
 
     out.mkdir(parents=True, exist_ok=True)
-    fields = [f for f in asdict(rows[0]) if f != "ess"]
+    flat = [{**{k: v for k, v in asdict(r).items() if k not in ("ess", "metrics")}, **r.metrics} for r in rows]
     with open(out / "samples.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
         w.writeheader()
-        w.writerows({k: v for k, v in asdict(r).items() if k != "ess"} for r in rows)
+        w.writerows(flat)
     with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(summary[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(c for s in summary for c in s)))
         w.writeheader()
         w.writerows(summary)
     (out / "summary.json").write_text(json.dumps({"summary": summary, "samples": [asdict(r) for r in rows]}, indent=1))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for s in summary:
-        a1.scatter(s["nfe"], s["present"], label=s["sampler"], s=40)
-        traces = [r.ess for r in rows if r.sampler == s["sampler"]]
-        a2.plot([statistics.mean(v) for v in zip(*traces)], label=s["sampler"])
-    a1.set_xlabel("NFE per image"), a1.set_ylabel("objects present (checker)"), a1.legend()
+    y = _headline(summary)
+    for sampler in dict.fromkeys(s["sampler"] for s in summary):
+        points = sorted((s["nfe"], s[y]) for s in summary if s["sampler"] == sampler)
+        a1.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=sampler)
+        traces = [r.ess for r in rows if r.sampler == sampler]
+        a2.plot([statistics.mean(v) for v in zip(*traces)], label=sampler)
+    a1.set_xlabel("NFE per image"), a1.set_ylabel(y if y != "present" else "objects present (checker)"), a1.legend()
     a2.set_xlabel("noise level"), a2.set_ylabel("mean ESS"), a2.legend()
+    if len({s["particles"] for s in summary}) > 1:
+        a1.set_xscale("log")
     fig.tight_layout()
     plots = _png_b64(fig)
     plt.close(fig)
+    top = max(b for _, _, b in images)
     grids = "".join(
         f"<h3>{s} &middot; {p}</h3><img class=grid src='data:image/png;base64,"
-        f"{_png_b64(Image.fromarray(grid(v, ncol=min(8, len(v)))))}'>" for (s, p), v in images.items())
+        f"{_png_b64(Image.fromarray(grid(v, ncol=min(8, len(v)))))}'>" for (s, p, b), v in images.items() if b == top)
     head = "".join(f"<th>{c}</th>" for c in summary[0])
-    body = "".join("<tr>" + "".join(f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{v}</td>" for v in s.values())
-                   + "</tr>" for s in summary)
+    body = "".join("<tr>" + "".join(f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{'-' if v is None else v}</td>"
+                                    for v in s.values()) + "</tr>" for s in summary)
     html = (f"<!doctype html><html><head><meta charset=utf-8><title>poegen comparison</title><style>"
             f"body{{font-family:sans-serif;margin:2em;background:#fff}}td,th{{padding:4px 10px;border-bottom:1px solid #ccc}}"
             f"img.grid{{image-rendering:pixelated;max-width:100%}}</style></head><body>"

@@ -62,7 +62,7 @@ def main():
         print(f"{prompt:55s} {sampler:10s} {present:7.2f} {rel_txt}  {statistics.median(r.seconds for r in rs):8.1f}"
               f" {statistics.mean(r.nfe for r in rs):6.0f}", flush=True)
         totals[cat, sampler] += rs
-        unsplit[cat, sampler] += [compare.judge(x, prompt, split=False)["present"] for x in images[sampler, prompt]]
+        unsplit[cat, sampler] += [compare.judge(x, prompt, split=False)["present"] for x in images[sampler, prompt, args.particles]]
     for (cat, sampler), rs in totals.items():
         n = len(rs)
         extra = f" relation_holds={sum(r.relation for r in rs) / n:.3f}" if cat == "relation" else ""
