@@ -10,7 +10,6 @@ Coordinates: boxes are (x0, y0, x1, y1) in [0, 1] of the image's width and heigh
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .validation import check_keys
+from .validation import check_keys, read_file
 
 RELATIONS = ("left of", "right of", "on", "above", "below")  # the shapes world's relation words, as phrases
 
@@ -208,17 +207,7 @@ def parse_layout(data, where: str = "layout") -> Layout:
 
 def load_layout(path) -> Layout:
     """Load and validate a layout spec from a .yaml/.yml or .json file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"layout file {path} does not exist")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
-        else:
-            import yaml
-            data = yaml.safe_load(path.read_text())
-    except Exception as e:  # json and yaml errors carry the line number
-        raise ValueError(f"{path}: cannot parse: {e}") from None
+    data = read_file(path, "layout")
     try:
         return parse_layout(data)
     except ValueError as e:
@@ -252,18 +241,7 @@ def load_target(target: str, frame_time: Optional[float] = None) -> Layout:
 
 def is_scene_file(path) -> bool:
     """A spec file whose objects carry a ``shape`` is a scene spec; one whose objects carry a ``phrase`` is a layout."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"spec file {path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as e:
-        raise ValueError(f"{path}: cannot parse: {e}") from None
+    data = read_file(path, "spec")
     objects = data.get("objects") if isinstance(data, dict) else None
     return bool(objects) and isinstance(objects[0], dict) and "shape" in objects[0]
 

@@ -6,14 +6,13 @@ angles in degrees, counter-clockwise.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .validation import check_keys
+from .validation import check_keys, read_file
 
 log = logging.getLogger("poegen.scene")
 
@@ -143,17 +142,10 @@ def parse_scene(data: Dict) -> SceneSpec:
 def load_scene(path: str | Path) -> SceneSpec:
     """Load and validate a scene spec from a .yaml/.yml or .json file."""
     path = Path(path)
-    if not path.exists():
-        raise SceneError(f"scene file {path} does not exist")
-    text = path.read_text()
     try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-            data = yaml.safe_load(text)
-    except Exception as e:  # json and yaml errors carry the line number
-        raise SceneError(f"{path}: cannot parse: {e}") from None
+        data = read_file(path, "scene")
+    except (ValueError, FileNotFoundError) as e:
+        raise SceneError(str(e)) from None
     try:
         return parse_scene(data)
     except SceneError as e:

@@ -17,3 +17,21 @@ def check_keys(d: Any, where: str, allowed: Iterable[str], required: Iterable[st
     if missing:
         raise ValueError(f"{where}: missing required field(s) {', '.join(missing)}")
     return d
+
+
+def read_file(path, what: str):
+    """The parsed content of a .json file, or else a YAML one (safe_load: no code runs); a missing file or a
+    parse error (with its line) is a short error naming ``what`` and the path."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(path.read_text())
+        import yaml
+        return yaml.safe_load(path.read_text())
+    except Exception as e:  # json and yaml errors carry the line number
+        raise ValueError(f"{path}: cannot parse: {e}") from None

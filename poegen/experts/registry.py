@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..validation import check_keys
+from ..validation import check_keys, read_file
 
 # kind -> (what it is, loader(path, guidance, **options) -> Backbone)
 GENERATIVE: Dict[str, Tuple[str, Callable]] = {}
@@ -250,16 +250,7 @@ def load_config(path: Union[str, Path]) -> dict:
           - {kind: clip, path: /models/clip-vit-b32, weight: 2.0}
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(path.read_text())
-        else:
-            import yaml
-            data = yaml.safe_load(path.read_text())
-    except Exception as e:  # json and yaml errors carry the line number
-        raise ValueError(f"{path}: cannot parse: {e}") from None
+    data = read_file(path, "config")
     check_keys(data, str(path), CONFIG_FIELDS, required=("experts",))
     for field, table, fields in (("experts", GENERATIVE, GENERATIVE_FIELDS), ("potentials", POTENTIALS, POTENTIAL_FIELDS)):
         entries = data.get(field, [])
