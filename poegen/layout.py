@@ -220,7 +220,7 @@ def from_physics(physics) -> Layout:
     """The layout of a simulated scene (a ``PhysicsExpert``): each object in view with its simulated mask, "on"
     relations from the simulated contacts, the depth map, and the spec's prompt as background."""
     keep = physics.visible
-    objects = [LayoutObject(f"{o.size} {o.colour} {o.shape}", mask=physics.masks[k].float())
+    objects = [LayoutObject(f"a {o.size} {o.colour} {o.shape}", mask=physics.masks[k].float())
                for k, o in ((k, physics.scene.objects[k]) for k in keep)]
     index = {k: i for i, k in enumerate(keep)}
     relations = [(index[i], "on", index[j]) for i, j in physics.scene.supports if i in index and j in index]

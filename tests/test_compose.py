@@ -142,15 +142,15 @@ def test_generate_a_scene_with_sd_depth_controlnet_and_a_detector(models, tmp_pa
     from poegen.scene import load_scene
     physics = PhysicsExpert(load_scene("examples/stacking.yaml"))
     ball_mask = torch.nn.functional.adaptive_avg_pool2d(physics.masks[1][None, None].float(), (8, 8))[0, 0]
-    ball = product.masks[names.index("small red ball")][0]
+    ball = product.masks[names.index("a small red ball")][0]
     assert torch.equal(ball > 0, ball_mask > 0) and ball.sum() > 0  # the ball's expert: inside its simulated mask
-    assert [p.phrase for p in product.potentials[:2]] == ["large blue box", "small red ball"]
+    assert [p.phrase for p in product.potentials[:2]] == ["a large blue box", "a small red ball"]
     assert product.potentials[1].box is not None  # the detector's target: the simulated box
     out = tmp_path / "scene.png"
     assert main(["generate", "--scene", "examples/stacking.yaml", "--config", str(cfg), "--steps", "2",
                  "--particles", "2", "-q", "--out", str(out)]) == 0
     meta = json.loads(Image.open(out).text["poegen"])
-    assert Image.open(tmp_path / "scene_raw.png").size == (16, 16) and "controlnet[small red ball]" in meta["experts"]
+    assert Image.open(tmp_path / "scene_raw.png").size == (16, 16) and "controlnet[a small red ball]" in meta["experts"]
 
 
 @pytest.mark.parametrize("family", ["sd", "flux"])

@@ -79,7 +79,7 @@ def test_regional_prompt_experts_follow_the_simulated_masks(tmp_path):
     root = tiny_sd_folder(tmp_path)
     layout = from_physics(physics)
     product = build(layout, [f"sd:{root}"], guidance=2.0)
-    assert product.names == ["sd[a red ball on a blue box]", "sd[large blue box]", "sd[small red ball]", "sd[]"]
+    assert product.names == ["sd[a red ball on a blue box]", "sd[a large blue box]", "sd[a small red ball]", "sd[]"]
     assert product.weights == [2.0, 2.0, 2.0, -1.0]  # regions tile: guidance 2 everywhere, the empty prompt -1
     background, regions = layout.regions(8, 8)
     assert torch.allclose(background + sum(regions), torch.ones(8, 8))

@@ -304,7 +304,7 @@ def load_controlnet_prompts(base: str, controlnet: str, prompts, control_image: 
     root = resolve(controlnet)
     net = cached("controlnet", root, torch_dtype, None,
                  lambda: ControlNetModel.from_pretrained(root, torch_dtype=torch_dtype))
-    xl = _sd_parts_config(base).get("addition_embed_type") == "text_time"
+    xl = unet_config(base).get("addition_embed_type") == "text_time"
     kwargs.setdefault("name", None)
     experts = (SDXLExpert if xl else TextConditionedUNetExpert).load_prompts(base, prompts, torch_dtype=torch_dtype)
     kind = SDXLControlNetExpert if xl else ControlNetExpert
@@ -316,7 +316,7 @@ def load_controlnet_prompts(base: str, controlnet: str, prompts, control_image: 
     return out
 
 
-def _sd_parts_config(path_or_id: str) -> dict:
+def unet_config(path_or_id: str) -> dict:
     """The UNet config of a Stable Diffusion (or SDXL) folder, read without loading weights."""
     config = Path(resolve(path_or_id)) / "unet" / "config.json"
     return json.loads(config.read_text()) if config.exists() else {}

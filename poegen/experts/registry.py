@@ -80,14 +80,14 @@ def _flux(path: str, guidance: float, **options):
 def _controlnet(path: str, guidance: float, base: Optional[str] = None, image: Optional[str] = None,
                 conditioning_scale: float = 1.0, **options):
     from ..layout import resize
-    from .diffusers import _sd_parts_config, _vae_scale, load_controlnet_prompts, resolve, vae_decoder
+    from .diffusers import unet_config, _vae_scale, load_controlnet_prompts, resolve, vae_decoder
     if not base:
         raise ValueError(f"controlnet {path}: options.base is missing; name the SD 1.x or SDXL folder it steers, "
                          "e.g. options: {base: /models/sd15}")
     options = _dtype(options)
 
     def make(texts, layout):
-        side = _sd_parts_config(base).get("sample_size", 64) * _vae_scale(resolve(base))
+        side = unet_config(base).get("sample_size", 64) * _vae_scale(resolve(base))
         control = resize(_control_image(image, layout, path), side, side)[None, None].expand(1, 3, -1, -1)
         return load_controlnet_prompts(base, path, texts, control.contiguous(), conditioning_scale, **options)
     return Backbone(make, vae_decoder(base))
