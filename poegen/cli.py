@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -14,9 +15,7 @@ from . import samplers
 def cmd_generate(args) -> int:
     from .generate import Job, run
 
-    fields = ("prompt", "scene", "layout", "compose", "parts", "questions", "frames", "sampler", "particles", "steps", "mcmc_steps", "seed", "guidance",
-              "vlm_weight", "select", "grad_guidance", "experts", "potentials", "config", "device")
-    job = Job.from_dict({k: getattr(args, k) for k in fields}, "generate")
+    job = Job.from_dict({f.name: getattr(args, f.name) for f in dataclasses.fields(Job)}, "generate")
     t = time.perf_counter()
     written = run(job, Path(args.out), progress=not args.quiet)
     elapsed = time.perf_counter() - t
@@ -58,7 +57,8 @@ def cmd_compare(args) -> int:
     workers = args.workers or (1 if config else min(os.cpu_count() or 1, 4))
     rows, images = compare.run(args.targets, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
                                args.guidance, args.vlm_weight, progress=not args.quiet, workers=workers,
-                               config=config, metrics=args.metrics or (), budgets=budgets)
+                               config=config, metrics=args.metrics or (), budgets=budgets,
+                               options={"reward_every": args.reward_every} if args.reward_every != 1 else None)
     summary = compare.summarise(rows, images)
     report = compare.write(Path(args.out), rows, images, summary)
     print(compare.table(summary))
@@ -113,6 +113,8 @@ def main(argv=None) -> int:
                    help="which particle becomes the image: the highest final reward, or a weighted draw")
     g.add_argument("--grad-guidance", type=float, default=0.0,
                    help="follow the potentials' gradient in the stochastic proposal (weights keep the target)")
+    g.add_argument("--reward-every", type=int, default=1, metavar="K",
+                   help="score the potentials every K levels and at the last (weights stay valid); saves scorer calls")
     g.add_argument("--expert", dest="experts", action="append", default=None, metavar="KIND:PATH",
                    help="a generative expert from a local model (see `poegen experts`); repeatable")
     g.add_argument("--potential", dest="potentials", action="append", default=None, metavar="KIND:PATH",
@@ -148,6 +150,7 @@ def main(argv=None) -> int:
     c.add_argument("--steps", type=int, default=20)
     c.add_argument("--guidance", type=float, default=None, help="phrase weight (default 2.5)")
     c.add_argument("--vlm-weight", type=float, default=None, help="lambda of each question (default 3)")
+    c.add_argument("--reward-every", type=int, default=1, metavar="K", help="score the potentials every K levels")
     c.add_argument("--workers", type=int, default=0,
                    help="processes sharing the runs (results do not change); 0 = one per CPU core, at most 4 "
                         "(one with --config)")

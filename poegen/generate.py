@@ -36,6 +36,7 @@ class Job:
     vlm_weight: Optional[float] = None       # None: the shapes world's default, 1.0 for named models
     select: str = "best"
     grad_guidance: float = 0.0               # gradient guidance of the stochastic proposal (SamplerConfig)
+    reward_every: int = 1                    # score the potentials every k levels (SamplerConfig)
     experts: Optional[List[str]] = None      # e.g. ["sd:/models/sd15"]; default: the embedded shapes world
     potentials: Optional[List[str]] = None   # e.g. ["clip:/models/clip"]
     config: Optional[str] = None             # a YAML/JSON file of experts and potentials (registry.load_config)
@@ -128,7 +129,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     frames; every frame uses the same seed, so shared noise keeps the appearance consistent."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance)
+    options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance, reward_every=job.reward_every)
     if job.mcmc_steps is not None:
         options["mcmc_steps"] = job.mcmc_steps
     written, device = [], job_device(job.device)

@@ -42,14 +42,34 @@ def main():
     ap.add_argument("--vlm-weight", type=float, default=None, help="default: the shapes world's")
     ap.add_argument("--grad-guidance", type=float, default=0.0, help="gradient guidance of the stochastic proposals")
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the runs")
+    ap.add_argument("--reward-every", default="1", metavar="K,K,...",
+                    help="score the potentials every K levels; several values: one evaluation each, with its wall time")
     ap.add_argument("--time", action="store_true", help="also time `poegen generate` with defaults (3 runs)")
     args = ap.parse_args()
+    for k in [int(v) for v in args.reward_every.split(",")]:
+        evaluate(args, k)
+    if args.time:
+        walls = []
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "poegen", "generate", "a red ball and a blue box", "-q",
+                            "--out", "/tmp/poegen_eval_time.png"], check=True, stdout=subprocess.DEVNULL)
+            walls.append(time.perf_counter() - t)
+        print(f"generate_walls_s={','.join(f'{w:.1f}' for w in walls)} generate_median_s={statistics.median(walls):.1f}")
+
+
+def evaluate(args, reward_every: int):
+    """One evaluation of every sampler on every category; lines carry a reward_every= prefix when k > 1."""
     cats = args.categories.split(",")
     prompts = [p for c in cats for p in PROMPTS[c]]
     category = {p: c for c in cats for p in PROMPTS[c]}
+    options = {k: v for k, v in (("grad_guidance", args.grad_guidance), ("reward_every", reward_every)) if v not in (0, 1)}
+    t0 = time.perf_counter()
     rows, images = compare.run(prompts, args.samplers.split(","), args.samples, args.particles, args.mcmc_steps,
                                args.steps, args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0,
-                               options={"grad_guidance": args.grad_guidance} if args.grad_guidance else None)
+                               options=options or None)
+    wall = time.perf_counter() - t0
+    tag = f"reward_every={reward_every} " if reward_every != 1 else ""
     groups = defaultdict(list)
     for r in rows:
         groups[r.prompt, r.sampler].append(r)
@@ -66,16 +86,12 @@ def main():
     for (cat, sampler), rs in totals.items():
         n = len(rs)
         extra = f" relation_holds={sum(r.relation for r in rs) / n:.3f}" if cat == "relation" else ""
-        print(f"{cat}_{sampler}_present={sum(r.present for r in rs) / n:.3f}{extra} (n={n}) "
+        print(f"{tag}{cat}_{sampler}_present={sum(r.present for r in rs) / n:.3f}{extra} (n={n}) "
               f"present_unsplit={sum(unsplit[cat, sampler]) / n:.3f}")
-    if args.time:
-        walls = []
-        for _ in range(3):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "poegen", "generate", "a red ball and a blue box", "-q",
-                            "--out", "/tmp/poegen_eval_time.png"], check=True, stdout=subprocess.DEVNULL)
-            walls.append(time.perf_counter() - t)
-        print(f"generate_walls_s={','.join(f'{w:.1f}' for w in walls)} generate_median_s={statistics.median(walls):.1f}")
+    for sampler in dict.fromkeys(r.sampler for r in rows):
+        rs = [r for r in rows if r.sampler == sampler]
+        print(f"{tag}{sampler}_median_s_per_sample={statistics.median(r.seconds for r in rs):.2f} "
+              f"total_wall_s={wall:.0f}")
 
 
 if __name__ == "__main__":

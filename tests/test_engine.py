@@ -291,3 +291,43 @@ def test_gradient_guidance_needs_differentiable_potentials():
     with pytest.raises(ValueError, match="grad_guidance needs potentials and denoisers"):
         poegen.sample(product, sampler="smc", num_particles=4, num_steps=2, dtype=F64, proposal="stochastic",
                       grad_guidance=1.0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_reward_every_k_levels_keeps_the_posterior(k):
+    product, (mean, cov, log_Z) = _posterior_problem()
+    r = poegen.sample(product, sampler="smc", num_particles=2000, num_steps=50, generator=gen(), dtype=F64,
+                      reward_every=k)
+    assert max(errors_in_se(r.x, r.log_w, mean, cov)) < 4
+    assert abs(r.log_Z - float(log_Z)) < 0.15
+    scored = len([level for level in range(1, 51) if level % k == 0 or level == 50])
+    assert r.nfe[product.potential_names[0]] == 2000 * (1 + scored)  # level 0, then every k-th level and the last
+
+
+def test_reward_every_is_checked():
+    product, _ = _posterior_problem()
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="reward_every"):
+            poegen.sample(product, num_particles=4, num_steps=2, reward_every=bad)
+
+
+class _CountingDenoiser:
+    """A neural-like expert (no density): x0_hat = x / (1 + sigma^2), counting its calls."""
+
+    name, shape = "counted", (3,)
+
+    def __init__(self):
+        self.calls = 0
+
+    def denoise(self, x, sigma):
+        self.calls += 1
+        return x / (1 + sigma ** 2)
+
+
+@pytest.mark.parametrize("sampler,per_level", [("ancestral", 1), ("best-of-n", 1), ("smc", 1), ("ais", 3), ("poe", 3)])
+def test_denoiser_calls_per_level_do_no_work_twice(sampler, per_level):
+    expert = _CountingDenoiser()
+    product = poegen.Product([expert], potentials=[LinearPotential(torch.ones(3))])
+    poegen.sample(product, sampler=sampler, num_particles=8, num_steps=5, generator=gen())
+    # level 0, then the proposal's evaluation (reused by the weights and the next proposal) and one per MCMC move
+    assert expert.calls == 1 + 5 * per_level

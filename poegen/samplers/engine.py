@@ -48,6 +48,8 @@ class SamplerConfig:
     #                                    live particles, weight breaking ties), or a weighted "draw"
     grad_guidance: float = 0.0         # > 0: the stochastic proposal follows this times the potentials' gradient
     #                                    (a twisted proposal; its ratio enters the weights, the target stays)
+    reward_every: int = 1              # evaluate the potentials at every k-th level (and always at the last); the
+    #                                    increment is the change since the last evaluation, so weights stay valid
     sigma_min: Optional[float] = None
     sigma_max: Optional[float] = None
     rho: float = 7.0
@@ -66,6 +68,8 @@ class SamplerConfig:
         resampling.get(cfg.resample)
         if cfg.mcmc_steps < 0 or cfg.step_scale <= 0 or not 0 <= cfg.ess_threshold <= 1 or cfg.grad_guidance < 0:
             raise ValueError("need mcmc_steps >= 0, step_scale > 0, 0 <= ess_threshold <= 1 and grad_guidance >= 0")
+        if isinstance(cfg.reward_every, bool) or not isinstance(cfg.reward_every, int) or cfg.reward_every < 1:
+            raise ValueError(f"reward_every={cfg.reward_every!r}: expected a whole number of levels >= 1")
         return cfg
 
 
@@ -229,8 +233,11 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
             x, ev, acc = kernels.langevin_move(x, ev, lambda z: evaluate(z, s_next), eps, mala, generator)
             accepted.append(acc.to(dtype).mean())
             bad = bad | ev.bad
-        # 3. reweight by the change in annealed potentials
-        f, per = rewards(ev, (k + 1) / K)
+        # 3. reweight by the change in annealed potentials (at every reward_every-th level and the last)
+        if (k + 1) % cfg.reward_every == 0 or k + 1 == K:
+            f, per = rewards(ev, (k + 1) / K)
+        else:  # not scored here: the potentials' change enters at the next scored level
+            f, per = a["f"], torch.zeros_like(per)
         state = settle(x, state, g + f - a["f"], ev, bad, f, per, float(sigmas[k + 1]))
         log_w = state.log_w
         # 4. resample when the ESS is low (no host sync: always draw, keep by torch.where)
