@@ -122,6 +122,9 @@ def main(argv=None) -> int:
     g.add_argument("--config", default=None, metavar="FILE",
                    help="a YAML/JSON file of experts and potentials with their options (see README)")
     g.add_argument("--device", default="cpu", help="torch device for experts and particles, e.g. cuda")
+    g.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                   help="keep the run under GB (GPU: allocated; CPU: resident) by micro-batching and, on a GPU, "
+                        "offloading idle models")
     g.add_argument("--out", default="poegen.png")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(fn=cmd_generate)

@@ -41,6 +41,7 @@ class Job:
     potentials: Optional[List[str]] = None   # e.g. ["clip:/models/clip"]
     config: Optional[str] = None             # a YAML/JSON file of experts and potentials (registry.load_config)
     device: str = "cpu"                      # "cuda" uses cuda:LOCAL_RANK under accelerate/torchrun
+    max_memory: Optional[float] = None       # GB: micro-batches (and, on a GPU, offloading) keep a run under it
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
@@ -57,6 +58,9 @@ class Job:
             raise ValueError(f"{where}: device {job.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
         if job.frames < 1 or job.particles < 1 or job.steps < 1:
             raise ValueError(f"{where}: frames, particles and steps must be >= 1")
+        if job.max_memory is not None and (isinstance(job.max_memory, bool) or not isinstance(job.max_memory, (int, float))
+                                           or job.max_memory <= 0):
+            raise ValueError(f"{where}: max_memory {job.max_memory!r}: expected a positive number of GB")
         return job
 
 
@@ -133,8 +137,15 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     if job.mcmc_steps is not None:
         options["mcmc_steps"] = job.mcmc_steps
     written, device = [], job_device(job.device)
+    max_memory = job.max_memory
+    if max_memory is None and job.config:
+        from .experts.registry import load_config
+        max_memory = load_config(job.config)["max_memory"]
     for label, product in products(job):
         product.to(device)
+        if max_memory is not None:
+            from .memory import fit
+            fit(product, max_memory, job.particles, device)
         result = samplers.sample(product, sampler=job.sampler, num_particles=job.particles, num_steps=job.steps,
                                  generator=torch.Generator(device).manual_seed(job.seed), **options)
         meta = {"poegen": __version__, "job": asdict(job), "frame": label,

@@ -66,7 +66,7 @@ def test_sdxl_and_pickscore_by_name_on_the_command_line(tmp_path, capsys):
      r"experts\[0\].options: unknown field\(s\) steps; allowed: micro_batch, resolution"),
     ("experts: [{kind: sd, path: /m, guidance: high}]", r"experts\[0\].guidance: expected a number"),
     ("experts: []", r"experts must be a list of mappings with kind and path \(at least one\)"),
-    ("experts: [{kind: sd, path: /m}]\nsampler: poe", r"unknown field\(s\) sampler; allowed: prompt, compose, parts, questions, experts"),
+    ("experts: [{kind: sd, path: /m}]\nsampler: poe", r"unknown field\(s\) sampler; allowed: prompt, compose, parts, questions, max_memory, experts"),
     ("experts: [{kind: sd, path: /m}]\npotentials: [{kind: clip, path: /c, options: {answer: 'No'}}]",
      r"potentials\[0\].options: unknown field\(s\) answer; allowed: tokenizer"),
     ("experts: [{kind: sd, path: /m}", r"cannot parse"),
@@ -89,7 +89,7 @@ def test_json_config_and_a_missing_checkpoint(tmp_path, monkeypatch):
     cfg.write_text(json.dumps({"experts": [{"kind": "flux", "path": "black-forest-labs/FLUX.1-dev"}]}))
     spec = load_config(cfg)
     assert spec == {"prompt": None, "experts": [{"kind": "flux", "path": "black-forest-labs/FLUX.1-dev"}],
-                    "potentials": [], "compose": False, "parts": None, "questions": None}
+                    "potentials": [], "compose": False, "parts": None, "questions": None, "max_memory": None}
     with pytest.raises(ValueError, match=r"prompt: empty"):
         build("", spec["experts"])
     with pytest.raises(FileNotFoundError, match="huggingface-cli download black-forest-labs/FLUX.1-dev"):

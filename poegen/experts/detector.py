@@ -140,10 +140,23 @@ class DetectorPotential:
         where = "" if self.box is None else "@" + ",".join(f"{v:.2f}" for v in self.box)
         self.name = name or f"detect[{phrase}{where}]"
 
+    rows_per_question = False  # micro_batch counts images: every object is a query of each image's call
+
     @property
     def batch_key(self):
         """Potentials with equal keys are evaluated together by ``log_potential_batch``."""
         return (DetectorPotential, id(self.scorer.model))
+
+    @property
+    def micro_batch(self) -> Optional[int]:
+        return self.scorer.micro_batch
+
+    @micro_batch.setter
+    def micro_batch(self, value: Optional[int]):
+        self.scorer.micro_batch = value
+
+    def offload_modules(self) -> list:
+        return [self.scorer.model]
 
     @classmethod
     def log_potential_batch(cls, potentials: Sequence["DetectorPotential"], images: Tensor) -> Tensor:

@@ -126,6 +126,10 @@ class VPUNetExpert:
         """Experts with equal keys share one backbone call per evaluation (see ``denoise_batch``)."""
         return (type(self), id(self.unet), self.prediction_type)
 
+    def offload_modules(self) -> list:
+        """The modules an offload hook may move off the accelerator between uses (``poegen.memory``)."""
+        return [self.unet]
+
     def _conditioning(self, n: int) -> dict:
         """Per-row keyword tensors of this expert's backbone call for n rows (none for a plain UNet)."""
         return {}
@@ -205,6 +209,9 @@ class _ControlNetMixin:
     @property
     def batch_key(self):
         return (type(self), id(self.unet), id(self.controlnet), self.conditioning_scale)
+
+    def offload_modules(self) -> list:
+        return [self.controlnet, self.unet]
 
     def _conditioning(self, n: int) -> dict:
         return {**super()._conditioning(n), "controlnet_cond": self.control_image.expand(n, -1, -1, -1)}
@@ -387,6 +394,9 @@ class FlowTransformerExpert:
     def batch_key(self):
         return (type(self), id(self.transformer))
 
+    def offload_modules(self) -> list:
+        return [self.transformer]
+
     def _conditioning(self, n: int) -> dict:
         return {"encoder_hidden_states": self.encoder_hidden_states.expand(n, -1, -1),
                 "pooled_projections": self.pooled_projections.expand(n, -1)}
@@ -513,19 +523,34 @@ class FluxExpert(FlowTransformerExpert):
         return unpack_latents(v, c, h, w)
 
 
+class _Decode(torch.nn.Module):
+    """The VAE's decoding as a module's forward, so that an offload hook can move the whole VAE in and out."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.vae.decode(z).sample
+
+
 def vae_decoder(path_or_id: str, subfolder: str = "vae", device=None):
     """A decode(latents) -> images in [-1, 1] callable for ``Product(decode=...)``: potentials see pixels.
-    The VAE runs on ``device`` (default CPU) in float32; images come back on the latents' device."""
+    The VAE runs on ``device`` (default CPU) in float32, ``decode.micro_batch`` latents per call (all when None);
+    images come back on the latents' device."""
     from diffusers import AutoencoderKL
 
     root = resolve(path_or_id)
     vae = cached("vae", root, None, device, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder).eval()
                  .to(device), subfolder)
     shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents
+    module = _Decode(vae)
 
     def decode(latents: Tensor) -> Tensor:  # differentiable where the caller enables grad (gradient guidance)
-        p = next(decode.vae.parameters())
-        z = (latents / decode.vae.config.scaling_factor + shift).to(p.device, p.dtype)
-        return decode.vae.decode(z).sample.clamp(-1, 1).to(latents.device, latents.dtype)
-    decode.vae = vae  # Product.to moves it
+        p = next(module.parameters())
+        z = (latents / vae.config.scaling_factor + shift).to(p.device, p.dtype)
+        out = torch.cat([module(chunk) for chunk in z.split(decode.micro_batch or len(z))])
+        return out.clamp(-1, 1).to(latents.device, latents.dtype)
+    decode.vae, decode.module, decode.micro_batch = vae, module, None  # Product.to moves the VAE
+    decode.offload_modules = lambda: [module]
     return decode

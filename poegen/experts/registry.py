@@ -157,7 +157,7 @@ OPTIONS.update(sd=("micro_batch", "torch_dtype"), unet=("micro_batch", "torch_dt
                detector=("micro_batch", "torch_dtype"))
 
 Spec = Union[str, dict]
-CONFIG_FIELDS = ("prompt", "compose", "parts", "questions", "experts", "potentials")
+CONFIG_FIELDS = ("prompt", "compose", "parts", "questions", "max_memory", "experts", "potentials")
 GENERATIVE_FIELDS = ("kind", "path", "prompt", "guidance", "weight", "options")
 POTENTIAL_FIELDS = ("kind", "path", "prompt", "weight", "options")
 
@@ -271,5 +271,9 @@ def load_config(path: Union[str, Path]) -> dict:
     for name in ("parts", "questions"):
         if name in data and not (isinstance(data[name], list) and all(isinstance(t, str) and t for t in data[name])):
             raise ValueError(f"{path}: {name} must be a list of non-empty texts")
+    cap = data.get("max_memory")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
+        raise ValueError(f"{path}: max_memory must be a positive number of GB")
     return {"prompt": data.get("prompt"), "experts": data["experts"], "potentials": data.get("potentials", []),
-            "compose": data.get("compose", False), "parts": data.get("parts"), "questions": data.get("questions")}
+            "compose": data.get("compose", False), "parts": data.get("parts"), "questions": data.get("questions"),
+            "max_memory": cap}

@@ -62,9 +62,14 @@ class ClipScore:
             CLIPTokenizer.from_pretrained(resolve(tokenizer) if tokenizer else root)), tokenizer)
         return cls(model, tok, text, **kwargs)
 
+    rows_per_question = False  # micro_batch counts images: each is embedded once for every question
+
     @property
     def batch_key(self):
         return (ClipScore, id(self.model))
+
+    def offload_modules(self) -> list:
+        return [self.model.vision_model]
 
     @classmethod
     def log_potential_batch(cls, potentials, x0: Tensor):
@@ -152,9 +157,14 @@ class VQAScore:
             AutoModelForImageTextToText.from_pretrained(root, dtype=torch_dtype), AutoProcessor.from_pretrained(root)))
         return cls(model, processor, question.format(text), **kwargs)
 
+    rows_per_question = True  # micro_batch counts (question, image) rows
+
     @property
     def batch_key(self):
         return (VQAScore, id(self.model))
+
+    def offload_modules(self) -> list:
+        return [self.model]
 
     @classmethod
     def log_potential_batch(cls, potentials, x0: Tensor):
