@@ -1,7 +1,7 @@
 """poegen at real scale, without downloads: full-size architectures from their published configurations
 (scripts/arch/*.json) with random weights, timed against diffusers' own pipeline on the same modules.
 
-    python scripts/bench_scale.py --family sd15 --particles 4 --steps 4 --resolution 256 --device cpu
+    python scripts/bench_scale.py --family sd15 --particles 4 --potential clip     # the CPU case, about 8 minutes
     python scripts/bench_scale.py --family flux --particles 4 --device cuda --dtype bf16 --potential vqa
 
 Prints:
@@ -189,11 +189,15 @@ class Timer:
     """Accumulated seconds of module forwards (hooks) and of wrapped callables."""
 
     def __init__(self, device):
-        self.device, self.total, self.start = device, {}, {}
+        self.device, self.total, self.start, self.handles = device, {}, {}, []
 
     def hook(self, module, label):
-        module.register_forward_pre_hook(lambda *_: self._begin(label))
-        module.register_forward_hook(lambda *_: self._end(label))
+        self.handles += [module.register_forward_pre_hook(lambda *_: self._begin(label)),
+                         module.register_forward_hook(lambda *_: self._end(label))]
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
 
     def wrap(self, fn, label):
         def timed(*args, **kwargs):
@@ -225,19 +229,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=("sd15", "sdxl", "flux"), default="sd15")
     ap.add_argument("--particles", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=4, help="denoiser evaluations per timed run")
+    ap.add_argument("--steps", type=int, default=3, help="denoiser evaluations per timed run")
     ap.add_argument("--resolution", type=int, default=None, help="pixels (default: 256 on a CPU, the family's own "
                                                                   "on a GPU: 512, 1024, 1024)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     ap.add_argument("--potential", choices=("clip", "vqa"), default=None, help="add it to the poe level")
     ap.add_argument("--guidance", type=float, default=7.5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--micro-batch", type=int, default=None, help="micro-batch of the VQA scorer")
     ap.add_argument("--channels-last", action="store_true", help="also time the engine with channels_last")
     ap.add_argument("--compile", action="store_true", help="also time the engine with torch.compile")
     ap.add_argument("--shrink", action="store_true", help="1-layer models: checks the code path, measures nothing")
     a = ap.parse_args()
+    start = time.perf_counter()
     device, dtype = torch.device(a.device), DTYPES[a.dtype]
     a.resolution = a.resolution or (256 if device.type == "cpu" else {"sd15": 512, "sdxl": 1024, "flux": 1024}[a.family])
     t0 = time.perf_counter()
@@ -262,13 +267,23 @@ def main():
     memory.reset_peak(device)
     engine_run(2), pipeline_run(2)  # warm-up: kernels, lazily built buffers
     runs = {"engine": [], "pipeline": []}
+    inside = Timer(device)  # the backbone's own time in each run, to tell model time from loop overhead
+    inside.hook(s["backbone"], "backbone")
+    model = {"engine": [], "pipeline": []}
     for _ in range(a.repeats):  # interleaved, so drifts in machine load hit both alike
-        runs["engine"].append(timed(engine_run, device) / K)
-        runs["pipeline"].append(timed(pipeline_run, device) / K)
+        for name, fn in (("engine", engine_run), ("pipeline", pipeline_run)):
+            inside.total.clear()
+            runs[name].append(timed(fn, device) / K)
+            model[name].append(inside.total["backbone"] / K)
+    inside.remove()
     engine, pipeline = statistics.median(runs["engine"]), statistics.median(runs["pipeline"])
     print(f"engine_level_s={engine:.3f} pipeline_step_s={pipeline:.3f} "
           f"(runs: engine {', '.join(f'{v:.3f}' for v in runs['engine'])}; "
           f"pipeline {', '.join(f'{v:.3f}' for v in runs['pipeline'])})")
+    print(f"backbone_s_per_step engine={statistics.median(model['engine']):.3f} "
+          f"pipeline={statistics.median(model['pipeline']):.3f}; outside the backbone per step "
+          f"engine={statistics.median(r - m for r, m in zip(runs['engine'], model['engine'])):.3f} "
+          f"pipeline={statistics.median(r - m for r, m in zip(runs['pipeline'], model['pipeline'])):.3f}")
     print(f"engine_over_pipeline={engine / pipeline:.3f}", flush=True)
 
     # a poe level: the proposal plus 2 Langevin moves, the VAE decode and the potential
@@ -304,6 +319,7 @@ def main():
         engine_run(2)  # warm-up (for compile: the compilation itself)
         tuned = statistics.median(timed(engine_run, device) / K for _ in range(a.repeats))
         print(f"{flag}_level_s={tuned:.3f} {flag}_gain={engine / tuned:.3f}", flush=True)
+    print(f"total_s={time.perf_counter() - start:.0f}")
 
 
 if __name__ == "__main__":

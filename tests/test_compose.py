@@ -245,3 +245,19 @@ def test_model_cache_is_keyed_by_kind_path_and_dtype(models):
     assert a.unet is b.unet and c.unet is not a.unet and next(c.unet.parameters()).dtype == torch.bfloat16
     cache.clear()
     assert TextConditionedUNetExpert.load_prompts(models["sd"], [""])[0].unet is not a.unet
+
+
+def test_every_kind_takes_torch_dtype_and_the_tuning_options(models):
+    from poegen.experts.registry import GENERATIVE, OPTIONS, POTENTIALS
+
+    assert all("torch_dtype" in OPTIONS[k] for k in (*GENERATIVE, *POTENTIALS))
+    assert all({"channels_last", "compile"} <= set(OPTIONS[k]) for k in GENERATIVE)
+    product = build("a red ball", [{"kind": "sd", "path": models["sd"],
+                                    "options": {"torch_dtype": "bfloat16", "channels_last": True}}],
+                    [{"kind": "clip", "path": models["clip"], "options": {"torch_dtype": "bfloat16"}}])
+    unet, clip = product.experts[0].unet, product.potentials[0].model
+    assert next(unet.parameters()).dtype == torch.bfloat16 and next(clip.parameters()).dtype == torch.bfloat16
+    conv = unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    r = poegen.sample(product, num_particles=2, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(r.x).all() and r.x.dtype == torch.float32  # particles stay float32

@@ -40,13 +40,22 @@ class Backbone:
     decode: Optional[Callable] = None
     cfg: bool = True
     text: bool = True
+    channels_last: bool = False        # convolutions in NHWC memory layout
+    compile: bool = False              # torch.compile the backbone in place (first calls compile)
     _made: Dict = field(default_factory=dict)
 
     def experts(self, texts: Sequence[str], layout=None) -> List:
         """Prompt experts for ``texts``; the same text gives the same expert object (merged by the product)."""
         todo = [t for t in dict.fromkeys(texts) if t not in self._made]
         if todo:
-            self._made.update(zip(todo, self.make(todo, layout)))
+            made = self.make(todo, layout)
+            for m in {id(m): m for e in made for m in getattr(e, "offload_modules", lambda: [])()}.values():
+                if self.channels_last:
+                    m.to(memory_format=torch.channels_last)
+                if self.compile and not getattr(m, "_poegen_compiled", False):
+                    m.compile()
+                    m._poegen_compiled = True
+            self._made.update(zip(todo, made))
         return [self._made[t] for t in texts]
 
 
@@ -147,11 +156,12 @@ POTENTIALS["vqa"] = ("VQAScore: log P(Yes) of an image-text-to-text VLM (Llava f
                      "each question's text", _questions("VQAScore"))
 POTENTIALS["detector"] = ("open-vocabulary detector (OWLv2 folder or cached id): per object, log of its best "
                           "detection score times the overlap with its box", _detector)
-OPTIONS.update(sd=("micro_batch", "torch_dtype"), unet=("micro_batch", "torch_dtype"),
-               sdxl=("micro_batch", "original_size", "crop_top_left", "target_size", "torch_dtype"),
-               sd3=("micro_batch", "resolution", "max_sequence_length", "torch_dtype"),
-               flux=("micro_batch", "resolution", "max_sequence_length", "torch_dtype"),
-               controlnet=("base", "image", "conditioning_scale", "micro_batch", "torch_dtype"),
+TUNING = ("channels_last", "compile")  # every generative kind: applied to its backbone (see README: speed)
+OPTIONS.update(sd=("micro_batch", "torch_dtype") + TUNING, unet=("micro_batch", "torch_dtype") + TUNING,
+               sdxl=("micro_batch", "original_size", "crop_top_left", "target_size", "torch_dtype") + TUNING,
+               sd3=("micro_batch", "resolution", "max_sequence_length", "torch_dtype") + TUNING,
+               flux=("micro_batch", "resolution", "max_sequence_length", "torch_dtype") + TUNING,
+               controlnet=("base", "image", "conditioning_scale", "micro_batch", "torch_dtype") + TUNING,
                clip=("tokenizer", "micro_batch", "torch_dtype"), pickscore=("tokenizer", "micro_batch", "torch_dtype"),
                vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"),
                detector=("micro_batch", "torch_dtype"))
@@ -209,7 +219,10 @@ def build(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guid
         g = float(e.get("guidance", guidance))
         key = (e["kind"], e["path"], json.dumps(e["options"], sort_keys=True, default=str), g)
         if key not in backbones:
-            backbones[key] = GENERATIVE[e["kind"]][1](e["path"], g, **e["options"])
+            options = {k: v for k, v in e["options"].items() if k not in TUNING}
+            backbones[key] = GENERATIVE[e["kind"]][1](e["path"], g, **options)
+            for k in TUNING:
+                setattr(backbones[key], k, bool(e["options"].get(k, False)))
         bb, lay, beta = backbones[key], (from_prompt(e["prompt"]) if e.get("prompt") else layout), e.get("weight", 1.0)
         if not bb.text:
             if lay.objects:
