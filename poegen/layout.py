@@ -30,6 +30,7 @@ class LayoutObject:
     phrase: str
     box: Optional[Tuple[float, float, float, float]] = None
     mask: Optional[Tensor] = None                      # (H, W) in [0, 1]
+    known: bool = False                                # editing: already in the given image (asked about, not drawn)
 
     def region(self, h: int, w: int) -> Optional[Tensor]:
         """(h, w) coverage of this object on a grid: its mask resized by area, or the fraction of each cell its
@@ -96,7 +97,7 @@ class Layout:
     def regions(self, h: int, w: int) -> Tuple[Tensor, List[Optional[Tensor]]]:
         """(background (h, w), per object (h, w) or None) weights that tile the image: each located object's
         coverage, shared where objects overlap, and the rest for the background."""
-        per = [o.region(h, w) for o in self.objects]
+        per = [None if o.known else o.region(h, w) for o in self.objects]
         located = [m for m in per if m is not None]
         if not located:
             return torch.ones(h, w), per

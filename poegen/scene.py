@@ -33,6 +33,7 @@ class ObjectSpec:
     angle: float = 0.0                       # degrees, counter-clockwise
     velocity: Tuple[float, float] = (0.0, 0.0)
     spin: float = 0.0                        # degrees per second, counter-clockwise
+    new: bool = False                        # editing: an object to add; the others are already in the image
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,9 @@ def parse_scene(data: Dict) -> SceneSpec:
     objects, names = [], set()
     for i, o in enumerate(raw):
         w = f"objects[{i}]"
-        _keys(o, w, ("name", "shape", "colour", "size", "position", "angle", "velocity", "spin"), ("shape", "colour"))
+        _keys(o, w, ("name", "shape", "colour", "size", "position", "angle", "velocity", "spin", "new"), ("shape", "colour"))
+        if not isinstance(o.get("new", False), bool):
+            raise SceneError(f"{w}.new: expected true or false, got {o['new']!r}")
         name = str(o.get("name", f"{o.get('colour')} {o.get('shape')}"))
         if name in names:
             raise SceneError(f"{w}.name: {name!r} is used twice; give each object its own name")
@@ -114,7 +117,7 @@ def parse_scene(data: Dict) -> SceneSpec:
             name, _choice(o["shape"], f"{w}.shape", SHAPES), _choice(o["colour"], f"{w}.colour", COLOUR_NAMES),
             _choice(o.get("size", "small"), f"{w}.size", SIZE_NAMES), _pair(o.get("position", [0.0, 1.0]), f"{w}.position"),
             _number(o.get("angle", 0.0), f"{w}.angle"), _pair(o.get("velocity", [0.0, 0.0]), f"{w}.velocity"),
-            _number(o.get("spin", 0.0), f"{w}.spin")))
+            _number(o.get("spin", 0.0), f"{w}.spin"), o.get("new", False)))
     ph = _keys(data.get("physics", {}), "physics", ("gravity", "duration", "time_step"))
     physics = PhysicsSpec(_number(ph.get("gravity", 9.81), "physics.gravity", 0, 100),
                           _number(ph.get("duration", 3.0), "physics.duration", 0, 60, open_lo=True),
@@ -193,8 +196,10 @@ def _check_geometry(spec: SceneSpec):
             raise SceneError(f"objects[{i}].position: {spec.objects[i].name!r} starts below the floor (y < 0); raise y")
         for j in range(i):
             if _overlap(polys[i], polys[j]):
+                new = spec.objects[i].new or spec.objects[j].new
                 raise SceneError(f"objects[{j}] {spec.objects[j].name!r} and objects[{i}] {spec.objects[i].name!r} "
-                                 "overlap at their initial positions; move one of them")
+                                 + ("overlap: a new object may not start inside one already in the image; raise it"
+                                    if new else "overlap at their initial positions; move one of them"))
         if not in_view(objs[i], margin=0.0):
             raise SceneError(f"objects[{i}].position: {spec.objects[i].name!r} starts outside the camera's view "
                              "(x within about +-3.2, y within 0..6); move it inside")
@@ -208,8 +213,9 @@ def simulate_scene(spec: SceneSpec, until: Optional[float] = None):
     duration = spec.physics.duration if until is None else min(until, spec.physics.duration)
     steps = max(0, round(duration / spec.physics.time_step))
     vel = [(o.velocity[0], o.velocity[1], math.radians(o.spin)) for o in spec.objects]
+    editing = any(o.new for o in spec.objects)  # an edit: the objects already in the image stay put
     scene = simulate(world_objects(spec), steps=steps, dt=spec.physics.time_step, gravity=spec.physics.gravity,
-                     velocities=vel)
+                     velocities=vel, static=[not o.new for o in spec.objects] if editing else None)
     if until is None and not scene.settled:
         log.warning("scene did not settle within %.1f s of simulation; the last state is used", duration)
     for o, final in zip(spec.objects, scene.objects):

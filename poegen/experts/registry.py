@@ -231,8 +231,10 @@ def build(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guid
             gen, weights, masks = gen + bb.experts([""]), weights + [beta], masks + [None]
             continue
         w = g if bb.cfg else 1.0
-        made = bb.experts([lay.prompt] + [o.phrase for o in lay.objects] + [""], lay)
+        drawn = [k for k, o in enumerate(lay.objects) if not o.known]  # objects already in an edited image: none
+        made = bb.experts([lay.prompt] + [lay.objects[k].phrase for k in drawn] + [""], lay)
         background, regions = lay.regions(*made[0].shape[-2:])
+        regions = [regions[k] for k in drawn]
         free = sum(m is None for m in regions)
         located = free < len(regions)
         gen += made
@@ -246,6 +248,9 @@ def build(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guid
         made = POTENTIALS[e["kind"]][1](e["path"], lay.texts(), lay, **e["options"])
         pots += made
         lams += [float(e.get("weight", lambdas))] * len(made)
+    if "edit" in layout.extra:  # the given image outside the edit mask, on decoded pixels
+        pots.append(layout.extra["edit"].known_pixels())
+        lams.append(1.0)
     decode = next((bb.decode for bb in backbones.values() if bb.decode is not None), None)
     gen, weights, masks = merge_experts(gen, weights, masks)
     return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode)

@@ -50,6 +50,8 @@ class SamplerConfig:
     #                                    (a twisted proposal; its ratio enters the weights, the target stays)
     reward_every: int = 1              # evaluate the potentials at every k-th level (and always at the last); the
     #                                    increment is the change since the last evaluation, so weights stay valid
+    replace_known: bool = False        # editing: after each proposal, known pixels (a potential with ``paste``)
+    #                                    are replaced by the given image noised to the level (RePaint-style)
     sigma_min: Optional[float] = None
     sigma_max: Optional[float] = None
     rho: float = 7.0
@@ -197,6 +199,11 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
     # level 0: x ~ N(0, sigma_0^2 / B), weighted towards the level-0 target when weights are exact
     var0 = sig[0] ** 2 / B
     x = var0.sqrt() * torch.randn((N, *shape), generator=generator, device=device, dtype=dtype)
+    pasters = [r for r in product.potentials if callable(getattr(r, "paste", None))] if cfg.replace_known else []
+    if cfg.replace_known and not pasters:
+        raise ValueError("replace_known=True needs a known-pixels potential (an edit); none is in the product")
+    for r in pasters:
+        x = r.paste(x, sig[0], generator)
     ev = evaluate(x, sig[0])
     f, per = rewards(ev, 0.0)
     g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, torch.zeros_like(x), var0) if exact else 0.0)
@@ -223,6 +230,8 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
             grad = cfg.grad_guidance * potential_grad(x, s, (k + 1) / K) if guided else None
             x, log_ratio, twist = kernels.ancestral_step(x, a["x0"], s, s_next, B, generator, grad)
             log_ratio = log_ratio + twist if exact else twist
+        for r in pasters:
+            x = r.paste(x, s_next, generator)
         ev = evaluate(x, s_next)
         g = ev.log_gamma - a["log_gamma"] + log_ratio if exact else log_ratio + torch.zeros(N, device=device, dtype=dtype)
         bad = ev.bad

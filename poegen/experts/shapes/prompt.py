@@ -115,7 +115,7 @@ def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
     size = prior.config["image_size"]
     experts, weights = _over_null(prior, [prior.expert(str(p), o.centre(size), bf16=bf16)
-                                          for p, o in zip(phrases, layout.objects)], guidance, bf16)
+                                          for p, o in zip(phrases, layout.objects) if not o.known], guidance, bf16)
     potentials, lambdas = [], []
     questions = layout.questions
     if questions is None:
@@ -125,6 +125,9 @@ def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
         potentials = [scorer.expert(q) for q in questions]
         lambdas = [vlm_weight] * len(potentials)
     physics = layout.extra.get("physics")
+    if "edit" in layout.extra:  # the given image outside the edit mask; the new objects' footprints stand in
+        potentials.append(layout.extra["edit"].known_pixels())  # the given image outside the edit mask
+        lambdas.append(1.0)
     for c in physics.spec.constraints if physics is not None else ():
         potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
         lambdas.append(c.weight)

@@ -155,8 +155,8 @@ def _angle_from_quat(p, q) -> float:
     return math.atan2(m[6], m[0])
 
 
-def _make_body(p, cid: int, o: SceneObject) -> int:
-    """Create the pybullet body of a scene object at its pose."""
+def _make_body(p, cid: int, o: SceneObject, static: bool = False) -> int:
+    """Create the pybullet body of a scene object at its pose (``static``: mass 0, it never moves)."""
     s = o.extent
     if o.shape == "ball":
         col = p.createCollisionShape(p.GEOM_SPHERE, radius=s / 2, physicsClientId=cid)
@@ -169,7 +169,7 @@ def _make_body(p, cid: int, o: SceneObject) -> int:
         verts = [[vx, sy * DEPTH / 2, vz] for vx, vz in tri for sy in (-1, 1)]
         col = p.createCollisionShape(p.GEOM_MESH, vertices=verts, physicsClientId=cid)
         mass = 0.5 * (WEDGE_SCALE * s) ** 2
-    body = p.createMultiBody(mass, col, basePosition=[o.x, 0.0, o.y],
+    body = p.createMultiBody(0.0 if static else mass, col, basePosition=[o.x, 0.0, o.y],
                              baseOrientation=_quat_y(p, o.angle), physicsClientId=cid)
     p.changeDynamics(body, -1, lateralFriction=0.9, restitution=0.0, rollingFriction=0.01 if o.shape == "ball" else 0.0,
                      linearDamping=0.2, angularDamping=0.3, physicsClientId=cid)
@@ -177,9 +177,9 @@ def _make_body(p, cid: int, o: SceneObject) -> int:
 
 
 def simulate(objects: list[SceneObject], steps: int = 360, dt: float = 1.0 / 120.0, gravity: float = 9.81,
-             velocities: list[tuple[float, float, float]] | None = None) -> Scene:
+             velocities: list[tuple[float, float, float]] | None = None, static: list[bool] | None = None) -> Scene:
     """Simulate the objects from their poses (and optional (vx, vy, spin) velocities) for a fixed number
-    of steps in the x-z plane, under gravity pointing down."""
+    of steps in the x-z plane, under gravity pointing down; ``static`` objects stay where they are."""
     p, cid = _Sim.get()
     p.resetSimulation(physicsClientId=cid)
     p.setGravity(0, 0, -gravity, physicsClientId=cid)
@@ -187,7 +187,7 @@ def simulate(objects: list[SceneObject], steps: int = 360, dt: float = 1.0 / 120
     plane = p.createCollisionShape(p.GEOM_PLANE, physicsClientId=cid)
     floor = p.createMultiBody(0, plane, physicsClientId=cid)
     p.changeDynamics(floor, -1, lateralFriction=0.9, restitution=0.0, physicsClientId=cid)
-    bodies = [_make_body(p, cid, o) for o in objects]
+    bodies = [_make_body(p, cid, o, bool(static and static[k])) for k, o in enumerate(objects)]
     for b, (vx, vy, spin) in zip(bodies, velocities or []):
         p.resetBaseVelocity(b, [vx, 0.0, vy], [0.0, -spin, 0.0], physicsClientId=cid)  # CCW spin is -y
     for _ in range(steps):  # fixed step count: never hangs
