@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from . import samplers
 def cmd_generate(args) -> int:
     from .generate import Job, run
 
-    job = Job.from_dict({f.name: getattr(args, f.name) for f in dataclasses.fields(Job)}, "generate")
+    job = Job.from_dict({f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(Job)}, "generate")
     t = time.perf_counter()
     written = run(job, Path(args.out), progress=not args.quiet)
     elapsed = time.perf_counter() - t
@@ -24,6 +25,18 @@ def cmd_generate(args) -> int:
     else:
         out = written[0]
         print(f"wrote {out} (raw {out.with_name(out.stem + '_raw' + out.suffix)}) in {elapsed:.1f} s")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    from .generate import Job, run
+
+    values = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(Job)}
+    job = Job.from_dict(values, "edit")
+    written = run(job, Path(args.out), progress=not args.quiet)
+    from PIL import Image
+    meta = json.loads(Image.open(written[0]).text["poegen"])
+    print(f"wrote {written[0]}; background MSE outside the mask {meta['background_mse']:.2e}")
     return 0
 
 
@@ -88,8 +101,37 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="poegen", description="Generate images from a product of experts.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = ap.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="sample an image for a prompt, a layout spec or a scene spec, in the "
-                                        "embedded shapes world or on named models (--expert, --config)")
+    common = argparse.ArgumentParser(add_help=False)  # the sampler and the models, shared by generate and edit
+    common.add_argument("--sampler", default="poe", choices=samplers.available())
+    common.add_argument("--particles", type=int, default=16)
+    common.add_argument("--steps", type=int, default=30)
+    common.add_argument("--mcmc-steps", type=int, default=None, help="Langevin moves per level (preset default)")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--guidance", type=float, default=None,
+                        help="composable-diffusion weight of each phrase (shapes world: 2.5) or a model's guidance (1)")
+    common.add_argument("--vlm-weight", type=float, default=None,
+                        help="lambda of each VLM question (shapes world: 3; 0: none) or of each --potential (1)")
+    common.add_argument("--select", default="best", choices=("best", "draw"),
+                        help="which particle becomes the image: the highest final reward, or a weighted draw")
+    common.add_argument("--grad-guidance", type=float, default=0.0,
+                        help="follow the potentials' gradient in the stochastic proposal (weights keep the target)")
+    common.add_argument("--reward-every", type=int, default=1, metavar="K",
+                        help="score the potentials every K levels and at the last (weights stay valid)")
+    common.add_argument("--expert", dest="experts", action="append", default=None, metavar="KIND:PATH",
+                        help="a generative expert from a local model (see `poegen experts`); repeatable")
+    common.add_argument("--potential", dest="potentials", action="append", default=None, metavar="KIND:PATH",
+                        help="a discriminative expert from a local model, weighted by --vlm-weight; repeatable")
+    common.add_argument("--config", default=None, metavar="FILE",
+                        help="a YAML/JSON file of experts and potentials with their options (see README)")
+    common.add_argument("--device", default="cpu", help="torch device for experts and particles, e.g. cuda")
+    common.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                        help="keep the run under GB (GPU: allocated; CPU: resident) by micro-batching and, on a GPU, "
+                             "offloading idle models")
+    common.add_argument("--out", default="poegen.png")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g = sub.add_parser("generate", parents=[common],
+                       help="sample an image for a prompt, a layout spec or a scene spec, in the embedded shapes world "
+                            "or on named models (--expert, --config)")
     g.add_argument("prompt", nargs="?", help="e.g. 'a red ball and a blue box', 'a green wedge left of a yellow ball'")
     g.add_argument("--scene", default=None, help="a scene spec (YAML/JSON, see examples/): physics places the objects")
     g.add_argument("--layout", default=None, help="a layout spec (YAML/JSON, see examples/): phrases with boxes")
@@ -100,34 +142,19 @@ def main(argv=None) -> int:
     g.add_argument("--question", dest="questions", action="append", default=None, metavar="TEXT",
                    help="what every potential asks (repeatable; default: each object and relation)")
     g.add_argument("--frames", type=int, default=1, help="with --scene: simulate N time points, one image each, and a GIF")
-    g.add_argument("--sampler", default="poe", choices=samplers.available())
-    g.add_argument("--particles", type=int, default=16)
-    g.add_argument("--steps", type=int, default=30)
-    g.add_argument("--mcmc-steps", type=int, default=None, help="Langevin moves per level (preset default)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--guidance", type=float, default=None,
-                   help="composable-diffusion weight of each phrase (shapes world: 2.5) or a model's guidance (1)")
-    g.add_argument("--vlm-weight", type=float, default=None,
-                   help="lambda of each VLM question (shapes world: 3; 0: none) or of each --potential (1)")
-    g.add_argument("--select", default="best", choices=("best", "draw"),
-                   help="which particle becomes the image: the highest final reward, or a weighted draw")
-    g.add_argument("--grad-guidance", type=float, default=0.0,
-                   help="follow the potentials' gradient in the stochastic proposal (weights keep the target)")
-    g.add_argument("--reward-every", type=int, default=1, metavar="K",
-                   help="score the potentials every K levels and at the last (weights stay valid); saves scorer calls")
-    g.add_argument("--expert", dest="experts", action="append", default=None, metavar="KIND:PATH",
-                   help="a generative expert from a local model (see `poegen experts`); repeatable")
-    g.add_argument("--potential", dest="potentials", action="append", default=None, metavar="KIND:PATH",
-                   help="a discriminative expert from a local model, weighted by --vlm-weight; repeatable")
-    g.add_argument("--config", default=None, metavar="FILE",
-                   help="a YAML/JSON file of experts and potentials with their options (see README)")
-    g.add_argument("--device", default="cpu", help="torch device for experts and particles, e.g. cuda")
-    g.add_argument("--max-memory", type=float, default=None, metavar="GB",
-                   help="keep the run under GB (GPU: allocated; CPU: resident) by micro-batching and, on a GPU, "
-                        "offloading idle models")
-    g.add_argument("--out", default="poegen.png")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     g.set_defaults(fn=cmd_generate)
+    ed = sub.add_parser("edit", parents=[common], help="insert objects into a given image, placed by a mask or by "
+                                                       "physics (--scene), with the background kept")
+    ed.add_argument("image", help="the image to edit (PNG, JPEG, ...)")
+    ed.add_argument("prompt", nargs="?", default=None, help="what to add, e.g. 'a red ball' (with --scene: optional)")
+    ed.add_argument("--mask", default=None, help="white where the image may change, the image's size")
+    ed.add_argument("--scene", default=None, help="a scene spec listing the objects in the image and the new ones "
+                                                  "(new: true); pybullet drops the new ones onto the others")
+    ed.add_argument("--margin", type=int, default=2, help="with --scene: pixels of change around the new objects")
+    ed.add_argument("--resize", action="store_true", help="resize the image (and mask) to the family's size")
+    ed.add_argument("--replace-known", action="store_true",
+                    help="replace the kept pixels by the image noised to each level, instead of weighting only")
+    ed.set_defaults(fn=cmd_edit)
     b = sub.add_parser("batch", help="run a YAML or JSONL list of generate jobs into a folder with a manifest; "
                                      "restarts skip finished items; shards over accelerate processes")
     b.add_argument("jobfile")

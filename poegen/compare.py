@@ -88,6 +88,27 @@ def judge_layout(image, layout, tolerance: float = 2.0) -> Dict[str, bool]:
     return {"present": present, "relation": present and placed}
 
 
+def judge_edit(image, layout, tolerance: float = 2.0) -> Dict[str, bool]:
+    """The checker's verdict on an edit in the shapes world: ``present``: every new object present; ``relation``:
+    each within ``tolerance`` px of where the simulation dropped it (a mask edit: inside the mask), and every
+    object already in the image still read at its place."""
+    from .experts.shapes import detect
+    from .experts.shapes.vocab import parse_phrase
+
+    dets, present, placed = detect(image), True, True
+    mask = layout.extra["edit"].mask
+    for o in layout.objects:
+        p = parse_phrase(o.phrase)
+        same = [d for d in dets if d.colour == (p.colour or d.colour) and d.shape == p.shape]
+        present = present and (bool(same) or o.known)
+        if o.mask is not None and (o.known or "physics" in layout.extra):
+            col, row = o.centre(image.shape[-1])
+            placed = placed and any(math.hypot(d.centroid[0] - col, d.centroid[1] - row) <= tolerance for d in same)
+        else:
+            placed = placed and any(mask[round(d.centroid[1]), round(d.centroid[0])] > 0 for d in same)
+    return {"present": present, "relation": present and placed}
+
+
 def is_scene(target: str) -> bool:
     """A comparison target is a spec file when it names a .yaml, .yml or .json file (a scene or a layout spec),
     else a prompt."""
@@ -149,10 +170,12 @@ def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float])
         shapes = not cfg["experts"]
         extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"]) if shapes else {}
         product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, **extra)
+        product.layout_extra = layout.extra
         verdict = (lambda x: {"present": None, "relation": None})
         if shapes:
             physics = layout.extra.get("physics")
-            verdict = ((lambda x: judge_scene(x, physics)) if physics is not None else
+            verdict = ((lambda x: judge_edit(x, layout)) if "edit" in layout.extra else
+                       (lambda x: judge_scene(x, physics)) if physics is not None else
                        (lambda x: judge_layout(x, layout)) if is_scene(target) else (lambda x: judge(x, target)))
         _WORKER["targets"][key] = (product, _metric_scorers(layout), verdict)
     return _WORKER["targets"][key]
@@ -163,10 +186,11 @@ def _scores(product, scorers, image) -> Tuple[float, Dict[str, float]]:
     """The steering potentials' mean log-potential and each metric scorer's value on one decoded image."""
     from .experts.detector import mean_iou
 
+    from .experts.known import KnownPixels
     from .experts.physics import CentroidConstraint, LayoutPotential
 
     x = image[None]
-    asked = [r for r in product.potentials if not isinstance(r, (LayoutPotential, CentroidConstraint))]
+    asked = [r for r in product.potentials if not isinstance(r, (LayoutPotential, CentroidConstraint, KnownPixels))]
     reward = float(torch.stack([r.log_potential(x)[0] for r in asked]).mean()) if asked else 0.0
     metrics = {}
     for column, pots, layout in scorers:
@@ -189,6 +213,9 @@ def _run_task(task):
     with torch.no_grad():
         x = (product.decode(r.x[:1]) if product.decode is not None else r.x[:1])[0].float()
     score, metrics = _scores(product, scorers, x)
+    if "edit" in getattr(product, "layout_extra", {}):
+        from .edit import background_mse
+        metrics["bg_mse"] = background_mse(x, product.layout_extra["edit"])
     return Row(sampler, target, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
                nfe=sum(v for k, v in r.nfe.items() if k in product.names), ess=r.diagnostics["ess"],
                particles=particles, metrics=metrics, **verdict(x)), x

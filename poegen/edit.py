@@ -122,3 +122,31 @@ def background_mse(edited: Tensor, edit: Edit) -> float:
 
 
 __all__ = ["Edit", "load_image", "load_mask", "dilate", "edit_layout", "background_mse", "LayoutObject"]
+
+
+def load_edit(path) -> Layout:
+    """An edit spec file (YAML/JSON): ``image``, ``prompt`` (optional with a scene), and ``mask`` or ``scene`` (a
+    path or an inline scene mapping); paths are relative to the spec's folder."""
+    from .scene import parse_scene, load_scene
+    from .validation import check_keys, read_file
+
+    path = Path(path)
+    data = check_keys(read_file(path, "edit spec"), str(path), ("image", "prompt", "mask", "scene", "margin"),
+                      ("image",))
+    here = path.parent
+    image = load_image(here / data["image"])
+    mask = load_mask(here / data["mask"], tuple(image.shape[-2:])) if "mask" in data else None
+    scene = data.get("scene")
+    if isinstance(scene, str):
+        scene = load_scene(here / scene)
+    elif scene is not None:
+        scene = parse_scene(scene)
+    return edit_layout(image, data.get("prompt", ""), mask, scene, int(data.get("margin", 2)))
+
+
+def is_edit_file(path) -> bool:
+    """An edit spec names an ``image``."""
+    from .validation import read_file
+
+    data = read_file(path, "spec")
+    return isinstance(data, dict) and "image" in data

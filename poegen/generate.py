@@ -23,6 +23,11 @@ class Job:
     prompt: Optional[str] = None
     scene: Optional[str] = None              # a scene spec: physics places the objects
     layout: Optional[str] = None             # a layout spec: phrases with boxes
+    image: Optional[str] = None              # editing: the image to add objects to (with mask or scene)
+    mask: Optional[str] = None               # editing: white where the image may change
+    margin: int = 2                          # editing with a scene: pixels around the new objects' footprint
+    resize: bool = False                     # editing: resize the image (and mask) to the family's size
+    replace_known: bool = False              # editing: replace the kept pixels at every level (SamplerConfig)
     compose: bool = False                    # named models: split the prompt into objects ("and", commas)
     parts: Optional[List[str]] = None        # object phrases, listed instead of split from the prompt
     questions: Optional[List[str]] = None    # what every potential asks (default: each object and relation)
@@ -46,10 +51,18 @@ class Job:
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
         job = cls(**check_keys(d, where, [f.name for f in fields(cls)]))
-        given = [k for k in ("prompt", "scene", "layout") if getattr(job, k) is not None]
-        if len(given) > 1 or (not given and job.config is None):
-            raise ValueError(f"{where}: give exactly one of prompt, scene or layout (with --config, the prompt may "
-                             f"be in it); got {', '.join(given) or 'none'}")
+        if job.image is not None:
+            if (job.mask is None) == (job.scene is None) or job.layout is not None:
+                raise ValueError(f"{where}: an edit (image) takes exactly one of mask or scene, and no layout")
+            if job.mask is not None and job.prompt is None and job.config is None:
+                raise ValueError(f"{where}: an edit with a mask needs a prompt naming what to add")
+        else:
+            if job.mask is not None or job.replace_known:
+                raise ValueError(f"{where}: mask and replace_known belong to an edit; give the image to edit")
+            given = [k for k in ("prompt", "scene", "layout") if getattr(job, k) is not None]
+            if len(given) > 1 or (not given and job.config is None):
+                raise ValueError(f"{where}: give exactly one of prompt, scene or layout (with --config, the prompt may "
+                                 f"be in it); got {', '.join(given) or 'none'}")
         if job.sampler not in samplers.available():
             raise ValueError(f"{where}: unknown sampler {job.sampler!r}; available: {', '.join(samplers.available())}")
         try:
@@ -74,6 +87,8 @@ def products(job: Job):
         from .experts.registry import load_config
         cfg = load_config(job.config)
     experts, potentials = (job.experts or []) + cfg["experts"], (job.potentials or []) + cfg["potentials"]
+    if job.image is not None:
+        return [("", _edit_product(job, cfg, experts, potentials))]
     if job.scene is not None:
         from .experts.physics import PhysicsExpert
         from .scene import load_scene
@@ -94,6 +109,37 @@ def products(job: Job):
         if questions is not None:
             layout.questions = list(questions)
     return [(label, build_product(layout, experts, potentials, job.guidance, job.vlm_weight)) for label, layout in layouts]
+
+
+def _edit_product(job: Job, cfg: dict, experts, potentials):
+    """The Product of an edit job, its image (and mask) checked against, or resized to, the family's size; the
+    edit rides along as ``product.edit``."""
+    from .edit import edit_layout, load_image, load_mask
+    from .layout import build_product
+    from .scene import load_scene
+
+    image = load_image(job.image)
+    mask = load_mask(job.mask, tuple(image.shape[-2:])) if job.mask is not None else None
+    scene = load_scene(job.scene) if job.scene is not None else None
+    prompt = job.prompt if job.prompt is not None else (cfg["prompt"] or "")
+    if scene is not None and job.resize:
+        size = scene.camera.resolution
+        image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    layout = edit_layout(image, prompt, mask, scene, job.margin)
+    product = build_product(layout, experts, potentials, job.guidance, job.vlm_weight)
+    with torch.no_grad():
+        made = tuple((product.decode(torch.zeros(1, *product.shape)) if product.decode is not None
+                      else torch.zeros(1, *product.shape)).shape[-2:])
+    have = tuple(image.shape[-2:])
+    if made != have:
+        if not job.resize or scene is not None:
+            raise ValueError(f"the image is {have[1]}x{have[0]}; this family makes {made[1]}x{made[0]} images: "
+                             "resize it, or pass --resize")
+        edit = layout.extra["edit"].resized(*made)
+        layout = edit_layout(edit.image, prompt, edit.mask, None, job.margin)
+        product = build_product(layout, experts, potentials, job.guidance, job.vlm_weight)
+    product.edit = layout.extra["edit"]
+    return product
 
 
 def job_device(name: str) -> torch.device:
@@ -133,7 +179,8 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     frames; every frame uses the same seed, so shared noise keeps the appearance consistent."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance, reward_every=job.reward_every)
+    options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance, reward_every=job.reward_every,
+                   replace_known=job.replace_known)
     if job.mcmc_steps is not None:
         options["mcmc_steps"] = job.mcmc_steps
     written, device = [], job_device(job.device)
@@ -155,7 +202,13 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
                                     if k != "progress"},
                 "log_Z": result.log_Z, "nfe": result.nfe}
         path = out.with_name(out.stem + label + out.suffix)
-        img = to_pil((product.decode(result.x[:1])[0] if product.decode is not None else result.x[0]).cpu())
+        with torch.no_grad():
+            x = (product.decode(result.x[:1])[0] if product.decode is not None else result.x[0]).float().cpu()
+        if getattr(product, "edit", None) is not None:
+            from .edit import background_mse
+            meta["background_mse"] = background_mse(x, product.edit)
+            log.info("%s: background MSE outside the mask %.2e", out, meta["background_mse"])
+        img = to_pil(x)
         save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)
         save_png(img, path, meta, scale)
         written.append(path)

@@ -229,10 +229,13 @@ def from_physics(physics) -> Layout:
 
 
 def load_target(target: str, frame_time: Optional[float] = None) -> Layout:
-    """A layout from a comparison or batch target: a scene spec or layout spec file (told apart by their keys),
-    or else a prompt."""
+    """A layout from a comparison target: an edit, scene or layout spec file (told apart by their keys: ``image``,
+    objects with a ``shape``, objects with a ``phrase``), or else a prompt."""
     if Path(target).suffix.lower() not in (".yaml", ".yml", ".json"):
         return from_prompt(target)
+    from .edit import is_edit_file, load_edit
+    if is_edit_file(target):
+        return load_edit(target)
     if is_scene_file(target):
         from .experts.physics import PhysicsExpert
         from .scene import load_scene

@@ -250,3 +250,41 @@ def tiny_sd3_folder(tmp_path: Path, t5: bool = True):
     parts["scheduler"] = FlowMatchEulerDiscreteScheduler(shift=3.0)
     StableDiffusion3Pipeline(**parts).save_pretrained(tmp_path)
     return tmp_path
+
+
+def tiny_sd_inpaint_folder(tmp_path: Path):
+    """A Stable-Diffusion-inpainting-shaped folder: ``tiny_sd_folder`` with a UNet of 9 input channels (latents,
+    mask, masked image latents) and 4 output channels; returns the folder."""
+    from diffusers import UNet2DConditionModel
+
+    tiny_sd_folder(tmp_path)
+    torch.manual_seed(1)
+    UNet2DConditionModel(sample_size=8, in_channels=9, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                         attention_head_dim=4, norm_num_groups=4).save_pretrained(tmp_path / "unet")
+    return tmp_path
+
+
+def tiny_flux_fill_folder(tmp_path: Path):
+    """A FLUX.1-Fill-shaped folder with random weights, saved by ``FluxFillPipeline`` itself: the parts of
+    ``tiny_flux_folder`` with a transformer taking 48 channels (16 packed latents, 16 packed masked-image latents,
+    16 for the mask: 2x2 pixels per latent unshuffled, then packed) and giving 16 (latents 8x8 for 16x16 pixels)."""
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxFillPipeline,
+                           FluxTransformer2DModel)
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+    tiny_flux_folder(tmp_path)
+    torch.manual_seed(1)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=48, out_channels=16, num_layers=1,
+                                         num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                         joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                                         axes_dims_rope=(4, 6, 6))
+    FluxFillPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path / "scheduler"),
+                     vae=AutoencoderKL.from_pretrained(tmp_path / "vae"),
+                     text_encoder=CLIPTextModel.from_pretrained(tmp_path / "text_encoder"),
+                     tokenizer=CLIPTokenizer.from_pretrained(tmp_path / "tokenizer"),
+                     text_encoder_2=T5EncoderModel.from_pretrained(tmp_path / "text_encoder_2"),
+                     tokenizer_2=AutoTokenizer.from_pretrained(tmp_path / "tokenizer_2"),
+                     transformer=transformer).save_pretrained(tmp_path)
+    return tmp_path

@@ -18,9 +18,9 @@ class KnownPixels:
     def __init__(self, image: Tensor, keep: Tensor, noise: float = 0.05, name: str = "known-pixels"):
         if noise <= 0:
             raise ValueError(f"known pixels: noise {noise} must be > 0")
-        self.image, self.keep = image.float(), keep.float().expand_as(image[0])
+        self.image, self.keep = image.float(), keep.float().expand(image.shape)
         self.noise, self.name = float(noise), name
-        self.count = float(self.keep.sum()) * image.shape[0]
+        self.count = float(self.keep.sum())
 
     def log_potential(self, x0: Tensor) -> Tensor:
         y, keep = self.image.to(x0.device), self.keep.to(x0.device)

@@ -116,6 +116,30 @@ def _control_image(image: Optional[str], layout, path: str):
     return layout.depth.float()
 
 
+def _edited(layout, kind: str):
+    """(image (1, 3, H, W), mask (1, 1, H, W)) of an edit layout; an inpainting kind needs one."""
+    edit = layout.extra.get("edit") if layout is not None else None
+    if edit is None:
+        raise ValueError(f"kind {kind} inpaints a given image: use `poegen edit IMAGE ...` (or an edit target)")
+    return edit.image[None], edit.mask[None, None]
+
+
+def _sd_inpaint(path: str, guidance: float, **options):
+    from .diffusers import vae_decoder
+    from .inpaint import load_sd_inpaint
+    options = _dtype(options)
+    return Backbone(lambda texts, layout: load_sd_inpaint(path, texts, *_edited(layout, "sd-inpaint"), **options),
+                    vae_decoder(path))
+
+
+def _flux_fill(path: str, guidance: float, **options):
+    from .diffusers import vae_decoder
+    from .flux_fill import load_flux_fill
+    options = _dtype(options)
+    return Backbone(lambda texts, layout: load_flux_fill(path, texts, *_edited(layout, "flux-fill"), guidance,
+                                                         **options), vae_decoder(path), cfg=False)
+
+
 def _unet(path: str, guidance: float, **options):
     from .diffusers import VPUNetExpert
     expert = VPUNetExpert.from_pretrained(path, **_dtype(options))
@@ -147,6 +171,10 @@ GENERATIVE["flux"] = ("FLUX.1 folder or cached id (transformer, CLIP + T5 text e
 GENERATIVE["controlnet"] = ("ControlNet folder or cached id (e.g. a depth ControlNet) on its base SD 1.x or SDXL "
                             "model (options.base); the control image is the scene's depth map or options.image",
                             _controlnet)
+GENERATIVE["sd-inpaint"] = ("Stable Diffusion inpainting folder (9-channel UNet: latents, mask, masked-image latents) "
+                            "for `poegen edit`; guidance as for sd", _sd_inpaint)
+GENERATIVE["flux-fill"] = ("FLUX.1 Fill folder for `poegen edit` (the masked image and mask packed beside the "
+                           "latents); --guidance is its embedded guidance (30 is typical)", _flux_fill)
 GENERATIVE["unet"] = ("pixel-space UNet2DModel folder with unet/ and scheduler/ (unconditional)", _unet)
 POTENTIALS["clip"] = ("CLIP score (transformers CLIPModel folder or cached id) of the image against each question",
                       _questions("ClipScore"))
@@ -162,6 +190,8 @@ OPTIONS.update(sd=("micro_batch", "torch_dtype") + TUNING, unet=("micro_batch", 
                sd3=("micro_batch", "resolution", "max_sequence_length", "torch_dtype") + TUNING,
                flux=("micro_batch", "resolution", "max_sequence_length", "torch_dtype") + TUNING,
                controlnet=("base", "image", "conditioning_scale", "micro_batch", "torch_dtype") + TUNING,
+               **{"sd-inpaint": ("micro_batch", "torch_dtype") + TUNING,
+                  "flux-fill": ("micro_batch", "resolution", "max_sequence_length", "torch_dtype") + TUNING},
                clip=("tokenizer", "micro_batch", "torch_dtype"), pickscore=("tokenizer", "micro_batch", "torch_dtype"),
                vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"),
                detector=("micro_batch", "torch_dtype"))
