@@ -152,8 +152,9 @@ def main(argv=None) -> int:
                                                   "(new: true); pybullet drops the new ones onto the others")
     ed.add_argument("--margin", type=int, default=2, help="with --scene: pixels of change around the new objects")
     ed.add_argument("--resize", action="store_true", help="resize the image (and mask) to the family's size")
-    ed.add_argument("--replace-known", action="store_true",
-                    help="replace the kept pixels by the image noised to each level, instead of weighting only")
+    ed.add_argument("--weights-only", dest="replace_known", action="store_false", default=None,
+                    help="keep the background by the KnownPixels weights alone, not by replacing the kept pixels "
+                         "with the image noised to each level (the default, which measured better)")
     ed.set_defaults(fn=cmd_edit)
     b = sub.add_parser("batch", help="run a YAML or JSONL list of generate jobs into a folder with a manifest; "
                                      "restarts skip finished items; shards over accelerate processes")

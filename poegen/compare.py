@@ -207,6 +207,8 @@ def _run_task(task):
     """One (sampler, target, seed, budget): sample, then score; (row, decoded image)."""
     sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight, options = task
     product, scorers, verdict = _target(target, guidance, vlm_weight)
+    if "edit" in product.layout_extra and product.decode is None:  # as `poegen edit`: replace the kept pixels
+        options = {"replace_known": True, **options}
     t = time.perf_counter()
     r = sample_one(product, sampler, particles, mcmc_steps, steps, seed, **options)
     seconds = time.perf_counter() - t

@@ -27,7 +27,8 @@ class Job:
     mask: Optional[str] = None               # editing: white where the image may change
     margin: int = 2                          # editing with a scene: pixels around the new objects' footprint
     resize: bool = False                     # editing: resize the image (and mask) to the family's size
-    replace_known: bool = False              # editing: replace the kept pixels at every level (SamplerConfig)
+    replace_known: Optional[bool] = None     # editing: replace the kept pixels at every level (default: for edits
+    #                                          of pixel-space families; false: the KnownPixels weights alone)
     compose: bool = False                    # named models: split the prompt into objects ("and", commas)
     parts: Optional[List[str]] = None        # object phrases, listed instead of split from the prompt
     questions: Optional[List[str]] = None    # what every potential asks (default: each object and relation)
@@ -57,7 +58,7 @@ class Job:
             if job.mask is not None and job.prompt is None and job.config is None:
                 raise ValueError(f"{where}: an edit with a mask needs a prompt naming what to add")
         else:
-            if job.mask is not None or job.replace_known:
+            if job.mask is not None or job.replace_known:  # None and False are both fine without an image
                 raise ValueError(f"{where}: mask and replace_known belong to an edit; give the image to edit")
             given = [k for k in ("prompt", "scene", "layout") if getattr(job, k) is not None]
             if len(given) > 1 or (not given and job.config is None):
@@ -179,8 +180,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     frames; every frame uses the same seed, so shared noise keeps the appearance consistent."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance, reward_every=job.reward_every,
-                   replace_known=job.replace_known)
+    options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance, reward_every=job.reward_every)
     if job.mcmc_steps is not None:
         options["mcmc_steps"] = job.mcmc_steps
     written, device = [], job_device(job.device)
@@ -190,6 +190,9 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
         max_memory = load_config(job.config)["max_memory"]
     for label, product in products(job):
         product.to(device)
+        # edits replace the kept pixels where the samples are pixels (it measured better); latent models inpaint
+        pixels = getattr(product, "edit", None) is not None and product.decode is None
+        options["replace_known"] = pixels if job.replace_known is None else job.replace_known
         if max_memory is not None:
             from .memory import fit
             fit(product, max_memory, job.particles, device)

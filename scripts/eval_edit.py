@@ -56,6 +56,19 @@ def write_cases(folder: Path):
     return paths
 
 
+def figure(targets, images, sampler: str, particles: int, out: str):
+    """Two rows: the given images, and the sampler's first edit of each."""
+    import torch
+    from PIL import Image
+
+    from poegen.edit import load_image
+    from poegen.experts.shapes.render import grid
+
+    before = [load_image(Path(t).with_suffix(".png")) for t in targets]
+    after = [images[sampler, t, particles][0] for t in targets]
+    Image.fromarray(grid(torch.stack(before + after), ncol=len(targets), scale=4)).save(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=8)
@@ -68,6 +81,7 @@ def main():
                                                           "pixels replaced at every level), or both, comma-separated")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--cases", default=None, help="a folder to write the case files to (default: a temporary one)")
+    ap.add_argument("--figure", default=None, help="write a before/after grid (the first seed of the first sampler)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.cases or tmp)
@@ -75,8 +89,11 @@ def main():
         targets = write_cases(folder)
         for variant in args.variants.split(","):
             options = {"replace_known": variant == "replace"}
-            rows, _ = compare.run(targets, args.samplers.split(","), args.samples, args.particles, args.mcmc_steps,
-                                  args.steps, workers=args.workers, seed0=args.seed0, options=options)
+            rows, images = compare.run(targets, args.samplers.split(","), args.samples, args.particles,
+                                       args.mcmc_steps, args.steps, workers=args.workers, seed0=args.seed0,
+                                       options=options)
+            if args.figure:
+                figure(targets, images, args.samplers.split(",")[0], args.particles, args.figure)
             print(f"{'case':20s} {'sampler':10s} placed  bg_mse   s/sample")
             for target in targets:
                 for sampler in args.samplers.split(","):

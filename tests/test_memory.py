@@ -38,7 +38,8 @@ def test_a_memory_cap_is_kept_by_micro_batches_with_the_same_samples(expert):
     start = memory.current("cpu")
     capped = memory.measure(lambda: out.setdefault("capped", run()), "cpu")
     assert base + plain > cap >= start + capped, (base, plain, cap, start, capped)
-    assert torch.allclose(out["capped"].x, out["plain"].x, rtol=1e-4, atol=1e-4)  # the same samples
+    a, b = out["capped"].x, out["plain"].x  # the same samples, up to float rounding of other batch sizes
+    assert float((a - b).norm() / b.norm()) < 1e-4
 
 
 def test_a_cap_below_the_models_is_refused(expert):
