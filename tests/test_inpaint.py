@@ -29,20 +29,14 @@ class MeanRed:
 
 
 def test_sd_inpaint_with_cfg_matches_the_inpaint_pipeline(tmp_path):
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel)
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from tests.test_pipeline_parity import _sd_components
 
     from poegen.experts.inpaint import SDInpaintExpert
 
     root = tiny_sd_inpaint_folder(tmp_path)
-    pipe = StableDiffusionInpaintPipeline(
-        vae=AutoencoderKL.from_pretrained(root / "vae"),
-        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
-        tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
-        unet=UNet2DConditionModel.from_pretrained(root / "unet"),
-        scheduler=DDIMScheduler.from_pretrained(root / "scheduler", clip_sample=False, set_alpha_to_one=True,
-                                                steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionInpaintPipeline(**_sd_components(root))  # DDIM, as the SD parity test drives it
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler.set_timesteps(5)
     timesteps = pipe.scheduler.timesteps.clone()
