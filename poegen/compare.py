@@ -170,7 +170,6 @@ def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float])
         shapes = not cfg["experts"]
         extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"]) if shapes else {}
         product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, **extra)
-        product.layout_extra = layout.extra
         verdict = (lambda x: {"present": None, "relation": None})
         if shapes:
             physics = layout.extra.get("physics")
@@ -207,7 +206,7 @@ def _run_task(task):
     """One (sampler, target, seed, budget): sample, then score; (row, decoded image)."""
     sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight, options = task
     product, scorers, verdict = _target(target, guidance, vlm_weight)
-    if "edit" in product.layout_extra and product.decode is None:  # as `poegen edit`: replace the kept pixels
+    if product.edit is not None and product.decode is None:  # as `poegen edit`: replace the kept pixels
         options = {"replace_known": True, **options}
     t = time.perf_counter()
     r = sample_one(product, sampler, particles, mcmc_steps, steps, seed, **options)
@@ -215,9 +214,9 @@ def _run_task(task):
     with torch.no_grad():
         x = (product.decode(r.x[:1]) if product.decode is not None else r.x[:1])[0].float()
     score, metrics = _scores(product, scorers, x)
-    if "edit" in getattr(product, "layout_extra", {}):
+    if product.edit is not None:
         from .edit import background_mse
-        metrics["bg_mse"] = background_mse(x, product.layout_extra["edit"])
+        metrics["bg_mse"] = background_mse(x, product.edit)
     return Row(sampler, target, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
                nfe=sum(v for k, v in r.nfe.items() if k in product.names), ess=r.diagnostics["ess"],
                particles=particles, metrics=metrics, **verdict(x)), x

@@ -139,7 +139,6 @@ def _edit_product(job: Job, cfg: dict, experts, potentials):
         edit = layout.extra["edit"].resized(*made)
         layout = edit_layout(edit.image, prompt, edit.mask, None, job.margin)
         product = build_product(layout, experts, potentials, job.guidance, job.vlm_weight)
-    product.edit = layout.extra["edit"]
     return product
 
 
@@ -191,7 +190,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     for label, product in products(job):
         product.to(device)
         # edits replace the kept pixels where the samples are pixels (it measured better); latent models inpaint
-        pixels = getattr(product, "edit", None) is not None and product.decode is None
+        pixels = product.edit is not None and product.decode is None
         options["replace_known"] = pixels if job.replace_known is None else job.replace_known
         if max_memory is not None:
             from .memory import fit
@@ -207,7 +206,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
         path = out.with_name(out.stem + label + out.suffix)
         with torch.no_grad():
             x = (product.decode(result.x[:1])[0] if product.decode is not None else result.x[0]).float().cpu()
-        if getattr(product, "edit", None) is not None:
+        if product.edit is not None:
             from .edit import background_mse
             meta["background_mse"] = background_mse(x, product.edit)
             log.info("%s: background MSE outside the mask %.2e", out, meta["background_mse"])

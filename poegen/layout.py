@@ -256,13 +256,16 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
                   vlm_weight: Optional[float] = None, **shapes_options):
     """The Product of a Layout in its family: the named models in ``experts`` and ``potentials`` (registry
     entries; guidance and lambdas default to 1), or the embedded shapes world when none is named (its tuned
-    defaults; ``shapes_options``: prior, vlm, schedule, bf16)."""
+    defaults; ``shapes_options``: prior, vlm, schedule, bf16). An edit's ``Edit`` is kept as ``product.edit``."""
     if experts:
         from .experts.registry import build
-        return build(layout, experts, potentials, 1.0 if guidance is None else guidance,
-                     1.0 if vlm_weight is None else vlm_weight)
-    if potentials:
+        product = build(layout, experts, potentials, 1.0 if guidance is None else guidance,
+                        1.0 if vlm_weight is None else vlm_weight)
+    elif potentials:
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
                          "(weight it with --vlm-weight)")
-    from .experts.shapes.prompt import layout_product
-    return layout_product(layout, guidance=guidance, vlm_weight=vlm_weight, **shapes_options)
+    else:
+        from .experts.shapes.prompt import layout_product
+        product = layout_product(layout, guidance=guidance, vlm_weight=vlm_weight, **shapes_options)
+    product.edit = layout.extra.get("edit")  # an edit's image and mask ride along (metrics, replace_known)
+    return product

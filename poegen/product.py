@@ -117,6 +117,7 @@ class Product:
         self.decode = decode
         self.shape = self._event_shape()
         self.nfe: Dict[str, int] = {n: 0 for n in self.names + self.potential_names}
+        self.edit = None  # an edit's image and mask (poegen.edit.Edit), set by layout.build_product
 
     def _event_shape(self):
         shapes = {n: tuple(e.shape) for n, e in zip(self.names, self.experts) if getattr(e, "shape", None) is not None}
