@@ -129,3 +129,20 @@ def test_a_scene_edit_drops_the_new_object_onto_the_old_ones(tmp_path, capsys):
     assert load_image(src).shape == (3, 32, 32)
     assert main(["edit", str(src), "--scene", str(spec), "-q", "--out", str(tmp_path / "x.png")]) == 2
     assert "a new object may not start inside one already in the image" in capsys.readouterr().err
+
+
+def test_a_batch_job_edits_an_image_and_compare_takes_an_edit_spec(tmp_path):
+    from poegen import compare
+    from poegen.batch import run_batch
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "edits"
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "drop", "image": str(root / "box.png"), "scene": str(root / "drop_ball.yaml"),
+                                "steps": 3, "particles": 2}))
+    assert run_batch(jobs, tmp_path / "out", progress=False) == {"done": 1, "skipped": 0, "failed": 0}
+    meta = json.loads(Image.open(tmp_path / "out" / "drop.png").text["poegen"])
+    assert meta["background_mse"] < 1e-3 and meta["sampler_options"]["replace_known"] is True
+    spec = tmp_path / "edit.yaml"
+    spec.write_text(json.dumps({"image": str(root / "box.png"), "scene": str(root / "drop_ball.yaml")}))
+    rows, _ = compare.run([str(spec)], ["poe"], 1, 2, 1, 3, progress=False)
+    assert rows[0].metrics["bg_mse"] < 1e-3 and rows[0].present is not None
