@@ -70,6 +70,8 @@ def read_manifest(out: Path) -> Dict[str, dict]:
 
 def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int = 1, progress: bool = True) -> Dict[str, int]:
     """Run this process's share of the jobs; returns counts of done, skipped and failed items."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} and WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
     jobs = read_jobs(job_file)  # a malformed file is refused before any work
     out = Path(out)
     try:
@@ -82,7 +84,11 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
     finished = {k for k, r in read_manifest(out).items() if r["status"] == "ok"}
     mine = [(k, j) for i, (k, j) in enumerate(jobs) if i % world == rank]
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    with open(out / f"manifest.{rank}.jsonl", "a") as manifest:
+    path = out / f"manifest.{rank}.jsonl"
+    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a") as manifest:
+        if torn:  # a crash left the last record unterminated: never glue the next one onto it
+            manifest.write("\n")
         for job_id, job in tqdm(mine, desc=f"batch {rank}/{world}", disable=not progress):
             if job_id in finished:
                 counts["skipped"] += 1

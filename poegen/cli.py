@@ -43,7 +43,10 @@ def cmd_edit(args) -> int:
 def cmd_batch(args) -> int:
     from .batch import run_batch
 
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ValueError("RANK and WORLD_SIZE must be whole numbers") from None
     counts = run_batch(args.jobfile, args.out, rank, world, progress=not args.quiet)
     print(f"batch {rank}/{world}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
           f"manifest in {args.out}")

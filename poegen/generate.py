@@ -72,6 +72,8 @@ class Job:
             raise ValueError(f"{where}: device {job.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
         if job.frames < 1 or job.particles < 1 or job.steps < 1:
             raise ValueError(f"{where}: frames, particles and steps must be >= 1")
+        if job.frames > 1 and (job.scene is None or job.image is not None):
+            raise ValueError(f"{where}: frames {job.frames} needs a scene to simulate (--scene, not an edit)")
         if job.max_memory is not None and (isinstance(job.max_memory, bool) or not isinstance(job.max_memory, (int, float))
                                            or job.max_memory <= 0):
             raise ValueError(f"{where}: max_memory {job.max_memory!r}: expected a positive number of GB")
@@ -178,6 +180,8 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     """Sample the job and write out (upscaled) and out_raw (native) per frame, plus a GIF for several
     frames; every frame uses the same seed, so shared noise keeps the appearance consistent."""
     out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out}: poegen writes PNG (with its metadata); name the file .png")
     out.parent.mkdir(parents=True, exist_ok=True)
     options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance, reward_every=job.reward_every)
     if job.mcmc_steps is not None:

@@ -95,3 +95,35 @@ def test_accelerate_launch_two_processes_matches_one(tmp_path):
                    env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
     assert len(list((tmp_path / "two").glob("manifest.*.jsonl"))) == 2
     assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
+
+
+def test_bad_ranks_frames_without_a_scene_and_other_suffixes_are_refused(tmp_path, capsys):
+    from poegen.batch import run_batch
+    from poegen.cli import main
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a red ball", "steps": 1, "particles": 1}\n')
+    for rank, world in ((2, 2), (0, 0), (-1, 2)):
+        with pytest.raises(ValueError, match="need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE"):
+            run_batch(jobs, tmp_path / "out", rank, world, progress=False)
+    assert main(["generate", "a red ball", "--frames", "3", "-q"]) == 2
+    assert "frames 3 needs a scene" in capsys.readouterr().err
+    assert main(["generate", "a red ball", "--steps", "1", "--particles", "1", "-q", "--out", str(tmp_path / "x.jpg")]) == 2
+    assert "name the file .png" in capsys.readouterr().err and not (tmp_path / "x.jpg").exists()
+
+
+def test_a_torn_last_manifest_line_is_not_glued_to_the_next_record(tmp_path):
+    import json
+
+    from poegen.batch import read_manifest, run_batch
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"id": "a", "prompt": "a red ball", "steps": 1, "particles": 1}\n'
+                    '{"id": "b", "prompt": "a blue box", "steps": 1, "particles": 1}\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.0.jsonl").write_text('{"id": "a", "status": "ok", "fi')  # a crash mid-write
+    run_batch(jobs, out, progress=False)
+    lines = (out / "manifest.0.jsonl").read_text().splitlines()
+    assert lines[0] == '{"id": "a", "status": "ok", "fi' and all(json.loads(line)["status"] == "ok" for line in lines[1:])
+    assert {k: r["status"] for k, r in read_manifest(out).items()} == {"a": "ok", "b": "ok"}
