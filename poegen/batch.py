@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from .generate import Job, run
 
 log = logging.getLogger("poegen.batch")
+RESERVED = re.compile(r"(_raw|_f\d+)$")  # suffixes of the files an item writes besides ID.png
 
 
 def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
@@ -41,15 +43,24 @@ def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a list of jobs")
         items = [(f"{path}: item {i}", d) for i, d in enumerate(data)]
-    jobs, ids = [], set()
+    jobs, ids = [], {}
     for i, (where, d) in enumerate(items):
         if not isinstance(d, dict):
             raise ValueError(f"{where}: a job is a mapping like {{\"prompt\": \"a red ball\"}}")
         d = dict(d)
         job_id = str(d.pop("id", f"{i:05d}"))
-        if job_id in ids or "/" in job_id:
-            raise ValueError(f"{where}: id {job_id!r} is repeated or contains '/'")
-        ids.add(job_id)
+        if "/" in job_id or RESERVED.search(job_id):
+            raise ValueError(f"{where}: id {job_id[:40]!r} contains '/' or ends like a file poegen adds (_raw, _f00); "
+                             "rename it")
+        if job_id in ids:
+            raise ValueError(f"{where}: id {job_id[:40]!r} is also the id of {ids[job_id]}; give each job its own")
+        ids[job_id] = where
+        for key in ("scene", "layout", "config", "image", "mask"):  # relative to the job file's folder
+            if isinstance(d.get(key), str) and not Path(d[key]).is_absolute():
+                resolved = path.parent / d[key]
+                if not resolved.exists():
+                    raise ValueError(f"{where}: {key} {d[key]!r} not found (looked for {resolved})")
+                d[key] = str(resolved)
         d.setdefault("seed", i)
         jobs.append((job_id, Job.from_dict(d, where)))
     return jobs

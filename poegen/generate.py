@@ -52,6 +52,7 @@ class Job:
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
         job = cls(**check_keys(d, where, [f.name for f in fields(cls)]))
+        _check_types(job, where)
         if job.image is not None:
             if (job.mask is None) == (job.scene is None) or job.layout is not None:
                 raise ValueError(f"{where}: an edit (image) takes exactly one of mask or scene, and no layout")
@@ -78,6 +79,34 @@ class Job:
                                            or job.max_memory <= 0):
             raise ValueError(f"{where}: max_memory {job.max_memory!r}: expected a positive number of GB")
         return job
+
+
+_TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "select", "device")
+_WHOLE = ("frames", "particles", "steps", "mcmc_steps", "seed", "reward_every", "margin")
+_REAL = ("guidance", "vlm_weight", "grad_guidance", "max_memory")
+_FLAG = ("compose", "resize", "replace_known")
+_TEXTS = ("parts", "questions", "experts", "potentials")
+
+
+def _check_types(job: Job, where: str):
+    """Every field's type (and a seed's range) before any work, naming the field."""
+    import math
+
+    for name in _TEXT + _WHOLE + _REAL + _FLAG + _TEXTS:
+        v = getattr(job, name)
+        if v is None:
+            continue
+        ok = (isinstance(v, str) if name in _TEXT else
+              isinstance(v, int) and not isinstance(v, bool) if name in _WHOLE else
+              isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) if name in _REAL else
+              isinstance(v, bool) if name in _FLAG else
+              isinstance(v, list) and all(isinstance(t, str) for t in v))
+        if not ok:
+            kind = ("text" if name in _TEXT else "a whole number" if name in _WHOLE else "a finite number"
+                    if name in _REAL else "true or false" if name in _FLAG else "a list of texts")
+            raise ValueError(f"{where}: {name} {str(v)[:40]!r} is not {kind}")
+    if not 0 <= job.seed < 2 ** 63:
+        raise ValueError(f"{where}: seed {job.seed} is outside 0 .. 2**63 - 1")
 
 
 def products(job: Job):

@@ -127,3 +127,33 @@ def test_a_torn_last_manifest_line_is_not_glued_to_the_next_record(tmp_path):
     lines = (out / "manifest.0.jsonl").read_text().splitlines()
     assert lines[0] == '{"id": "a", "status": "ok", "fi' and all(json.loads(line)["status"] == "ok" for line in lines[1:])
     assert {k: r["status"] for k, r in read_manifest(out).items()} == {"a": "ok", "b": "ok"}
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"prompt": "a red ball", "frames": "3"}', r":1: frames '3' is not a whole number"),
+    ('{"prompt": "a red ball", "particles": 2.5}', r":1: particles '2.5' is not a whole number"),
+    ('{"prompt": "a red ball", "seed": "abc"}', r":1: seed 'abc' is not a whole number"),
+    ('{"prompt": 42}', r":1: prompt '42' is not text"),
+    ('{"prompt": "a red ball", "guidance": NaN}', r":1: guidance 'nan' is not a finite number"),
+    ('{"prompt": "a red ball", "seed": 18446744073709551616}', r":1: seed 18446744073709551616 is outside"),
+    ('{"id": "x_raw", "prompt": "a red ball"}', r":1: id 'x_raw' contains '/' or ends like a file poegen adds"),
+    ('{"id": "a", "prompt": "a"}\n{"id": "a", "prompt": "b"}', r":2: id 'a' is also the id of .*:1"),
+    ('{"scene": "missing.yaml"}', r":1: scene 'missing.yaml' not found \(looked for .*missing.yaml\)"),
+])
+def test_job_fields_are_checked_before_any_work(tmp_path, line, message):
+    from poegen.batch import read_jobs
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(line + "\n")
+    with pytest.raises(ValueError, match=message):
+        read_jobs(jobs)
+
+
+def test_relative_scene_paths_resolve_against_the_job_file(tmp_path):
+    from poegen.batch import read_jobs
+
+    (tmp_path / "specs").mkdir()
+    shutil.copy("examples/stacking.yaml", tmp_path / "specs" / "s.yaml")
+    (tmp_path / "jobs.jsonl").write_text('{"scene": "specs/s.yaml"}\n')
+    (_, job), = read_jobs(tmp_path / "jobs.jsonl")
+    assert job.scene == str(tmp_path / "specs" / "s.yaml")

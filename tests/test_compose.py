@@ -1,6 +1,7 @@
 """Composition with named models: shared backbones and scorers, layouts, scene specs, compare, batch (tiny models)."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,9 @@ from poegen.experts.registry import build
 from poegen.layout import Layout, LayoutObject, from_prompt, load_layout, split_prompt
 from poegen.testing import (tiny_clip_folder, tiny_controlnet_folder, tiny_flux_folder, tiny_owlv2_folder,
                             tiny_sd_folder, tiny_vlm_folder)
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +199,8 @@ def test_a_batch_job_takes_layouts_and_scenes_with_a_config(models, tmp_path):
     jobs = tmp_path / "jobs.jsonl"
     common = {"config": str(cfg), "steps": 2, "particles": 2}
     jobs.write_text("\n".join(json.dumps(j) for j in [
-        {"id": "lay", "layout": "examples/layout_two_objects.yaml", **common},
-        {"id": "scn", "scene": "examples/stacking.yaml", **common},
+        {"id": "lay", "layout": str(EXAMPLES / "layout_two_objects.yaml"), **common},  # relative paths would be
+        {"id": "scn", "scene": str(EXAMPLES / "stacking.yaml"), **common},             # the job file's folder's
         {"id": "cmp", "prompt": "a red ball and a blue box", "compose": True, **common}]))
     counts = run_batch(jobs, tmp_path / "out", progress=False)
     assert counts == {"done": 3, "skipped": 0, "failed": 0}

@@ -331,3 +331,24 @@ def test_denoiser_calls_per_level_do_no_work_twice(sampler, per_level):
     poegen.sample(product, sampler=sampler, num_particles=8, num_steps=5, generator=gen())
     # level 0, then the proposal's evaluation (reused by the weights and the next proposal) and one per MCMC move
     assert expert.calls == 1 + 5 * per_level
+
+
+def test_a_potentials_nan_is_a_warning_and_its_minus_inf_only_info(caplog):
+    class Bad:
+        name = "bad"
+
+        def __init__(self, value):
+            self.value = value
+
+        def log_potential(self, x0):
+            out = torch.zeros(x0.shape[0], dtype=x0.dtype)
+            out[0] = self.value
+            return out
+
+    for value, level in ((math.nan, logging.WARNING), (-math.inf, logging.INFO)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="poegen.engine"):
+            poegen.sample(poegen.Product([Gaussian(torch.zeros(2), torch.eye(2))], potentials=[Bad(value)]),
+                          sampler="smc", num_particles=8, num_steps=2, generator=gen())
+        records = [r for r in caplog.records if "potential bad" in r.getMessage()]
+        assert records and records[0].levelno == level

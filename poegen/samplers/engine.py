@@ -104,21 +104,23 @@ class _Monitor:
         self.levels = [logging.WARNING] * len(generative) + [logging.INFO] * len(potentials) + [logging.WARNING]
         self.eager, self.pending = eager, []
 
-    def record(self, sigma: float, alive_before: Tensor, log_w: Tensor, culprits: Tensor):
+    def record(self, sigma: float, alive_before: Tensor, log_w: Tensor, culprits: Tensor, nan: Optional[Tensor] = None):
         newly = alive_before & ~torch.isfinite(log_w)
-        self.pending.append((sigma, (culprits & newly[None]).sum(1), torch.isfinite(log_w).any()))
+        self.pending.append((sigma, (culprits & newly[None]).sum(1), torch.isfinite(log_w).any(),
+                             None if nan is None else (nan & newly[None]).sum(1)))
         if self.eager:
             self.flush()
 
     def flush(self):
-        for sigma, counts, any_alive in self.pending:
+        for sigma, counts, any_alive, nans in self.pending:
             counts = counts.tolist()
+            nans = [0] * len(counts) if nans is None else nans.tolist()
             if any(counts[:-1]):
                 counts[-1] = 0  # an expert explains the deaths
-            for name, level, c in zip(self.names, self.levels, counts):
-                if c:
-                    log.log(level, "%s gave NaN or -inf for %d particle(s) at sigma=%.4g; they are dropped "
-                            "(log_w = -inf)", name, c, sigma)
+            for name, level, c, nan in zip(self.names, self.levels, counts, nans):
+                if c:  # a NaN is always a warning; -inf from a potential is a legal hard constraint
+                    log.log(logging.WARNING if nan else level, "%s gave %s for %d particle(s) at sigma=%.4g; they "
+                            "are dropped (log_w = -inf)", name, "NaN" if nan else "NaN or -inf", c, sigma)
             if not bool(any_alive):
                 worst = self.names[max(range(len(counts)), key=counts.__getitem__)]
                 raise AllParticlesDead(f"all particles died at sigma={sigma:.4g}, killed by {worst}. Check that "
@@ -188,7 +190,8 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         """New particles after multiplying the weights by exp(g); dead rows get -inf; log Z accumulates."""
         g = torch.where(bad.any(0), -math.inf, g)
         log_w = _add(prev.log_w, g)
-        monitor.record(sigma, torch.isfinite(prev.log_w), log_w, torch.cat([bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]))
+        monitor.record(sigma, torch.isfinite(prev.log_w), log_w, torch.cat([bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]),
+                       torch.cat([torch.zeros_like(bad), torch.isnan(per), torch.zeros_like(g, dtype=torch.bool)[None]]))
         log_Z = prev.log_Z + torch.logsumexp(log_w, 0) - torch.logsumexp(prev.log_w, 0)
         aux = {"x0": ev.x0, "score": ev.score, "f": f}
         if density:
