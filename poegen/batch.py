@@ -16,6 +16,7 @@ from typing import Dict, List, Tuple
 from tqdm.auto import tqdm
 
 from .generate import Job, run
+from .validation import read_file
 
 log = logging.getLogger("poegen.batch")
 RESERVED = re.compile(r"(_raw|_f\d+)$")  # suffixes of the files an item writes besides ID.png
@@ -35,11 +36,7 @@ def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
     else:
-        import yaml
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: cannot parse: {e}") from None
+        data = read_file(path, "job")
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a list of jobs")
         items = [(f"{path}: item {i}", d) for i, d in enumerate(data)]

@@ -200,9 +200,28 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"poegen: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("poegen: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every error reaches the user as one line; -v adds the traceback
+        if args.verbose:
+            import traceback
+            traceback.print_exc()
+        code, hint = _exit_code(e)
+        print(f"poegen: error: {e}{hint}", file=sys.stderr)
+        return code
+
+
+def _exit_code(e: Exception):
+    """(exit code, hint) of an error: 2 bad input, 3 all particles died, 4 files and disks, 5 anything else."""
+    if isinstance(e, samplers.AllParticlesDead):
+        return 3, (" From the command line: raise --particles, lower --vlm-weight, or widen a hard constraint's "
+                   "tolerance in the scene spec.")
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return 2, ""
+    if isinstance(e, OSError):
+        return 4, ""
+    return 5, f" ({type(e).__name__}; run with -v for the traceback)"
 
 
 if __name__ == "__main__":

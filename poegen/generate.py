@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import List, Optional
@@ -211,7 +212,15 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: poegen writes PNG (with its metadata); name the file .png")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name a .png file")
+    try:  # before any sampling: the folder must take a file
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".poegen-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write in {out.parent} ({e.strerror})") from None
     options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance, reward_every=job.reward_every)
     if job.mcmc_steps is not None:
         options["mcmc_steps"] = job.mcmc_steps

@@ -10,9 +10,10 @@ def check_keys(d: Any, where: str, allowed: Iterable[str], required: Iterable[st
     allowed = tuple(allowed)
     if not isinstance(d, dict):
         raise ValueError(f"{where}: expected a mapping with keys {', '.join(allowed)}, got {type(d).__name__}")
-    unknown = sorted(set(d) - set(allowed))
+    unknown = sorted(str(k)[:24] for k in set(d) - set(allowed))  # quote a little of what was parsed, not a file
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown[:5])}{more}; allowed: {', '.join(allowed)}")
     missing = [k for k in required if k not in d]
     if missing:
         raise ValueError(f"{where}: missing required field(s) {', '.join(missing)}")
@@ -31,7 +32,28 @@ def read_file(path, what: str):
     try:
         if path.suffix.lower() == ".json":
             return json.loads(path.read_text())
-        import yaml
-        return yaml.safe_load(path.read_text())
-    except Exception as e:  # json and yaml errors carry the line number
-        raise ValueError(f"{path}: cannot parse: {e}") from None
+        return load_yaml(path.read_text())
+    except ValueError as e:  # json and yaml errors carry the line number
+        raise ValueError(f"{path}: cannot parse: {str(e)[:300]}") from None
+
+
+def load_yaml(text: str):
+    """YAML without aliases (a few bytes of anchors can expand to gigabytes) and with YAML 1.2 numbers (1e308 and
+    1.0e6 are floats, where PyYAML's YAML 1.1 reads strings); no code runs (SafeLoader)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"), list("-+0123456789."))
+    try:
+        for event in yaml.parse(text, Loader=Loader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ValueError(f"line {event.start_mark.line + 1}: aliases (*name) are not allowed; write the "
+                                 "value out")
+        return yaml.load(text, Loader=Loader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ValueError(str(e)) from None
