@@ -4,10 +4,12 @@ processes (``accelerate launch -m poegen batch ...`` sets RANK and WORLD_SIZE) b
 output never depends on sharding or order (its seed is in the job, default: its index)."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -84,35 +86,69 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".probe.{rank}"
-        probe.write_text("")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=out, prefix=f".probe.{rank}.")  # O_EXCL: a planted link is never opened
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise ValueError(f"output folder {out} is not writable: {e}") from None
+    lock = _lock(out, rank)  # held while this batch runs: a second one on this rank is refused
     finished = {k for k, r in read_manifest(out).items() if r["status"] == "ok"}
     mine = [(k, j) for i, (k, j) in enumerate(jobs) if i % world == rank]
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    path = out / f"manifest.{rank}.jsonl"
-    torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with open(path, "a") as manifest:
-        if torn:  # a crash left the last record unterminated: never glue the next one onto it
-            manifest.write("\n")
-        for job_id, job in tqdm(mine, desc=f"batch {rank}/{world}", disable=not progress):
-            if job_id in finished:
-                counts["skipped"] += 1
-                continue
-            t = time.perf_counter()
-            try:
-                files = [p.name for p in run(job, out / f"{job_id}.png")]
-                record = {"id": job_id, "status": "ok", "files": files}
-                counts["done"] += 1
-            except Exception as e:  # one item's failure is recorded, the batch goes on
-                log.warning("item %s failed: %s", job_id, e)
-                record = {"id": job_id, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                          "trace": traceback.format_exc(limit=3)}
-                counts["failed"] += 1
-            record["seconds"] = round(time.perf_counter() - t, 2)
-            manifest.write(json.dumps(record) + "\n")
-            manifest.flush()
-            os.fsync(manifest.fileno())
+    try:
+        path = out / f"manifest.{rank}.jsonl"
+        torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+        with open(path, "a") as manifest:
+            if torn:  # a crash left the last record unterminated: never glue the next one onto it
+                manifest.write("\n")
+            for job_id, job in tqdm(mine, desc=f"batch {rank}/{world}", disable=not progress):
+                if job_id in finished:
+                    counts["skipped"] += 1
+                    continue
+                t = time.perf_counter()
+                try:
+                    files = [p.name for p in run(job, out / f"{job_id}.png")]
+                    record = {"id": job_id, "status": "ok", "files": files}
+                    counts["done"] += 1
+                except Exception as e:  # one item's failure is recorded, the batch goes on
+                    full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+                    log.warning("item %s failed: %s", job_id, e)
+                    record = {"id": job_id, "status": "failed", "trace": traceback.format_exc(limit=3),
+                              "error": "no space left on device" if full else f"{type(e).__name__}: {e}"}
+                    counts["failed"] += 1
+                    if full:  # later items would fail the same way: record this one, then stop
+                        _append(manifest, record, t)
+                        raise ValueError(f"no space left on device in {out}; item {job_id} is recorded as failed and "
+                                         "the batch stops (free space and run it again: finished items are kept)") from None
+                _append(manifest, record, t)
+    finally:
+        lock.close()
     return counts
+
+
+def _append(manifest, record: dict, started: float):
+    """One record, fsynced, with the item's seconds."""
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    manifest.write(json.dumps(record) + "\n")
+    manifest.flush()
+    os.fsync(manifest.fileno())
+
+
+def _lock(out: Path, rank: int):
+    """An exclusive lock on this rank's manifest (fcntl; the holder's pid in the lock file), or a refusal."""
+    import fcntl
+
+    handle = open(out / f"manifest.{rank}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"{out}: rank {rank} is already being run by process {holder}; wait for it, or give this "
+                         "batch another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

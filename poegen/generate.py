@@ -193,9 +193,15 @@ def save_png(image, path: Path, metadata: dict, scale: int = 1):
     info.add_text("poegen", json.dumps(metadata, sort_keys=True))
     if scale != 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL: never a link
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+        os.replace(tmp, path)  # replaces a planted link itself, never what it points to
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)  # no 0-byte or torn temporary file stays behind (a full disk, an interrupt)
+        raise
 
 
 def to_pil(x: torch.Tensor):

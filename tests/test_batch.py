@@ -157,3 +157,54 @@ def test_relative_scene_paths_resolve_against_the_job_file(tmp_path):
     (tmp_path / "jobs.jsonl").write_text('{"scene": "specs/s.yaml"}\n')
     (_, job), = read_jobs(tmp_path / "jobs.jsonl")
     assert job.scene == str(tmp_path / "specs" / "s.yaml")
+
+
+def _two_jobs(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"id": "a", "prompt": "a red ball", "steps": 1, "particles": 1}\n'
+                    '{"id": "b", "prompt": "a blue box", "steps": 1, "particles": 1}\n')
+    return jobs
+
+
+def test_a_second_batch_on_the_same_rank_is_refused_with_the_holder(tmp_path):
+    from poegen.batch import _lock, run_batch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    held = _lock(out, 0)
+    with pytest.raises(ValueError, match=rf"rank 0 is already being run by process {os.getpid()}"):
+        run_batch(_two_jobs(tmp_path), out, progress=False)
+    held.close()
+    assert run_batch(_two_jobs(tmp_path), out, progress=False)["done"] == 2
+
+
+def test_a_full_disk_records_the_item_leaves_no_temporary_file_and_stops(tmp_path, monkeypatch):
+    import errno
+
+    from PIL import Image as PILImage
+
+    from poegen.batch import read_manifest, run_batch
+
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(PILImage.Image, "save", full)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="no space left on device in .*item a is recorded as failed"):
+        run_batch(_two_jobs(tmp_path), out, progress=False)
+    records = read_manifest(out)
+    assert records == {"a": {**records["a"], "status": "failed", "error": "no space left on device"}}
+    assert not [p for p in out.iterdir() if p.suffix == ".tmp" or p.name.startswith(".a.png")]
+
+
+def test_planted_links_in_the_output_folder_are_never_written_through(tmp_path):
+    from poegen.batch import run_batch
+
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in ("a.png", "a_raw.png", ".probe.0", "a_raw.png.tmp"):
+        (out / name).symlink_to(victim)
+    assert run_batch(_two_jobs(tmp_path), out, progress=False)["done"] == 2
+    assert victim.read_text() == "keep me"
+    assert not (out / "a.png").is_symlink() and Image.open(out / "a.png").size == (256, 256)
