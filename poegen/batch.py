@@ -92,7 +92,7 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
     except OSError as e:
         raise ValueError(f"output folder {out} is not writable: {e}") from None
     lock = _lock(out, rank)  # held while this batch runs: a second one on this rank is refused
-    finished = {k for k, r in read_manifest(out).items() if r["status"] == "ok"}
+    finished = {k: r.get("fingerprint") for k, r in read_manifest(out).items() if r["status"] == "ok"}
     mine = [(k, j) for i, (k, j) in enumerate(jobs) if i % world == rank]
     counts = {"done": 0, "skipped": 0, "failed": 0}
     try:
@@ -102,13 +102,17 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
             if torn:  # a crash left the last record unterminated: never glue the next one onto it
                 manifest.write("\n")
             for job_id, job in tqdm(mine, desc=f"batch {rank}/{world}", disable=not progress):
-                if job_id in finished:
+                fp = fingerprint(job)
+                if finished.get(job_id, "") == fp:
                     counts["skipped"] += 1
                     continue
+                if job_id in finished:
+                    log.warning("item %s changed since it was run (its job or a file it reads); running it again",
+                                job_id)
                 t = time.perf_counter()
                 try:
                     files = [p.name for p in run(job, out / f"{job_id}.png")]
-                    record = {"id": job_id, "status": "ok", "files": files}
+                    record = {"id": job_id, "status": "ok", "files": files, "fingerprint": fp}
                     counts["done"] += 1
                 except Exception as e:  # one item's failure is recorded, the batch goes on
                     full = isinstance(e, OSError) and e.errno == errno.ENOSPC
@@ -124,6 +128,19 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
     finally:
         lock.close()
     return counts
+
+
+def fingerprint(job: Job) -> str:
+    """A hash of everything an item's output depends on: every job field and the bytes of the files it reads."""
+    import hashlib
+    from dataclasses import asdict
+
+    h = hashlib.sha256(json.dumps(asdict(job), sort_keys=True).encode())
+    for key in ("scene", "layout", "config", "image", "mask"):
+        value = getattr(job, key)
+        if value and Path(value).is_file():
+            h.update(Path(value).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _append(manifest, record: dict, started: float):

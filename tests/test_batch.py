@@ -208,3 +208,22 @@ def test_planted_links_in_the_output_folder_are_never_written_through(tmp_path):
     assert run_batch(_two_jobs(tmp_path), out, progress=False)["done"] == 2
     assert victim.read_text() == "keep me"
     assert not (out / "a.png").is_symlink() and Image.open(out / "a.png").size == (256, 256)
+
+
+def test_a_restart_after_the_job_file_changed_reruns_what_changed(tmp_path, caplog):
+    import logging
+
+    from poegen.batch import run_batch
+
+    jobs, out = tmp_path / "jobs.jsonl", tmp_path / "out"
+    lines = ['{"prompt": "a red ball", "steps": 1, "particles": 1}', '{"prompt": "a blue box", "steps": 1, "particles": 1}']
+    jobs.write_text("\n".join(lines) + "\n")
+    assert run_batch(jobs, out, progress=False) == {"done": 2, "skipped": 0, "failed": 0}
+    assert run_batch(jobs, out, progress=False) == {"done": 0, "skipped": 2, "failed": 0}
+    jobs.write_text("\n".join(['{"prompt": "a green wedge", "steps": 1, "particles": 1}'] + lines) + "\n")
+    with caplog.at_level(logging.WARNING, logger="poegen.batch"):
+        counts = run_batch(jobs, out, progress=False)  # positions shifted: every item's job changed
+    assert counts == {"done": 3, "skipped": 0, "failed": 0}
+    assert "item 00000 changed since it was run" in caplog.text
+    meta = json.loads(Image.open(out / "00000.png").text["poegen"])
+    assert meta["job"]["prompt"] == "a green wedge"  # the new job was generated, not skipped
