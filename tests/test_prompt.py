@@ -13,9 +13,11 @@ def test_objects_and_relations():
                              "is the green wedge left of the yellow ball?"]
 
 
-def test_repeated_phrase_is_one_object():
-    p = parse_prompt("a red ball on a blue box and a red ball")
-    assert len(p.objects) == 2 and p.relations == [(0, "on", 1)]
+def test_a_phrase_in_two_relations_is_one_object_but_a_bare_repeat_is_refused():
+    p = parse_prompt("a red ball on a blue box and a red ball left of a green wedge")
+    assert len(p.objects) == 3 and p.relations == [(0, "on", 1), (0, "left", 2)]
+    with pytest.raises(ValueError, match="names 'a red ball' twice"):  # a second red ball cannot be drawn apart
+        parse_prompt("a red ball on a blue box and a red ball")
 
 
 @pytest.mark.parametrize("text,match", [
@@ -116,3 +118,21 @@ def test_gradient_guidance_through_the_shapes_prior_and_scorer():
         nfe[gg] = {k: v - before[k] for k, v in product.nfe.items()}
     # guidance differentiates through one more product evaluation per level
     assert all(nfe[2.0][n] == nfe[0.0][n] + 3 * 4 for n in product.names)
+
+
+@pytest.mark.parametrize("prompt,message", [
+    ("two red balls", r"'two' in prompt .*counts and plurals are not supported"),
+    ("a red ball and 2 blue boxes", r"'2' in prompt"),
+    ("a red ball and a red ball", r"names 'a red ball' twice"),
+    ("a red ball left of a red ball", r"relates an object to itself"),
+    ("a red ball left of a blue box and a red ball right of a blue box", r"contradicts an earlier relation"),
+    ("a red ball on a blue box and a blue box on a red ball", r"contradicts an earlier relation"),
+    ("a rëd ball", r"unknown word 'rëd'"),
+])
+def test_prompts_that_cannot_be_drawn_as_asked_are_refused(prompt, message):
+    from poegen.experts.shapes.prompt import parse_prompt
+
+    with pytest.raises(ValueError, match=message):
+        parse_prompt(prompt)
+    # a phrase reused across relations is one object, as before
+    assert len(parse_prompt("a red ball on a blue box and a red ball left of a green wedge").objects) == 3

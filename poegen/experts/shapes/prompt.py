@@ -13,10 +13,11 @@ from typing import List, Optional, Tuple
 from ...layout import Layout, LayoutObject
 from ...product import Product
 from ..cache import cached
-from .vocab import WORD_TO_ID, SPECIALS, Phrase, parse_phrase, split_words, vocabulary
+from .vocab import NUMBERS, PLURALS, SPECIALS, WORD_TO_ID, Phrase, parse_phrase, split_words, vocabulary
 from .vlm import RELATION_WORDS
 
 PROMPT_WORDS = ("and",)
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 # defaults of the shapes world, tuned on seeds 1000-1003 of the pair prompts (the evaluation uses seeds from 0)
 GUIDANCE = 2.5     # composable-diffusion weight of each phrase expert
 VLM_WEIGHT = 3.0   # lambda of each yes/no question
@@ -47,6 +48,10 @@ def parse_prompt(text: str) -> Prompt:
                              f"{', '.join(vocabulary() + PROMPT_WORDS)}")
     if not words:
         raise ValueError("empty prompt: name at least one object, e.g. 'a red ball'")
+    counted = [w for w in words if w in NUMBERS or w in PLURALS]
+    if counted:
+        raise ValueError(f"{counted[0]!r} in prompt {text!r}: prompts name each object once ('a red ball and a blue "
+                         "ball'); counts and plurals are not supported")
     objects: List[Phrase] = []
     relations = []
 
@@ -72,9 +77,19 @@ def parse_prompt(text: str) -> Prompt:
             rest = clause[k + 2:] if rel in ("left", "right") and clause[k + 1:k + 2] == ["of"] else clause[k + 1:]
             if rel in ("left", "right") and clause[k + 1:k + 2] != ["of"]:
                 raise ValueError(f"write '{rel} of' in {text!r}")
-            relations.append((index(clause[:k]), rel, index(rest)))
+            a, b = index(clause[:k]), index(rest)
+            if a == b:
+                raise ValueError(f"{' '.join(clause)!r} relates an object to itself; a relation needs two objects "
+                                 "of different colour or shape")
+            for i, r, j in relations:
+                if ((i, j) == (a, b) and OPPOSITE.get(r) == rel) or ((i, j) == (b, a) and r == rel):
+                    raise ValueError(f"{' '.join(clause)!r} contradicts an earlier relation in {text!r}")
+            relations.append((a, rel, b))
         else:
-            index(clause)
+            before = len(objects)
+            if index(clause) < before:
+                raise ValueError(f"prompt {text!r} names {' '.join(clause)!r} twice; two objects need different "
+                                 "colours or shapes (counts are not supported)")
         clause = []
     return Prompt(objects, relations)
 

@@ -28,8 +28,8 @@ def _unknown(word: str) -> ValueError:
 
 
 def split_words(text: str) -> list[str]:
-    """Lower-case words of a sentence, punctuation dropped."""
-    return re.findall(r"[a-z]+", text.lower())
+    """Lower-case words of a sentence (letters and digits of any script), punctuation dropped."""
+    return re.findall(r"[^\W_]+", text.lower())
 
 
 def encode(text: str, max_len: int | None = None) -> list[int]:
