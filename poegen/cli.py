@@ -56,6 +56,10 @@ def cmd_batch(args) -> int:
 def cmd_compare(args) -> int:
     from . import compare
 
+    for flag, value, low in (("--seeds", args.seeds, 1), ("--particles", args.particles, 1), ("--steps", args.steps, 1),
+                             ("--mcmc-steps", args.mcmc_steps, 0), ("--workers", args.workers, 0)):
+        if value < low:
+            raise ValueError(f"{flag} {value}: must be >= {low}")
     names = args.samplers.split(",")
     for n in names:
         samplers.config(n)  # unknown names fail before any work

@@ -62,8 +62,10 @@ def judge_scene(image, physics, tolerance: float = 2.0) -> Dict[str, bool]:
     from .experts.shapes import detect
 
     dets, present, placed = detect(image), True, True
+    scale = image.shape[-1] / physics.spec.camera.resolution  # simulated places are in camera pixels
     for k in physics.visible:
-        o, pos = physics.scene.objects[k], physics.positions[k]
+        o = physics.scene.objects[k]
+        pos = ((physics.positions[k][0] + 0.5) * scale - 0.5, (physics.positions[k][1] + 0.5) * scale - 0.5)
         same = [d for d in dets if d.colour == o.colour and d.shape == o.shape]
         present = present and bool(same)
         placed = placed and any(math.hypot(d.centroid[0] - pos[0], d.centroid[1] - pos[1]) <= tolerance for d in same)

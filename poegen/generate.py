@@ -174,13 +174,36 @@ def _edit_product(job: Job, cfg: dict, experts, potentials):
     return product
 
 
+def _check_particle_memory(product, particles: int, device):
+    """Refuse a particle count whose own tensors alone would not fit in the memory available, before allocating."""
+    import math
+
+    from .memory import STATE_COPIES
+    need = STATE_COPIES * particles * math.prod(product.shape or (1,)) * 4
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    if need > free:
+        raise ValueError(f"--particles {particles}: the particles alone need about {need / 2 ** 30:.1f} GB and "
+                         f"{free / 2 ** 30:.1f} GB is available; use fewer particles")
+
+
 def job_device(name: str) -> torch.device:
     """The torch device of a job; plain "cuda" means this process's GPU (LOCAL_RANK) when launched by accelerate."""
     device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: no CUDA device here; use --device cpu")
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if device.index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA device(s); use --device cpu"
+                             + (f" or cuda:0 .. cuda:{count - 1}" if count else ""))
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r}: no MPS device here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r}: poegen runs on cpu, cuda or mps")
     return device
 
 
@@ -236,6 +259,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
         from .experts.registry import load_config
         max_memory = load_config(job.config)["max_memory"]
     for label, product in products(job):
+        _check_particle_memory(product, job.particles, device)
         product.to(device)
         # edits replace the kept pixels where the samples are pixels (it measured better); latent models inpaint
         pixels = product.edit is not None and product.decode is None

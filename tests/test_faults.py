@@ -68,3 +68,18 @@ def test_errors_quote_little_of_a_file_they_parsed(tmp_path, capsys):
     assert main(["generate", "--scene", str(secret), "-q"]) == 2
     err = capsys.readouterr().err
     assert "and 45 more" in err and "Someone Secret 7" not in err and len(err) < 600
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["compare", "a red ball", "--seeds", "0"], "--seeds 0: must be >= 1"),
+    (["compare", "a red ball", "--workers", "-1"], "--workers -1: must be >= 0"),
+    (["generate", "a red ball", "--device", "cuda:7"], "CUDA device(s); use --device cpu"),
+    (["generate", "a red ball", "--device", "mps"], "no MPS device here"),
+    (["generate", "a red ball", "--guidance", "nan"], "guidance 'nan' is not a finite number"),
+    (["generate", "a red ball", "--seed", str(2 ** 64)], "is outside 0 .. 2**63 - 1"),
+    (["generate", "a red ball", "--particles", "10000000000"], "the particles alone need about"),
+])
+def test_resource_limits_are_refused_up_front_in_one_line(capsys, argv, text):
+    assert main(argv + ["-q"]) == 2
+    err = capsys.readouterr().err
+    assert text in err and err.count("\n") == 1

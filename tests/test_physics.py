@@ -7,7 +7,7 @@ import torch
 from poegen.cli import main
 from poegen.experts.physics import PhysicsExpert
 from poegen.experts.shapes.render import centroid, render
-from poegen.scene import parse_scene
+from poegen.scene import load_scene, parse_scene
 
 SPEC = {"objects": [{"name": "box", "shape": "box", "colour": "blue", "size": "large", "position": [-1.0, 1.0]},
                     {"name": "ball", "shape": "ball", "colour": "red", "position": [1.5, 2.0]}]}
@@ -100,3 +100,20 @@ def test_regional_prompt_experts_follow_the_simulated_masks(tmp_path):
     assert torch.allclose(x0, expected, atol=1e-5)
     r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()
+
+
+@pytest.mark.parametrize("resolution", [16, 64])
+def test_scenes_at_other_camera_resolutions_generate_and_judge(tmp_path, resolution):
+    import json
+
+    from poegen import compare
+
+    spec = tmp_path / "scene.json"
+    spec.write_text(json.dumps({"objects": [{"shape": "box", "colour": "blue", "size": "large", "position": [0, 1.0]}],
+                                "camera": {"resolution": resolution},
+                                "constraints": [{"type": "layout"}, {"type": "hard", "tolerance": resolution / 8}]}))
+    out = tmp_path / "x.png"
+    assert main(["generate", "--scene", str(spec), "--steps", "2", "--particles", "2", "-q", "--out", str(out)]) == 0
+    physics = PhysicsExpert(load_scene(spec))
+    image = torch.nn.functional.interpolate(physics.image[None], size=(32, 32), mode="area")[0]
+    assert compare.judge_scene(image, physics) == {"present": True, "relation": True}

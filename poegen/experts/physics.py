@@ -21,6 +21,13 @@ from .shapes.world import FLOOR_FRACTION, VIEW_WIDTH
 Comparator = Callable[[Tensor, Tensor, Tensor], Tensor]  # (images, masks, colours) -> (N, K) agreement in [0, 1]
 
 
+def at_size(images: Tensor, size) -> Tensor:
+    """Images in [-1, 1] resized (bilinear) to the simulation camera's (H, W), where they differ."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return torch.nn.functional.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 def colour_membership(images: Tensor, colours: Tensor, temperature: float = 0.3) -> Tensor:
     """(N, K, H, W) soft membership of each pixel in each object's colour (images in [-1, 1])."""
     d2 = ((images[:, None] - colours[None, :, :, None, None]) ** 2).sum(2)
@@ -42,7 +49,8 @@ class LayoutPotential:
         self.masks, self.colours, self.comparator, self.floor, self.name = masks, colours, comparator, floor, name
 
     def log_potential(self, x0: Tensor) -> Tensor:
-        agree = self.comparator(x0.float().clamp(-1, 1), self.masks.to(x0.device), self.colours.to(x0.device))
+        images = at_size(x0.float().clamp(-1, 1), self.masks.shape[-2:])  # the camera may differ from the model
+        agree = self.comparator(images, self.masks.to(x0.device), self.colours.to(x0.device))
         return torch.log(self.floor + agree).sum(1).to(x0.dtype)
 
 
@@ -51,13 +59,14 @@ class CentroidConstraint:
     simulated one. It acts at the last noise level only (an earlier one would prune whole paths)."""
 
     def __init__(self, positions: List[Tuple[float, float]], colours: Tensor, tolerance: float = 2.0,
-                 name: str = "physics-hard"):
-        self.positions = torch.tensor(positions, dtype=torch.float32)
+                 name: str = "physics-hard", size=None):
+        self.positions, self.size = torch.tensor(positions, dtype=torch.float32), size
         self.colours, self.tolerance, self.name = colours, tolerance, name
         self.schedule = lambda t: float(t >= 1.0)
 
     def log_potential(self, x0: Tensor) -> Tensor:
-        m = colour_membership(x0.float().clamp(-1, 1), self.colours.to(x0.device))     # (N, K, H, W)
+        images = x0.float().clamp(-1, 1)
+        m = colour_membership(images if self.size is None else at_size(images, self.size), self.colours.to(x0.device))
         H, W = m.shape[-2:]
         rows, cols = torch.meshgrid(torch.arange(H, device=x0.device), torch.arange(W, device=x0.device), indexing="ij")
         mass = m.flatten(2).sum(-1)
@@ -105,4 +114,5 @@ class PhysicsExpert:
         return LayoutPotential(self.masks, self.colours, comparator)
 
     def hard_constraint(self, tolerance: float = 2.0) -> CentroidConstraint:
-        return CentroidConstraint([self.positions[k] for k in self.visible], self.colours[self.visible], tolerance)
+        return CentroidConstraint([self.positions[k] for k in self.visible], self.colours[self.visible], tolerance,
+                                  size=tuple(self.masks.shape[-2:]))
