@@ -352,3 +352,19 @@ def test_a_potentials_nan_is_a_warning_and_its_minus_inf_only_info(caplog):
                           sampler="smc", num_particles=8, num_steps=2, generator=gen())
         records = [r for r in caplog.records if "potential bad" in r.getMessage()]
         assert records and records[0].levelno == level
+
+
+def test_ancestral_marks_a_nan_particle_dead_and_best_never_returns_it():
+    class Nan:
+        name, shape = "nanny", (2,)
+
+        def denoise(self, x, sigma):
+            out = x / (1 + sigma ** 2)
+            out[0] = math.nan
+            return out
+
+    product = poegen.Product([Nan()])
+    r = poegen.sample(product, sampler="ancestral", num_particles=4, num_steps=3, generator=gen())
+    assert r.log_w[0] == -math.inf and torch.isfinite(r.log_w[1:]).all()  # marked, as the weighted samplers do
+    best = poegen.sample(product, sampler="ancestral", num_particles=4, num_steps=3, generator=gen(), select="best")
+    assert torch.isfinite(best.x).all()
