@@ -10,6 +10,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..validation import check_keys, read_file
+from . import detector as _detector_module, flux_fill as _flux_fill_module, inpaint as _inpaint_module
+from . import sd3 as _sd3_module  # their option names (importing them loads no model library)
 
 # kind -> (what it is, loader(path, guidance, **options) -> Backbone)
 GENERATIVE: Dict[str, Tuple[str, Callable]] = {}
@@ -187,14 +189,12 @@ POTENTIALS["detector"] = ("open-vocabulary detector (OWLv2 folder or cached id):
 TUNING = ("channels_last", "compile")  # every generative kind: applied to its backbone (see README: speed)
 OPTIONS.update(sd=("micro_batch", "torch_dtype") + TUNING, unet=("micro_batch", "torch_dtype") + TUNING,
                sdxl=("micro_batch", "original_size", "crop_top_left", "target_size", "torch_dtype") + TUNING,
-               sd3=("micro_batch", "resolution", "max_sequence_length", "torch_dtype") + TUNING,
-               flux=("micro_batch", "resolution", "max_sequence_length", "torch_dtype") + TUNING,
+               sd3=_sd3_module.OPTIONS + TUNING, flux=_flux_fill_module.OPTIONS + TUNING,
                controlnet=("base", "image", "conditioning_scale", "micro_batch", "torch_dtype") + TUNING,
-               **{"sd-inpaint": ("micro_batch", "torch_dtype") + TUNING,
-                  "flux-fill": ("micro_batch", "resolution", "max_sequence_length", "torch_dtype") + TUNING},
+               **{"sd-inpaint": _inpaint_module.OPTIONS + TUNING, "flux-fill": _flux_fill_module.OPTIONS + TUNING},
                clip=("tokenizer", "micro_batch", "torch_dtype"), pickscore=("tokenizer", "micro_batch", "torch_dtype"),
                vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"),
-               detector=("micro_batch", "torch_dtype"))
+               detector=_detector_module.OPTIONS)
 
 Spec = Union[str, dict]
 CONFIG_FIELDS = ("prompt", "compose", "parts", "questions", "max_memory", "experts", "potentials")
