@@ -25,6 +25,17 @@ def cached(kind: str, path: str, dtype, device, load: Callable[[], object], extr
     return _MODELS[key]
 
 
+def torch_dtype(value):
+    """A torch dtype, or None, from a dtype or its name as a config gives it (float32, float16, bfloat16)."""
+    import torch
+
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"torch_dtype {value!r} is not one of float32, float16, bfloat16")
+    return getattr(torch, value)
+
+
 def clear():
     """Forget every loaded model (their memory is freed once no expert holds them)."""
     _MODELS.clear()

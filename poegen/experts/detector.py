@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cache import cached
+from .cache import torch_dtype as _torch_dtype
 from .diffusers import resolve
 from .vlm import _normalise
 
@@ -20,7 +21,6 @@ log = logging.getLogger("poegen.experts.detector")
 
 OPTIONS = ("micro_batch", "torch_dtype")   # keyword options of ``load_detector``
 TEXT_QUERY_TYPES = ("owlv2", "owlvit")     # config model_type of detectors that take text queries
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -41,15 +41,6 @@ def _check_box(box, where: str) -> Optional[Tuple[float, ...]]:
         raise ValueError(f"{where}: box {box} is not x0, y0, x1, y1 in [0, 1] with x0 < x1 and y0 < y1; "
                          "give it in image fractions")
     return box
-
-
-def _torch_dtype(dtype):
-    """A torch dtype from a dtype or its name (float32, float16, bfloat16)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"torch_dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
 
 
 class DetectorScorer:

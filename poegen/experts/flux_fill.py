@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from .cache import cached
+from .cache import torch_dtype as _torch_dtype
 from .diffusers import (FlowTransformerExpert, FluxExpert, _encoded, _flux_parts, _prompt_ids, _vae_config,
                         _vae_scale, latent_ids, pack_latents, resolve, unpack_latents)
 
@@ -23,15 +24,6 @@ log = logging.getLogger("poegen.experts.flux_fill")
 
 # the keyword options a config entry of kind "flux-fill" may give ``load_flux_fill``
 OPTIONS = ("micro_batch", "resolution", "max_sequence_length", "torch_dtype")
-
-
-def _torch_dtype(dtype):
-    """A torch dtype, or None, from a dtype or its name (as a config gives it)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"torch_dtype {dtype!r} is not one of float32, float16, bfloat16")
-    return getattr(torch, dtype)
 
 
 def _check_transformer(path_or_id: str, root: str, c: int, f: int):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cache import cached
+from .cache import torch_dtype as _torch_dtype
 from .diffusers import TextConditionedUNetExpert, _encoded, _prompt_ids, resolve, unet_config
 
 log = logging.getLogger("poegen.experts.inpaint")
@@ -143,9 +144,6 @@ def load_sd_inpaint(path: str, texts: Sequence[str], image: Tensor, mask: Tensor
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"sd-inpaint options {unknown} are not among {', '.join(OPTIONS)}")
-    dtype = options.get("torch_dtype")
-    if isinstance(dtype, str):
-        if dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"torch_dtype {dtype!r} is not one of float32, float16, bfloat16")
-        options = dict(options, torch_dtype=getattr(torch, dtype))
+    if "torch_dtype" in options:
+        options = dict(options, torch_dtype=_torch_dtype(options["torch_dtype"]))
     return SDInpaintExpert.load_prompts(path, list(texts), image, mask, **options)

@@ -23,13 +23,8 @@ OPTIONS: Dict[str, Tuple[str, ...]] = {}
 
 def _dtype(options: dict) -> dict:
     """A config's ``torch_dtype: bfloat16`` as the torch dtype."""
-    if "torch_dtype" in options:
-        import torch
-        name = options["torch_dtype"]
-        if name not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"torch_dtype {name!r} is not one of float32, float16, bfloat16")
-        options = dict(options, torch_dtype=getattr(torch, name))
-    return options
+    from .cache import torch_dtype
+    return dict(options, torch_dtype=torch_dtype(options["torch_dtype"])) if "torch_dtype" in options else options
 
 
 @dataclass

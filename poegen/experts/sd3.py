@@ -15,23 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cache import cached
+from .cache import torch_dtype as _torch_dtype
 from .diffusers import FlowTransformerExpert, _encoded, _prompt_ids, _vae_scale, resolve, vae_decoder
 
 log = logging.getLogger("poegen.experts.sd3")
 
 # the keyword options a config entry of kind "sd3" may give ``load_sd3``
 OPTIONS = ("micro_batch", "resolution", "max_sequence_length", "torch_dtype")
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def _torch_dtype(dtype):
-    """A torch dtype, or None, from a dtype or its name (as a config gives it)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"torch_dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
 
 
 def load_text_encoders(root: str, torch_dtype=None) -> list:
