@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Dict, List, Tuple
 
 from tqdm.auto import tqdm
 
-from .generate import Job, run
+from .generate import Job, check_writable, run
 from .validation import read_file
 
 log = logging.getLogger("poegen.batch")
@@ -85,10 +84,7 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
     jobs = read_jobs(job_file)  # a malformed file is refused before any work
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=f".probe.{rank}.")  # O_EXCL: a planted link is never opened
-        os.close(fd)
-        os.unlink(probe)
+        check_writable(out)
     except OSError as e:
         raise ValueError(f"output folder {out} is not writable: {e}") from None
     lock = _lock(out, rank)  # held while this batch runs: a second one on this rank is refused

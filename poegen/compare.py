@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import samplers
+from .edit import replaces_known
 
 log = logging.getLogger("poegen.compare")
 
@@ -208,7 +209,7 @@ def _run_task(task):
     """One (sampler, target, seed, budget): sample, then score; (row, decoded image)."""
     sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight, options = task
     product, scorers, verdict = _target(target, guidance, vlm_weight)
-    if product.edit is not None and product.decode is None:  # as `poegen edit`: replace the kept pixels
+    if replaces_known(product):  # as `poegen edit`
         options = {"replace_known": True, **options}
     t = time.perf_counter()
     r = sample_one(product, sampler, particles, mcmc_steps, steps, seed, **options)

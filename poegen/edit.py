@@ -115,6 +115,12 @@ def edit_layout(image: Tensor, prompt: str = "", mask: Optional[Tensor] = None, 
     return layout
 
 
+def replaces_known(product) -> bool:
+    """Whether an edit replaces the kept pixels by default: where its samples are pixels (it measured better than
+    the KnownPixels weights alone, see README); latent models inpaint with their own experts."""
+    return product.edit is not None and product.decode is None
+
+
 def background_mse(edited: Tensor, edit: Edit) -> float:
     """Mean squared difference to the given image outside the mask ([-1, 1] scale)."""
     keep = (1 - edit.mask).to(edited.device)

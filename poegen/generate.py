@@ -12,6 +12,7 @@ from typing import List, Optional
 import torch
 
 from . import __version__, samplers
+from .edit import replaces_known
 from .validation import check_keys
 
 log = logging.getLogger("poegen.generate")
@@ -76,8 +77,7 @@ class Job:
             raise ValueError(f"{where}: frames, particles and steps must be >= 1")
         if job.frames > 1 and (job.scene is None or job.image is not None):
             raise ValueError(f"{where}: frames {job.frames} needs a scene to simulate (--scene, not an edit)")
-        if job.max_memory is not None and (isinstance(job.max_memory, bool) or not isinstance(job.max_memory, (int, float))
-                                           or job.max_memory <= 0):
+        if job.max_memory is not None and job.max_memory <= 0:  # its type is checked with the others
             raise ValueError(f"{where}: max_memory {job.max_memory!r}: expected a positive number of GB")
         return job
 
@@ -110,15 +110,22 @@ def _check_types(job: Job, where: str):
         raise ValueError(f"{where}: seed {job.seed} is outside 0 .. 2**63 - 1")
 
 
-def products(job: Job):
+def job_config(job: Job) -> dict:
+    """The job's --config file, read and checked (``registry.load_config``), or its defaults when it names none."""
+    if not job.config:
+        return {"prompt": None, "experts": [], "potentials": [], "compose": False, "parts": None, "questions": None,
+                "max_memory": None}
+    from .experts.registry import load_config
+    return load_config(job.config)
+
+
+def products(job: Job, cfg: Optional[dict] = None):
     """(file label, Product) pairs: one for a prompt or a layout spec, one per frame for a scene spec; each
-    through its Layout, in the shapes world or on the named models of --expert/--config."""
+    through its Layout, in the shapes world or on the named models of --expert/--config (``cfg``: the config
+    already read by ``job_config``)."""
     from .layout import build_product, from_physics, from_prompt, load_layout
 
-    cfg = {"prompt": None, "experts": [], "potentials": [], "compose": False, "parts": None, "questions": None}
-    if job.config:
-        from .experts.registry import load_config
-        cfg = load_config(job.config)
+    cfg = cfg or job_config(job)
     experts, potentials = (job.experts or []) + cfg["experts"], (job.potentials or []) + cfg["potentials"]
     if job.image is not None:
         return [("", _edit_product(job, cfg, experts, potentials))]
@@ -190,6 +197,15 @@ def _check_particle_memory(product, particles: int, device):
                          f"{free / 2 ** 30:.1f} GB is available; use fewer particles")
 
 
+def check_writable(folder: Path):
+    """Create ``folder`` if needed and write and remove a fresh file in it (O_EXCL: never through a planted
+    link); an OSError says why it cannot take the outputs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".poegen-probe-")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def job_device(name: str) -> torch.device:
     """The torch device of a job; plain "cuda" means this process's GPU (LOCAL_RANK) when launched by accelerate."""
     device = torch.device(name)
@@ -244,26 +260,19 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; name a .png file")
     try:  # before any sampling: the folder must take a file
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=".poegen-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        check_writable(out.parent)
     except OSError as e:
         raise ValueError(f"--out {out}: cannot write in {out.parent} ({e.strerror})") from None
     options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance, reward_every=job.reward_every)
     if job.mcmc_steps is not None:
         options["mcmc_steps"] = job.mcmc_steps
     written, device = [], job_device(job.device)
-    max_memory = job.max_memory
-    if max_memory is None and job.config:
-        from .experts.registry import load_config
-        max_memory = load_config(job.config)["max_memory"]
-    for label, product in products(job):
+    cfg = job_config(job)
+    max_memory = job.max_memory if job.max_memory is not None else cfg["max_memory"]
+    for label, product in products(job, cfg):
         _check_particle_memory(product, job.particles, device)
         product.to(device)
-        # edits replace the kept pixels where the samples are pixels (it measured better); latent models inpaint
-        pixels = product.edit is not None and product.decode is None
-        options["replace_known"] = pixels if job.replace_known is None else job.replace_known
+        options["replace_known"] = replaces_known(product) if job.replace_known is None else job.replace_known
         if max_memory is not None:
             from .memory import fit
             fit(product, max_memory, job.particles, device)
