@@ -67,10 +67,20 @@ def judge_scene(image, physics, tolerance: float = 2.0) -> Dict[str, bool]:
     for k in physics.visible:
         o = physics.scene.objects[k]
         pos = ((physics.positions[k][0] + 0.5) * scale - 0.5, (physics.positions[k][1] + 0.5) * scale - 0.5)
-        same = [d for d in dets if d.colour == o.colour and d.shape == o.shape]
+        same = _matching(dets, o.colour, o.shape)
         present = present and bool(same)
-        placed = placed and any(math.hypot(d.centroid[0] - pos[0], d.centroid[1] - pos[1]) <= tolerance for d in same)
+        placed = placed and _near(same, pos, tolerance)
     return {"present": present, "relation": placed}
+
+
+def _matching(dets, colour, shape):
+    """The detections of a shape in a colour (any colour when None)."""
+    return [d for d in dets if d.colour == (colour or d.colour) and d.shape == shape]
+
+
+def _near(dets, place, tolerance: float) -> bool:
+    """Whether one of the detections has its centroid within ``tolerance`` px of (col, row) ``place``."""
+    return any(math.hypot(d.centroid[0] - place[0], d.centroid[1] - place[1]) <= tolerance for d in dets)
 
 
 def judge_layout(image, layout, tolerance: float = 2.0) -> Dict[str, bool]:
@@ -82,7 +92,7 @@ def judge_layout(image, layout, tolerance: float = 2.0) -> Dict[str, bool]:
     dets, present, placed, size = detect(image), True, True, image.shape[-1]
     for o in layout.objects:
         p = parse_phrase(o.phrase)
-        same = [d for d in dets if d.colour == (p.colour or d.colour) and d.shape == p.shape]
+        same = _matching(dets, p.colour, p.shape)
         present = present and bool(same)
         if o.box is not None:
             x0, y0, x1, y1 = (v * size for v in o.box)
@@ -102,11 +112,10 @@ def judge_edit(image, layout, tolerance: float = 2.0) -> Dict[str, bool]:
     mask = layout.extra["edit"].mask
     for o in layout.objects:
         p = parse_phrase(o.phrase)
-        same = [d for d in dets if d.colour == (p.colour or d.colour) and d.shape == p.shape]
+        same = _matching(dets, p.colour, p.shape)
         present = present and (bool(same) or o.known)
         if o.mask is not None and (o.known or "physics" in layout.extra):
-            col, row = o.centre(image.shape[-1])
-            placed = placed and any(math.hypot(d.centroid[0] - col, d.centroid[1] - row) <= tolerance for d in same)
+            placed = placed and _near(same, o.centre(image.shape[-1]), tolerance)
         else:
             placed = placed and any(mask[round(d.centroid[1]), round(d.centroid[0])] > 0 for d in same)
     return {"present": present, "relation": present and placed}
