@@ -148,11 +148,3 @@ def load_edit(path) -> Layout:
     elif scene is not None:
         scene = parse_scene(scene)
     return edit_layout(image, data.get("prompt", ""), mask, scene, int(data.get("margin", 2)))
-
-
-def is_edit_file(path) -> bool:
-    """An edit spec names an ``image``."""
-    from .validation import read_file
-
-    data = read_file(path, "spec")
-    return isinstance(data, dict) and "image" in data

@@ -228,26 +228,28 @@ def from_physics(physics) -> Layout:
     return Layout(physics.spec.prompt, objects, relations, depth=physics.depth(), extra={"physics": physics})
 
 
-def load_target(target: str, frame_time: Optional[float] = None) -> Layout:
-    """A layout from a comparison target: an edit, scene or layout spec file (told apart by their keys: ``image``,
-    objects with a ``shape``, objects with a ``phrase``), or else a prompt."""
+def load_target(target: str) -> Layout:
+    """A layout from a comparison target: an edit, scene or layout spec file (``spec_kind``), or else a prompt."""
     if Path(target).suffix.lower() not in (".yaml", ".yml", ".json"):
         return from_prompt(target)
-    from .edit import is_edit_file, load_edit
-    if is_edit_file(target):
+    kind = spec_kind(target)
+    if kind == "edit":
+        from .edit import load_edit
         return load_edit(target)
-    if is_scene_file(target):
+    if kind == "scene":
         from .experts.physics import PhysicsExpert
         from .scene import load_scene
-        return from_physics(PhysicsExpert(load_scene(target), until=frame_time))
+        return from_physics(PhysicsExpert(load_scene(target)))
     return load_layout(target)
 
 
-def is_scene_file(path) -> bool:
-    """A spec file whose objects carry a ``shape`` is a scene spec; one whose objects carry a ``phrase`` is a layout."""
+def spec_kind(path) -> str:
+    """"edit" for a spec naming an ``image``, "scene" when its objects carry a ``shape``, else "layout"."""
     data = read_file(path, "spec")
+    if isinstance(data, dict) and "image" in data:
+        return "edit"
     objects = data.get("objects") if isinstance(data, dict) else None
-    return bool(objects) and isinstance(objects[0], dict) and "shape" in objects[0]
+    return "scene" if objects and isinstance(objects[0], dict) and "shape" in objects[0] else "layout"
 
 
 # ---- the one route to a Product --------------------------------------------------------------------------

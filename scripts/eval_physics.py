@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from poegen import compare
-from poegen.layout import is_scene_file
+from poegen.layout import spec_kind
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
     folder = Path(args.scenes)
-    scenes = (sorted(str(p) for p in folder.glob("*.yaml") if is_scene_file(p)) if folder.is_dir()
+    scenes = (sorted(str(p) for p in folder.glob("*.yaml") if spec_kind(p) == "scene") if folder.is_dir()
               else args.scenes.split(","))
     rows, _ = compare.run(scenes, args.samplers.split(","), args.samples, args.particles, args.mcmc_steps,
                           args.steps, args.guidance, workers=args.workers, seed0=args.seed0,
