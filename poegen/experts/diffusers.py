@@ -534,15 +534,20 @@ class _Decode(torch.nn.Module):
         return self.vae.decode(z).sample
 
 
+def load_vae(root: str, subfolder: str = "vae", device=None):
+    """The folder's ``AutoencoderKL``, loaded once per device: the decoder and the inpainting experts' encoders
+    share it."""
+    from diffusers import AutoencoderKL
+
+    return cached("vae", root, None, device, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder).eval()
+                  .to(device), subfolder)
+
+
 def vae_decoder(path_or_id: str, subfolder: str = "vae", device=None):
     """A decode(latents) -> images in [-1, 1] callable for ``Product(decode=...)``: potentials see pixels.
     The VAE runs on ``device`` (default CPU) in float32, ``decode.micro_batch`` latents per call (all when None);
     images come back on the latents' device."""
-    from diffusers import AutoencoderKL
-
-    root = resolve(path_or_id)
-    vae = cached("vae", root, None, device, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder).eval()
-                 .to(device), subfolder)
+    vae = load_vae(resolve(path_or_id), subfolder, device)
     shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents
     module = _Decode(vae)
 

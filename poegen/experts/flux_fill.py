@@ -18,7 +18,7 @@ from torch import Tensor
 from .cache import cached
 from .cache import torch_dtype as _torch_dtype
 from .diffusers import (FlowTransformerExpert, FluxExpert, _encoded, _flux_parts, _prompt_ids, _vae_config,
-                        _vae_scale, latent_ids, pack_latents, resolve, unpack_latents)
+                        _vae_scale, latent_ids, load_vae, pack_latents, resolve, unpack_latents)
 
 log = logging.getLogger("poegen.experts.flux_fill")
 
@@ -74,10 +74,7 @@ def fill_conditioning(root: str, image: Tensor, mask: Tensor, masked_image_laten
     """(1, h/2 * w/2, 4C + 4 f^2) packed tokens: the masked image's latents (VAE mode unless ``masked_image_latents``,
     raw (1, C, h, w) VAE latents, are given; then shifted and scaled) followed by the mask, each f x f pixel block
     unshuffled to f^2 channels, as ``FluxFillPipeline.prepare_mask_latents``."""
-    from diffusers import AutoencoderKL
-
-    vae = cached("vae", root, None, None, lambda: AutoencoderKL.from_pretrained(root, subfolder="vae").eval(),
-                 "vae")  # the same object as ``vae_decoder(root)``'s
+    vae = load_vae(root)  # the same object as ``vae_decoder(root)``'s
     f = _vae_scale(root)
     _, _, H, W = image.shape
     h, w = H // f, W // f

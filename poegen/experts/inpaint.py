@@ -10,9 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cache import cached
 from .cache import torch_dtype as _torch_dtype
-from .diffusers import TextConditionedUNetExpert, _encoded, _prompt_ids, resolve, unet_config
+from .diffusers import TextConditionedUNetExpert, _encoded, _prompt_ids, _sd_parts, load_vae, unet_config
 
 log = logging.getLogger("poegen.experts.inpaint")
 
@@ -20,31 +19,15 @@ OPTIONS = ("micro_batch", "torch_dtype")   # keyword options of ``load_sd_inpain
 
 
 def _inpaint_parts(path_or_id: str, torch_dtype=None) -> dict:
-    """UNet (9 input channels, in ``torch_dtype``), scheduler, tokenizer and text encoder of an inpainting folder,
-    loaded once; the masked-image latents are kept per (image, mask) in ``parts["masked"]``."""
+    """The folder's UNet (9 input channels), scheduler, tokenizer and text encoder, loaded once as ``_sd_parts``
+    loads them; the masked-image latents are kept per (image, mask) in ``parts["masked"]``."""
     channels = unet_config(path_or_id).get("in_channels")
     if channels != 9:
         raise ValueError(f"{path_or_id}: unet in_channels is {channels}, not 9; this is not an inpainting UNet "
                          "(use the `sd` kind)")
-
-    def load():
-        from diffusers import DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        root = resolve(path_or_id)
-        return {"root": root, "embeddings": {}, "masked": {},
-                "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype),
-                "scheduler": DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
-                "tokenizer": CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
-                "encoder": CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()}
-    return cached("sd-inpaint", path_or_id, torch_dtype, None, load)
-
-
-def _vae(root: str):
-    """The folder's VAE, the same object ``vae_decoder(root)`` decodes with."""
-    from diffusers import AutoencoderKL
-
-    return cached("vae", root, None, None, lambda: AutoencoderKL.from_pretrained(root, subfolder="vae").eval(), "vae")
+    parts = _sd_parts(path_or_id, torch_dtype)
+    parts.setdefault("masked", {})
+    return parts
 
 
 def _digest(*tensors: Tensor) -> str:
@@ -116,7 +99,7 @@ class SDInpaintExpert(TextConditionedUNetExpert):
         parts = _inpaint_parts(path_or_id, torch_dtype)
         key = _digest(image, mask) if masked_image_latents is None else _digest(image, mask, masked_image_latents)
         if key not in parts["masked"]:
-            parts["masked"][key] = inpaint_conditioning(_vae(parts["root"]), image, mask, masked_image_latents)
+            parts["masked"][key] = inpaint_conditioning(load_vae(parts["root"]), image, mask, masked_image_latents)
         mask_latent, latents = parts["masked"][key]
         scheduler = parts["scheduler"]
         return [cls(parts["unet"], scheduler.alphas_cumprod, scheduler.config.prediction_type,
