@@ -76,12 +76,10 @@ def _per_row(call: Callable[[int], object], device, rows: int = 8) -> float:
     return max(large - small, 1) / rows
 
 
-def _groups(items, key_of) -> List[List]:
-    groups: Dict = {}
-    for i, item in enumerate(items):
-        key = key_of(item)
-        groups.setdefault(("solo", i) if key is None else key, []).append(item)
-    return list(groups.values())
+def _groups(items) -> List[List]:
+    """``items`` grouped as the product batches them (``batch_groups``)."""
+    from .product import batch_groups
+    return [[items[i] for i in group] for group in batch_groups(items)]
 
 
 def offload(product, device) -> List:
@@ -129,7 +127,7 @@ def fit(product, max_memory_gb: float, num_particles: int, device="cpu") -> Dict
                              "cap, use fewer particles, or load the models with torch_dtype: bfloat16")
         return max(1, int(0.6 * free / per_row))  # the probe reads per-row cost up to 25% low; keep a margin
 
-    for group in _groups(product.experts, lambda e: getattr(e, "batch_key", None)):
+    for group in _groups(product.experts):
         if not hasattr(group[0], "micro_batch"):
             continue
         E = len(group)
@@ -150,7 +148,7 @@ def fit(product, max_memory_gb: float, num_particles: int, device="cpu") -> Dict
             chosen["decode"] = decode.micro_batch
         with torch.no_grad():
             images = decode(x[:8])
-    for group in _groups(product.potentials, lambda r: getattr(r, "batch_key", None)):
+    for group in _groups(product.potentials):
         if not hasattr(group[0], "micro_batch") or not hasattr(group[0], "rows_per_question"):
             continue
         K = len(group)

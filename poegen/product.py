@@ -66,6 +66,16 @@ def _move(obj, device: torch.device, seen: set):
             _move(value, device, seen)
 
 
+def batch_groups(items: Sequence, indices: Optional[Sequence[int]] = None) -> List[List[int]]:
+    """Indices of ``items`` (or of those in ``indices``) grouped by ``batch_key``: the members of a group share one
+    batched call; an item without a key is a group of its own."""
+    groups: Dict = {}
+    for i in range(len(items)) if indices is None else indices:
+        key = getattr(items[i], "batch_key", None)
+        groups.setdefault(("solo", i) if key is None else key, []).append(i)
+    return list(groups.values())
+
+
 def merge_experts(experts: Sequence, weights: Sequence[float], masks: Sequence[Optional[Tensor]]):
     """(experts, weights, masks) with each expert object once: its weighted masks summed (beta_1 m_1 + beta_2 m_2 as
     one mask of weight 1; a plain sum of weights when none is masked), so a shared expert costs one evaluation."""
@@ -187,12 +197,8 @@ class Product:
 
     def _denoise_all(self, x: Tensor, sigma: Tensor) -> List[Tensor]:
         """Every expert's x0_hat; experts with the same ``batch_key`` share one ``denoise_batch`` call."""
-        groups: Dict = {}
-        for i, e in enumerate(self.experts):
-            key = getattr(e, "batch_key", None)
-            groups.setdefault(("solo", i) if key is None else key, []).append(i)
         out: List[Optional[Tensor]] = [None] * len(self.experts)
-        for members in groups.values():
+        for members in batch_groups(self.experts):
             experts = [self.experts[i] for i in members]
             x0s = type(experts[0]).denoise_batch(experts, x, sigma) if len(members) > 1 else [experts[0].denoise(x, sigma)]
             for i, x0 in zip(members, x0s):
@@ -210,21 +216,19 @@ class Product:
             return z, z[None, :0].reshape(0, n)
         image = self.decode(x0) if self.decode is not None else x0
         per: List[Tensor] = [torch.zeros(n, device=x0.device, dtype=x0.dtype)] * len(self.potentials)
-        groups: Dict = {}
+        scale = {}  # lambda_j a(t) of the active potentials; a potential may carry its own schedule
         for j, (r, lam) in enumerate(zip(self.potentials, self.lambdas)):
-            a = (getattr(r, "schedule", None) or self.schedule)(t)  # a potential may carry its own schedule
-            if lam * a == 0:  # not active yet: skip the call (and 0 * -inf)
-                continue
-            key = getattr(r, "batch_key", None)
-            groups.setdefault(("solo", j) if key is None else key, []).append((j, lam * a))
-        for members in groups.values():
-            rs = [self.potentials[j] for j, _ in members]
+            a = (getattr(r, "schedule", None) or self.schedule)(t)
+            if lam * a != 0:  # not active yet: skip the call (and 0 * -inf)
+                scale[j] = lam * a
+        for members in batch_groups(self.potentials, list(scale)):
+            rs = [self.potentials[j] for j in members]
             values = type(rs[0]).log_potential_batch(rs, image) if len(rs) > 1 else [rs[0].log_potential(image)]
-            for (j, scale), v in zip(members, values):
+            for j, v in zip(members, values):
                 name = self.potential_names[j]
                 self.nfe[name] += n
                 if v.shape != (n,):
                     raise ValueError(f"potential {name} returned shape {tuple(v.shape)}; expected ({n},)")
-                per[j] = scale * v.to(x0.dtype)
+                per[j] = scale[j] * v.to(x0.dtype)
         per_t = torch.stack(per)
         return per_t.sum(0), per_t
