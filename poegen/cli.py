@@ -104,11 +104,18 @@ def cmd_samplers(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line, like every other poegen error (subcommands inherit it)."""
+
+    def error(self, message):
+        self.exit(2, f"poegen: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="poegen", description="Generate images from a product of experts.")
+    ap = _Parser(prog="poegen", description="Generate images from a product of experts.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = ap.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)  # the sampler and the models, shared by generate and edit
+    common = _Parser(add_help=False)  # the sampler and the models, shared by generate and edit
     common.add_argument("--sampler", default="poe", choices=samplers.available())
     common.add_argument("--particles", type=int, default=16)
     common.add_argument("--steps", type=int, default=30)

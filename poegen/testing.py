@@ -288,3 +288,43 @@ def tiny_flux_fill_folder(tmp_path: Path):
                      tokenizer_2=AutoTokenizer.from_pretrained(tmp_path / "tokenizer_2"),
                      transformer=transformer).save_pretrained(tmp_path)
     return tmp_path
+
+
+# The fault battery (tests/test_battery_*.py): one row per case of a bad input or a fault, run through the CLI.
+
+class Case:
+    """One battery row: `argv` for `poegen` ("{tmp}" stands for the case's folder), the exit code it must give,
+    a piece of text the output must hold (stderr for errors, else stdout and stderr), files to write under the
+    folder first (name -> str or bytes), environment variables to set, and an optional check of the folder
+    afterwards, check(folder)."""
+
+    def __init__(self, argv, code, text="", files=None, env=None, check=None):
+        self.argv, self.code, self.text = list(argv), code, text
+        self.files, self.env, self.check = files or {}, env or {}, check
+
+    def run(self, tmp_path: Path, capsys, monkeypatch):
+        """Run the row and assert its outcome; a refusal (exit 2 to 5) must be one `poegen: error:` line."""
+        from poegen.cli import main
+        for name, data in self.files.items():
+            path = tmp_path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = data.replace("{tmp}", str(tmp_path)) if isinstance(data, str) else data
+            path.write_bytes(data.encode() if isinstance(data, str) else data)
+        for key, value in self.env.items():
+            monkeypatch.setenv(key, value)
+        argv = [a.replace("{tmp}", str(tmp_path)) for a in self.argv]
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse
+            code = e.code
+        out, err = capsys.readouterr()
+        assert code == self.code, f"exit {code}, expected {self.code}; stderr: {err[-2000:]}"
+        if 2 <= code <= 5:
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert len(lines) == 1 and lines[0].startswith("poegen: error: "), err[-2000:]
+            assert len(lines[0]) < 600, f"message of {len(lines[0])} characters"
+        text = err if 2 <= code <= 5 else out + err
+        assert self.text.replace("{tmp}", str(tmp_path)) in text, text[-2000:]
+        if self.check is not None:
+            self.check(tmp_path)
