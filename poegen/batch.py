@@ -28,6 +28,8 @@ def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"job file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"job file {path} is a folder; give a .jsonl, .yaml or .json file of jobs")
     items = []
     if path.suffix.lower() == ".jsonl":
         for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -42,14 +44,23 @@ def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
             raise ValueError(f"{path}: expected a list of jobs")
         items = [(f"{path}: item {i}", d) for i, d in enumerate(data)]
     jobs, ids = [], {}
+    every = {}  # every job's id (given or positional), to name the job whose files a suffixed id would overwrite
+    for i, (where, d) in enumerate(items):
+        if isinstance(d, dict) and isinstance(d.get("id", ""), (str, int)) and not isinstance(d.get("id"), bool):
+            every.setdefault(str(d.get("id", f"{i:05d}")), where)
     for i, (where, d) in enumerate(items):
         if not isinstance(d, dict):
             raise ValueError(f"{where}: a job is a mapping like {{\"prompt\": \"a red ball\"}}")
         d = dict(d)
-        job_id = str(d.pop("id", f"{i:05d}"))
+        job_id = d.pop("id", f"{i:05d}")
+        if isinstance(job_id, bool) or not isinstance(job_id, (str, int)):
+            raise ValueError(f"{where}: id must be text or a whole number, got {type(job_id).__name__}")
+        job_id = str(job_id)
         if "/" in job_id or RESERVED.search(job_id):
-            raise ValueError(f"{where}: id {job_id[:40]!r} contains '/' or ends like a file poegen adds (_raw, _f00); "
-                             "rename it")
+            stem = RESERVED.sub("", job_id)
+            clash = f", so its files would overwrite those of id {stem[:40]!r} ({every[stem]})" if stem in every else ""
+            raise ValueError(f"{where}: id {job_id[:40]!r} contains '/' or ends like a file poegen adds (_raw, _f00)"
+                             f"{clash}; rename it")
         if job_id in ids:
             raise ValueError(f"{where}: id {job_id[:40]!r} is also the id of {ids[job_id]}; give each job its own")
         ids[job_id] = where
@@ -90,6 +101,7 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
     lock = _lock(out, rank)  # held while this batch runs: a second one on this rank is refused
     finished = {k: r.get("fingerprint") for k, r in read_manifest(out).items() if r["status"] == "ok"}
     mine = [(k, j) for i, (k, j) in enumerate(jobs) if i % world == rank]
+    leftovers = [n for n in os.listdir(out) if n.endswith(".tmp")]  # temporary files of a killed run
     counts = {"done": 0, "skipped": 0, "failed": 0}
     try:
         path = out / f"manifest.{rank}.jsonl"
@@ -105,6 +117,7 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
                 if job_id in finished:
                     log.warning("item %s changed since it was run (its job or a file it reads); running it again",
                                 job_id)
+                _remove_stale(out, job_id, leftovers)
                 t = time.perf_counter()
                 try:
                     files = [p.name for p in run(job, out / f"{job_id}.png")]
@@ -137,6 +150,15 @@ def fingerprint(job: Job) -> str:
         if value and Path(value).is_file():
             h.update(Path(value).read_bytes())
     return h.hexdigest()[:16]
+
+
+def _remove_stale(out: Path, job_id: str, leftovers: List[str]):
+    """Remove the temporary files (of ``leftovers``) a killed run left for this item: ``save_png``'s
+    ``.ID[_fNN][_raw].png.*.tmp`` and the GIF's ``ID.gif.tmp``; only this rank runs the item, so none is being written."""
+    stale = re.compile(rf"\.{re.escape(job_id)}(_f\d+)?(_raw)?\.png\..*\.tmp|{re.escape(job_id)}\.gif\.tmp", re.S)
+    for name in leftovers:
+        if stale.fullmatch(name) and not (out / name).is_dir():
+            (out / name).unlink(missing_ok=True)
 
 
 def _append(manifest, record: dict, started: float):

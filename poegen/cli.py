@@ -43,10 +43,15 @@ def cmd_edit(args) -> int:
 def cmd_batch(args) -> int:
     from .batch import run_batch
 
-    try:
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        raise ValueError("RANK and WORLD_SIZE must be whole numbers") from None
+    env = {}
+    for name, default in (("RANK", "0"), ("WORLD_SIZE", "1")):
+        value = os.environ.get(name, default)
+        try:
+            env[name] = int(value)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={value[:20]!r} is not a whole number; "
+                             f"unset it or set it as accelerate does (e.g. {name}={default})") from None
+    rank, world = env["RANK"], env["WORLD_SIZE"]
     counts = run_batch(args.jobfile, args.out, rank, world, progress=not args.quiet)
     print(f"batch {rank}/{world}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "
           f"manifest in {args.out}")

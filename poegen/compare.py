@@ -45,32 +45,43 @@ def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: in
 
 
 def judge(image, prompt, split: bool = True) -> Dict[str, bool]:
-    """The checker's verdict on a prompt: every asked object present; every relation holds (``split``:
-    see ``detect``)."""
+    """The checker's verdict on a prompt: ``present``: every asked object is there; ``relation``: and every
+    relation holds; ``exact``: and nothing else is there (``checker.exactly``). ``split``: see ``detect``."""
     from .experts.shapes import answer_detections, detect
+    from .experts.shapes.checker import exactly
     from .experts.shapes.prompt import parse_prompt
 
     p = parse_prompt(prompt)
     dets = detect(image, split=split)
-    present = all(any(o.colour == d.colour and o.shape == d.shape for d in dets) for o in p.objects)
-    relations = p.questions()[len(p.objects):]
-    return {"present": present, "relation": present and all(answer_detections(q, dets) for q in relations)}
+    present = all(any(o.matches(d) for d in dets) for o in p.objects)
+    relation = present and all(answer_detections(q, dets) for q in p.questions()[len(p.objects):])
+    return {"present": present, "relation": relation, "exact": relation and exactly(image, p.objects, dets)}
+
+
+def _verdict(image, dets, wanted, placed: bool) -> Dict[str, bool]:
+    """present / relation / exact of a spec's objects (phrases, or objects with colour, shape and size=None)."""
+    from .experts.shapes.checker import exactly
+
+    present = all(_matching(dets, o.colour, o.shape) for o in wanted)
+    return {"present": present, "relation": present and placed,
+            "exact": present and placed and exactly(image, wanted, dets)}
 
 
 def judge_scene(image, physics, tolerance: float = 2.0) -> Dict[str, bool]:
-    """The checker's verdict on a simulated scene: every visible object present (colour and shape), and
-    ``relation``: each one's centroid within ``tolerance`` px of where the simulation put it."""
+    """The checker's verdict on a simulated scene: every visible object present (colour and shape); ``relation``:
+    each one's centroid within ``tolerance`` px of where the simulation put it; ``exact``: and nothing else."""
     from .experts.shapes import detect
+    from .experts.shapes.vocab import Phrase
 
-    dets, present, placed = detect(image), True, True
+    dets, placed = detect(image), True
     scale = image.shape[-1] / physics.spec.camera.resolution  # simulated places are in camera pixels
+    wanted = []
     for k in physics.visible:
         o = physics.scene.objects[k]
         pos = ((physics.positions[k][0] + 0.5) * scale - 0.5, (physics.positions[k][1] + 0.5) * scale - 0.5)
-        same = _matching(dets, o.colour, o.shape)
-        present = present and bool(same)
-        placed = placed and _near(same, pos, tolerance)
-    return {"present": present, "relation": placed}
+        placed = placed and _near(_matching(dets, o.colour, o.shape), pos, tolerance)
+        wanted.append(Phrase(o.colour, o.shape))
+    return _verdict(image, dets, wanted, placed)
 
 
 def _matching(dets, colour, shape):
@@ -84,41 +95,44 @@ def _near(dets, place, tolerance: float) -> bool:
 
 
 def judge_layout(image, layout, tolerance: float = 2.0) -> Dict[str, bool]:
-    """The checker's verdict on a layout spec in the shapes world: every object present (colour and shape), and
-    ``relation``: each one's centroid within its box (widened by ``tolerance`` px)."""
+    """The checker's verdict on a layout spec in the shapes world: every object present (colour and shape);
+    ``relation``: each one's centroid within its box (widened by ``tolerance`` px); ``exact``: and nothing else."""
     from .experts.shapes import detect
     from .experts.shapes.vocab import parse_phrase
 
-    dets, present, placed, size = detect(image), True, True, image.shape[-1]
-    for o in layout.objects:
-        p = parse_phrase(o.phrase)
-        same = _matching(dets, p.colour, p.shape)
-        present = present and bool(same)
+    dets, placed, size = detect(image), True, image.shape[-1]
+    wanted = [parse_phrase(o.phrase) for o in layout.objects]
+    for o, p in zip(layout.objects, wanted):
         if o.box is not None:
             x0, y0, x1, y1 = (v * size for v in o.box)
             placed = placed and any(x0 - tolerance <= d.centroid[0] + 0.5 <= x1 + tolerance
-                                    and y0 - tolerance <= d.centroid[1] + 0.5 <= y1 + tolerance for d in same)
-    return {"present": present, "relation": present and placed}
+                                    and y0 - tolerance <= d.centroid[1] + 0.5 <= y1 + tolerance
+                                    for d in _matching(dets, p.colour, p.shape))
+    return _verdict(image, dets, wanted, placed)
 
 
 def judge_edit(image, layout, tolerance: float = 2.0) -> Dict[str, bool]:
     """The checker's verdict on an edit in the shapes world: ``present``: every new object present; ``relation``:
     each within ``tolerance`` px of where the simulation dropped it (a mask edit: inside the mask), and every
-    object already in the image still read at its place."""
+    object already in the image still read at its place; ``exact``: and nothing else in the image."""
     from .experts.shapes import detect
+    from .experts.shapes.checker import exactly
     from .experts.shapes.vocab import parse_phrase
 
-    dets, present, placed = detect(image), True, True
+    dets, placed = detect(image), True
     mask = layout.extra["edit"].mask
-    for o in layout.objects:
-        p = parse_phrase(o.phrase)
+    wanted = [parse_phrase(o.phrase) for o in layout.objects]
+    for o, p in zip(layout.objects, wanted):
         same = _matching(dets, p.colour, p.shape)
-        present = present and (bool(same) or o.known)
         if o.mask is not None and (o.known or "physics" in layout.extra):
             placed = placed and _near(same, o.centre(image.shape[-1]), tolerance)
         else:
             placed = placed and any(mask[round(d.centroid[1]), round(d.centroid[0])] > 0 for d in same)
-    return {"present": present, "relation": present and placed}
+    present = all(_matching(dets, p.colour, p.shape) or o.known for o, p in zip(layout.objects, wanted))
+    # a scene edit lists every object of the image; a mask edit only the new ones, so nothing else is asked of it
+    listed = wanted if "physics" in layout.extra else None
+    return {"present": present, "relation": present and placed,
+            "exact": present and placed and exactly(image, listed, dets)}
 
 
 def is_scene(target: str) -> bool:
@@ -135,6 +149,7 @@ class Row:
     present: Optional[bool]   # shapes world: every object present (checker); None for named models
     relation: Optional[bool]  # prompt: every relation holds; scene: every object within 2 px of its simulated
     #                           place; layout: every object in its box
+    exact: Optional[bool]     # relation, and nothing else in the image (checker.exactly)
     vlm: float             # the steering potentials' mean log-potential on the final image (shapes world: the VLM)
     log_Z: float
     nfe: int
@@ -182,7 +197,7 @@ def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float])
         shapes = not cfg["experts"]
         extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"]) if shapes else {}
         product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, **extra)
-        verdict = (lambda x: {"present": None, "relation": None})
+        verdict = (lambda x: {"present": None, "relation": None, "exact": None})
         if shapes:
             physics = layout.extra.get("physics")
             verdict = ((lambda x: judge_edit(x, layout)) if "edit" in layout.extra else
@@ -306,7 +321,7 @@ def summarise(rows: List[Row], images) -> List[dict]:
             values = [f(r) for r in rs if f(r) is not None]
             return float(statistics.mean(values)) if values else None
         record = {"sampler": sampler, "particles": budget, "n": len(rs), "present": mean(lambda r: r.present),
-                  "relation": mean(lambda r: r.relation), "vlm": mean(lambda r: r.vlm)}
+                  "relation": mean(lambda r: r.relation), "exact": mean(lambda r: r.exact), "vlm": mean(lambda r: r.vlm)}
         record.update({k: mean(lambda r: r.metrics.get(k)) for k in dict.fromkeys(k for r in rs for k in r.metrics)})
         record.update({"diversity": div, "log_Z": mean(lambda r: r.log_Z), "nfe": mean(lambda r: r.nfe),
                        "seconds": mean(lambda r: r.seconds)})
@@ -325,9 +340,9 @@ def table(summary: List[dict]) -> str:
 
 def _headline(summary: List[dict]) -> str:
     """The column the reward-versus-NFE plot shows: the checker's rate, else the first metric, else the reward."""
-    if summary[0]["present"] is not None:
-        return "present"
-    fixed = {"sampler", "particles", "n", "present", "relation", "vlm", "diversity", "log_Z", "nfe", "seconds"}
+    if summary[0]["exact"] is not None:
+        return "exact"
+    fixed = {"sampler", "particles", "n", "present", "relation", "exact", "vlm", "diversity", "log_Z", "nfe", "seconds"}
     return next((c for c in summary[0] if c not in fixed), "vlm")
 
 
@@ -367,7 +382,7 @@ def write(out: Path, rows: List[Row], images, summary: List[dict]) -> Path:
         a1.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=sampler)
         traces = [r.ess for r in rows if r.sampler == sampler]
         a2.plot([statistics.mean(v) for v in zip(*traces)], label=sampler)
-    a1.set_xlabel("NFE per image"), a1.set_ylabel(y if y != "present" else "objects present (checker)"), a1.legend()
+    a1.set_xlabel("NFE per image"), a1.set_ylabel(y if y != "exact" else "exactly what was asked (checker)"), a1.legend()
     a2.set_xlabel("noise level"), a2.set_ylabel("mean ESS"), a2.legend()
     if len({s["particles"] for s in summary}) > 1:
         a1.set_xscale("log")

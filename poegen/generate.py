@@ -188,13 +188,26 @@ def _check_particle_memory(product, particles: int, device):
     from .memory import STATE_COPIES
     need = STATE_COPIES * particles * math.prod(product.shape or (1,)) * 4
     if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
+        free, limit = torch.cuda.mem_get_info(device)[0], ""
     else:
         with open("/proc/meminfo") as f:
             free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        free, limit = min((free, ""), _address_space_left(), key=lambda pair: pair[0])
     if need > free:
         raise ValueError(f"--particles {particles}: the particles alone need about {need / 2 ** 30:.1f} GB and "
-                         f"{free / 2 ** 30:.1f} GB is available; use fewer particles")
+                         f"{free / 2 ** 30:.1f} GB is available{limit}; use fewer particles")
+
+
+def _address_space_left():
+    """(bytes, note) this process may still map under its soft address-space limit (``ulimit -v``), else
+    (inf, "")."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return float("inf"), ""
+    from .memory import _status
+    return max(0, soft - _status("VmSize")), f" under the address-space limit of {soft / 2 ** 30:.1f} GB (ulimit -v)"
 
 
 def check_writable(folder: Path):
@@ -255,10 +268,10 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     """Sample the job and write out (upscaled) and out_raw (native) per frame, plus a GIF for several
     frames; every frame uses the same seed, so shared noise keeps the appearance consistent."""
     out = Path(out)
+    if out.is_dir():  # first: `--out folder/` is a folder, whatever its name
+        raise ValueError(f"--out {out} is a folder; name a .png file")
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: poegen writes PNG (with its metadata); name the file .png")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; name a .png file")
     try:  # before any sampling: the folder must take a file
         check_writable(out.parent)
     except OSError as e:

@@ -123,6 +123,10 @@ class Product:
                                  ("lambdas", self.lambdas, len(self.potentials))):
             if len(values) != n:
                 raise ValueError(f"Product: {field} has {len(values)} entries for {n} experts")
+        for field, values, names in (("weights", self.weights, self.names), ("lambdas", self.lambdas, self.potential_names)):
+            for name, v in zip(names, values):
+                if not math.isfinite(v):  # NaN or inf would only surface later as dead particles or a wrong hint
+                    raise ValueError(f"Product: {field} of {name} is {v}, not a finite number")
         self.schedule = lambda_schedule(schedule)
         self.decode = decode
         self.shape = self._event_shape()

@@ -126,12 +126,18 @@ def parse_scene(data: Dict) -> SceneSpec:
         raise SceneError(f"physics: duration / time_step = {physics.steps} steps, more than {MAX_SIM_STEPS}; "
                          "shorten the duration or raise the time step")
     cam = _keys(data.get("camera", {}), "camera", ("resolution",))
-    camera = CameraSpec(int(_number(cam.get("resolution", 32), "camera.resolution", 8, 512)))
+    resolution = _number(cam.get("resolution", 32), "camera.resolution", 8, 512)
+    if resolution != int(resolution):  # not truncated silently
+        raise SceneError(f"camera.resolution: {resolution} is not a whole number of pixels")
+    camera = CameraSpec(int(resolution))
     prompt = data.get("prompt", "")
     if not isinstance(prompt, str):
         raise SceneError(f"prompt: expected text, got {prompt!r}")
-    constraints = []
-    for i, c in enumerate(data.get("constraints", [{"type": "layout"}])):
+    constraints, raw = [], data.get("constraints", [{"type": "layout"}])
+    if not isinstance(raw, list):  # a mapping would be iterated by its keys
+        raise SceneError(f"constraints: expected a list of {{type, weight, tolerance}} mappings (or []), got "
+                         f"{type(raw).__name__}; write constraints: [{{type: hard}}]")
+    for i, c in enumerate(raw):
         w = f"constraints[{i}]"
         _keys(c, w, ("type", "weight", "tolerance"), ("type",))
         constraints.append(ConstraintSpec(_choice(c["type"], f"{w}.type", ("layout", "hard")),

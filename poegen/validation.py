@@ -10,7 +10,7 @@ def check_keys(d: Any, where: str, allowed: Iterable[str], required: Iterable[st
     allowed = tuple(allowed)
     if not isinstance(d, dict):
         raise ValueError(f"{where}: expected a mapping with keys {', '.join(allowed)}, got {type(d).__name__}")
-    unknown = sorted(str(k)[:24] for k in set(d) - set(allowed))  # quote a little of what was parsed, not a file
+    unknown = sorted(_name_part(k) for k in set(d) - set(allowed))  # quote a little of what was parsed, not a file
     if unknown:
         more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         raise ValueError(f"{where}: unknown field(s) {', '.join(unknown[:5])}{more}; allowed: {', '.join(allowed)}")
@@ -18,6 +18,16 @@ def check_keys(d: Any, where: str, allowed: Iterable[str], required: Iterable[st
     if missing:
         raise ValueError(f"{where}: missing required field(s) {', '.join(missing)}")
     return d
+
+
+def _name_part(key) -> str:
+    """The start of an unknown key up to 24 name characters (letters, digits, _, -, space), then "...": a
+    field name shows whole, a line of some other file (user:$6$salt$hash:...) shows no more than its first word."""
+    import re
+
+    text = str(key)
+    head = re.match(r"[\w\- ]{0,24}", text).group()
+    return head if head == text else head + "..."
 
 
 def read_file(path, what: str):
@@ -29,12 +39,14 @@ def read_file(path, what: str):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{what} file {path} is a folder; name a .yaml or .json file")
     try:
         if path.suffix.lower() == ".json":
             return json.loads(path.read_text())
         return load_yaml(path.read_text())
     except ValueError as e:  # json and yaml errors carry the line number
-        raise ValueError(f"{path}: cannot parse: {str(e)[:300]}") from None
+        raise ValueError(f"{path}: cannot parse: {' '.join(str(e).split())[:300]}") from None  # one line
 
 
 def load_yaml(text: str):

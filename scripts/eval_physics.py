@@ -3,7 +3,9 @@
 For each scene under examples/, --samples runs with fixed seeds per sampler at equal NFE (see
 poegen.compare.equal_nfe_options). A sample is placed when, for every visible simulated object, the
 checker finds an object of the same colour and shape whose centroid lies within 2 px (at 32x32) of
-the simulated one. Prints the share per scene and sampler, then overall.
+the simulated one; it is exact when, besides, nothing else is in the image (no other object, no blend,
+no unexplained pixel: poegen.experts.shapes.checker.exactly). Prints the shares per scene and sampler,
+then overall.
 
     python scripts/eval_physics.py --workers 2
 """
@@ -39,14 +41,16 @@ def main():
     for r in rows:
         groups[r.prompt, r.sampler].append(r)
         totals[r.sampler].append(r)
-    print(f"{'scene':20s} {'sampler':10s} present  placed  s/sample    NFE")
+    print(f"{'scene':20s} {'sampler':10s} present  placed   exact  s/sample    NFE")
     for (scene, sampler), rs in groups.items():
         n = len(rs)
         print(f"{Path(scene).stem:20s} {sampler:10s} {sum(r.present for r in rs) / n:7.2f} "
-              f"{sum(r.relation for r in rs) / n:7.2f}  {statistics.median(r.seconds for r in rs):8.1f} "
+              f"{sum(r.relation for r in rs) / n:7.2f} {sum(r.exact for r in rs) / n:7.2f}  {statistics.median(r.seconds for r in rs):8.1f} "
               f"{statistics.mean(r.nfe for r in rs):6.0f}", flush=True)
     for sampler, rs in totals.items():
-        print(f"overall_{sampler}_placed={sum(r.relation for r in rs) / len(rs):.3f} (n={len(rs)})")
+        n = len(rs)
+        print(f"overall_{sampler}_exact={sum(r.exact for r in rs) / n:.3f} "
+              f"overall_{sampler}_placed={sum(r.relation for r in rs) / n:.3f} (n={n})")
 
 
 if __name__ == "__main__":

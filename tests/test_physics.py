@@ -116,4 +116,5 @@ def test_scenes_at_other_camera_resolutions_generate_and_judge(tmp_path, resolut
     assert main(["generate", "--scene", str(spec), "--steps", "2", "--particles", "2", "-q", "--out", str(out)]) == 0
     physics = PhysicsExpert(load_scene(spec))
     image = torch.nn.functional.interpolate(physics.image[None], size=(32, 32), mode="area")[0]
-    assert compare.judge_scene(image, physics) == {"present": True, "relation": True}
+    # a 16-px camera image blown up to 32 px has 2-px blurred rims, which the checker leaves unexplained
+    assert compare.judge_scene(image, physics) == {"present": True, "relation": True, "exact": resolution > 32}

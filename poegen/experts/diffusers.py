@@ -26,6 +26,9 @@ def resolve(path_or_id: str) -> str:
         from huggingface_hub import snapshot_download
         return snapshot_download(path_or_id, local_files_only=True)
     except Exception:
+        if Path(path_or_id).is_absolute() or path_or_id.startswith((".", "~")) or path_or_id.count("/") != 1:
+            raise FileNotFoundError(f"model folder {path_or_id!r} does not exist; pass the folder a model was "
+                                    f"downloaded or saved to, or a hub id such as 'org/name'") from None
         raise FileNotFoundError(
             f"model {path_or_id!r} not found: it is neither a local folder nor in the Hugging Face cache "
             f"(HF_HOME). Fetch it first, e.g. `huggingface-cli download {path_or_id}` or "

@@ -3,6 +3,7 @@ or ``--config experts.yaml`` naming several with their options (see ``load_confi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -213,10 +214,20 @@ def _entry(spec: Spec, table: Dict, fields: Sequence[str], where: str) -> dict:
     check_keys(spec, where, fields, required=("kind", "path"))
     if spec["kind"] not in table:
         raise ValueError(f"{where}: kind {spec['kind']!r} is not one of {', '.join(table)} (see `poegen experts`)")
+    if not isinstance(spec["path"], str) or not spec["path"]:
+        raise ValueError(f"{where}.path: expected a folder or model id as text, got {str(spec['path'])[:40]!r}")
     options = check_keys(spec.get("options", {}), f"{where}.options", OPTIONS.get(spec["kind"], ()))
+    if "torch_dtype" in options:
+        from .cache import torch_dtype
+        try:
+            torch_dtype(options["torch_dtype"])
+        except ValueError as e:
+            raise ValueError(f"{where}.options: {e}") from None
     for name in ("guidance", "weight"):
         if name in spec and (isinstance(spec[name], bool) or not isinstance(spec[name], (int, float))):
             raise ValueError(f"{where}.{name}: expected a number, got {spec[name]!r}")
+        if name in spec and not math.isfinite(spec[name]):
+            raise ValueError(f"{where}.{name}: {spec[name]!r} is not a finite number")
     if "prompt" in spec and not isinstance(spec["prompt"], str):
         raise ValueError(f"{where}.prompt: expected text, got {spec['prompt']!r}")
     return dict(spec, options=options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -72,6 +73,8 @@ class SamplerConfig:
             raise ValueError("need mcmc_steps >= 0, step_scale > 0, 0 <= ess_threshold <= 1 and grad_guidance >= 0")
         if isinstance(cfg.reward_every, bool) or not isinstance(cfg.reward_every, int) or cfg.reward_every < 1:
             raise ValueError(f"reward_every={cfg.reward_every!r}: expected a whole number of levels >= 1")
+        if not cfg.rho > 0 or cfg.rho == float("inf"):
+            raise ValueError(f"rho={cfg.rho!r}: the Karras schedule's exponent must be a finite number > 0 (default 7)")
         return cfg
 
 
@@ -133,6 +136,9 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         generator: Optional[torch.Generator] = None, shape: Optional[Sequence[int]] = None,
         device=None, dtype: torch.dtype = torch.float32) -> SampleResult:
     """Run the annealed SMC loop described in the module docstring."""
+    for name, value in (("num_particles", num_particles), ("num_steps", num_steps)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
     if num_particles < 1 or num_steps < 1:
         raise ValueError(f"num_particles and num_steps must be >= 1, got {num_particles} and {num_steps}")
     shape = tuple(shape or product.shape or ())

@@ -210,6 +210,50 @@ def detect(image, min_area: float = 6.0, min_alpha: float = 0.5, max_resid: floa
     return sorted(dets, key=lambda d: d.centroid[0])
 
 
+MISFIT = 0.1  # a detection whose best template errs more than this is a blend or a fragment, not an object
+FOREGROUND = 40.0  # RGB distance (0..255) from both backgrounds beyond which a pixel shows something
+
+
+def unexplained(image, dets: list[Detection], misfit: float = MISFIT, foreground: float = FOREGROUND) -> int:
+    """Pixels that show something (farther than ``foreground`` from the sky and the floor colours) but lie more
+    than one pixel away from every detection that fits its template within ``misfit``: blends, slivers too small
+    to detect, colours off the palette, and misfit components."""
+    c = to_uint8(image).astype(np.float32)
+    shows = np.linalg.norm(c[:, :, None, :] - BACKGROUNDS[None, None], axis=-1).min(-1) > foreground
+    covered = np.zeros(shows.shape, dtype=bool)
+    for d in dets:
+        if d.mask is not None and d.fit_error <= misfit:
+            covered |= d.mask
+    grown = covered.copy()  # anti-aliased rims and the seams between touching objects
+    grown[1:] |= covered[:-1]; grown[:-1] |= covered[1:]; grown[:, 1:] |= covered[:, :-1]; grown[:, :-1] |= covered[:, 1:]
+    grown[1:, 1:] |= covered[:-1, :-1]; grown[:-1, :-1] |= covered[1:, 1:]
+    grown[1:, :-1] |= covered[:-1, 1:]; grown[:-1, 1:] |= covered[1:, :-1]
+    return int((shows & ~grown).sum())
+
+
+def one_to_one(phrases, dets: list[Detection]) -> bool:
+    """Whether the detections are exactly the phrases' objects: as many, and each phrase (a vocab.Phrase or
+    anything with colour, shape and size, None meaning any) matched to its own detection."""
+    if len(phrases) != len(dets):
+        return False
+
+    def assign(i: int, free: frozenset) -> bool:
+        if i == len(phrases):
+            return True
+        p = phrases[i]
+        return any(all(v is None or getattr(dets[j], k) == v for k, v in
+                       (("colour", p.colour), ("shape", p.shape), ("size", p.size))) and assign(i + 1, free - {j})
+                   for j in free)
+    return assign(0, frozenset(range(len(dets))))
+
+
+def exactly(image, phrases, dets: list[Detection] | None = None) -> bool:
+    """The image shows the phrases' objects and nothing else: one detection per phrase (``one_to_one``; skipped
+    when ``phrases`` is None), every detection fitting its template, and no pixel left unexplained."""
+    dets = detect(image) if dets is None else dets
+    return (phrases is None or one_to_one(phrases, dets)) and all(d.fit_error <= MISFIT for d in dets) and unexplained(image, dets) == 0
+
+
 def describe(dets: list[Detection]) -> str:
     """One line per detection, for logs and reports."""
     return "; ".join(f"{d.size} {d.colour} {d.shape} at ({d.centroid[0]:.1f}, {d.centroid[1]:.1f})" for d in dets)

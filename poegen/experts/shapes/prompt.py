@@ -39,24 +39,34 @@ class Prompt:
         return out
 
 
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` quoted for an error message, its middle elided when long (a message stays one readable line)."""
+    return repr(text) if len(text) <= limit else repr(f"{text[:limit // 2]} ... {text[-limit // 2:]}")
+
+
 def parse_prompt(text: str) -> Prompt:
     """Parse a prompt of the world's vocabulary; an unknown word lists the vocabulary."""
     words = split_words(text)
+    quoted = _short(text)
+    counted = [w for w in words if w in NUMBERS or w in PLURALS or w.isdigit()]  # "2": a count, not a typo
     for w in words:
-        if (w not in WORD_TO_ID or w in SPECIALS) and w not in PROMPT_WORDS:
-            raise ValueError(f"unknown word {w!r} in prompt {text!r}; the shapes world knows: "
+        if (w not in WORD_TO_ID or w in SPECIALS) and w not in PROMPT_WORDS and w not in counted:
+            raise ValueError(f"unknown word {_short(w, 24)} in prompt {quoted}; the shapes world knows: "
                              f"{', '.join(vocabulary() + PROMPT_WORDS)}")
     if not words:
         raise ValueError("empty prompt: name at least one object, e.g. 'a red ball'")
-    counted = [w for w in words if w in NUMBERS or w in PLURALS]
     if counted:
-        raise ValueError(f"{counted[0]!r} in prompt {text!r}: prompts name each object once ('a red ball and a blue "
+        raise ValueError(f"{counted[0]!r} in prompt {quoted}: prompts name each object once ('a red ball and a blue "
                          "ball'); counts and plurals are not supported")
     objects: List[Phrase] = []
     relations = []
 
     def index(phrase_words: List[str]) -> int:
-        p = parse_phrase(" ".join(phrase_words))
+        phrase = " ".join(phrase_words)
+        try:
+            p = parse_phrase(phrase)
+        except ValueError as e:  # quote a long phrase shortened
+            raise ValueError(str(e).replace(repr(phrase), _short(phrase))) from None
         if p not in objects:
             objects.append(p)
         return objects.index(p)
@@ -67,28 +77,33 @@ def parse_prompt(text: str) -> Prompt:
             clause.append(w)
             continue
         if not clause:
-            raise ValueError(f"empty clause in prompt {text!r}: 'and' must join object phrases")
+            raise ValueError(f"empty clause in prompt {quoted}: 'and' must join object phrases")
         rel_at = [k for k, x in enumerate(clause) if x in RELATION_WORDS]
         if len(rel_at) > 1:
-            raise ValueError(f"one relation per clause in {text!r}; join clauses with 'and'")
+            raise ValueError(f"one relation per clause in {quoted}; join clauses with 'and'")
         if rel_at:
             k = rel_at[0]
             rel = clause[k]
             rest = clause[k + 2:] if rel in ("left", "right") and clause[k + 1:k + 2] == ["of"] else clause[k + 1:]
             if rel in ("left", "right") and clause[k + 1:k + 2] != ["of"]:
-                raise ValueError(f"write '{rel} of' in {text!r}")
+                raise ValueError(f"write '{rel} of' in {quoted}")
+            words_of_rel = " ".join(clause[k:len(clause) - len(rest)])
+            for side, part in (("before", clause[:k]), ("after", rest)):
+                if not part:
+                    raise ValueError(f"{words_of_rel!r} in prompt {quoted} needs an object {side} it, e.g. "
+                                     f"'a red ball {words_of_rel} a blue box'")
             a, b = index(clause[:k]), index(rest)
             if a == b:
-                raise ValueError(f"{' '.join(clause)!r} relates an object to itself; a relation needs two objects "
+                raise ValueError(f"{_short(' '.join(clause))} relates an object to itself; a relation needs two objects "
                                  "of different colour or shape")
             for i, r, j in relations:
                 if ((i, j) == (a, b) and OPPOSITE.get(r) == rel) or ((i, j) == (b, a) and r == rel):
-                    raise ValueError(f"{' '.join(clause)!r} contradicts an earlier relation in {text!r}")
+                    raise ValueError(f"{_short(' '.join(clause))} contradicts an earlier relation in {quoted}")
             relations.append((a, rel, b))
         else:
             before = len(objects)
             if index(clause) < before:
-                raise ValueError(f"prompt {text!r} names {' '.join(clause)!r} twice; two objects need different "
+                raise ValueError(f"prompt {quoted} names {_short(' '.join(clause))} twice; two objects need different "
                                  "colours or shapes (counts are not supported)")
         clause = []
     return Prompt(objects, relations)
@@ -109,6 +124,20 @@ def shapes_layout(prompt: str | Prompt) -> Layout:
                   [(i, f"{rel} of" if rel in ("left", "right") else rel, j) for i, rel, j in p.relations])
 
 
+def _check_scene_prompt(text: str, spec):
+    """A scene spec's prompt in the shapes world, which draws the scene's own objects and has no background: it
+    must name only objects of the scene (it is then redundant), else it is refused rather than ignored."""
+    try:
+        prompt = parse_prompt(text.replace(",", " and "))  # commas join objects, as layouts split them
+    except ValueError as e:
+        raise ValueError(f"scene prompt: {e}") from None
+    for p in prompt.objects:
+        if not any(p.matches(o) for o in spec.objects):
+            have = ", ".join(f"{o.size} {o.colour} {o.shape}" for o in spec.objects)
+            raise ValueError(f"scene prompt {_short(text)} names a {p}, which is not among the scene's objects "
+                             f"({have}); the shapes world draws the objects, so describe them or leave prompt out")
+
+
 def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
                    vlm_weight: Optional[float] = None, schedule="linear", bf16: bool = False) -> Product:
     """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
@@ -117,7 +146,11 @@ def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     from .model import load_prior
     from .vlm import load_vlm
 
-    if not layout.objects:  # a plain prompt: the shapes world always composes
+    physics = layout.extra.get("physics")
+    if physics is not None and layout.prompt.strip():
+        _check_scene_prompt(layout.prompt, physics.spec)
+    if not layout.objects and physics is None:  # a plain prompt: the shapes world always composes (a scene whose
+        #                                         objects all left the view has none: the prior and its layout)
         layout = Layout(**{**vars(shapes_layout(layout.prompt)), "questions": layout.questions, "extra": layout.extra})
     phrases = []
     for i, o in enumerate(layout.objects):
@@ -139,7 +172,6 @@ def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
         scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
         potentials = [scorer.expert(q) for q in questions]
         lambdas = [vlm_weight] * len(potentials)
-    physics = layout.extra.get("physics")
     if "edit" in layout.extra:  # the given image outside the edit mask; the new objects' footprints stand in
         potentials.append(layout.extra["edit"].known_pixels())  # the given image outside the edit mask
         lambdas.append(1.0)
