@@ -36,9 +36,9 @@ def test_scene_verdict_reads_the_simulated_layout():
 
     physics = PhysicsExpert(load_scene("examples/stacking.yaml"))
     image = physics.image
-    assert compare.judge_scene(image, physics) == {"present": True, "relation": True}
+    assert compare.judge_scene(image, physics) == {"present": True, "relation": True, "exact": True}
     moved = image.roll(3, dims=-1)  # everything 3 px to the right
-    assert compare.judge_scene(moved, physics) == {"present": True, "relation": False}
+    assert compare.judge_scene(moved, physics) == {"present": True, "relation": False, "exact": False}
     assert compare.judge_scene(moved, physics, tolerance=3.5)["relation"]
     assert compare.judge_scene(-torch.ones_like(image), physics)["present"] is False
     assert compare.is_scene("examples/stacking.yaml") and not compare.is_scene("a red ball on a blue box")

@@ -120,7 +120,7 @@ def test_a_scene_edit_drops_the_new_object_onto_the_old_ones(tmp_path, capsys):
     assert product.names == ["shapes[null]", "shapes[small red ball at (15.7, 16.5)]"]  # the box is not redrawn
     r = poegen.sample(product, num_particles=4, num_steps=8, generator=torch.Generator().manual_seed(0),
                       replace_known=True, select="best")
-    assert judge_edit(r.x[0], layout) == {"present": True, "relation": True}
+    assert judge_edit(r.x[0], layout) == {"present": True, "relation": True, "exact": True}
     assert judge_edit(image, layout)["present"] is False  # the unedited image has no ball
     spec = tmp_path / "drop.yaml"
     spec.write_text(json.dumps({"objects": old + [dict(ball, position=[0.0, 1.5])]}))

@@ -55,11 +55,13 @@ def test_prompt_product_uses_composable_weights():
     product = build_product("a red ball and a blue box", guidance=2.0)
     assert product.weights == [-3.0, 2.0, 2.0]  # null^(1 - 2w) * red^w * blue^w
     assert product.names[0] == "shapes[null]"
-    assert product.potential_names == ["vlm[is there a red ball?]", "vlm[is there a blue box?]"]
+    assert product.potential_names == ["vlm[is there a red ball?]", "vlm[is there a blue box?]",
+                                       "vlm[are there one balls?]", "vlm[are there one boxes?]",
+                                       "vlm[are there zero wedges?]"]  # the counts ask for nothing else
     from poegen.experts.shapes.prompt import GUIDANCE, VLM_WEIGHT
 
     default = build_product("a red ball")
-    assert default.weights == [1 - GUIDANCE, GUIDANCE] and default.lambdas == [VLM_WEIGHT]
+    assert default.weights == [1 - GUIDANCE, GUIDANCE] and default.lambdas == [VLM_WEIGHT] * 4
 
 
 def test_phrase_experts_share_one_forward_and_match_separate_calls():

@@ -39,6 +39,16 @@ class Prompt:
         return out
 
 
+def count_questions(phrases: List[Phrase]) -> List[str]:
+    """"are there N balls?" for every shape, N the number of phrases of that shape (the scorer counts up to four):
+    together they ask that nothing but the named objects be drawn, no second ball, no stray box."""
+    from .world import SHAPES
+
+    plural = {shape: word for word, shape in PLURALS.items()}
+    counts = {shape: sum(p.shape == shape for p in phrases) for shape in SHAPES}
+    return [f"are there {NUMBERS[n]} {plural[shape]}?" for shape, n in counts.items() if n < len(NUMBERS)]
+
+
 def _short(text: str, limit: int = 60) -> str:
     """``text`` quoted for an error message, its middle elided when long (a message stays one readable line)."""
     return repr(text) if len(text) <= limit else repr(f"{text[:limit // 2]} ... {text[-limit // 2:]}")
@@ -142,7 +152,8 @@ def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
                    vlm_weight: Optional[float] = None, schedule="linear", bf16: bool = False) -> Product:
     """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
     or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
-    and relation, and a simulated scene's layout potential and hard constraint (weights from its spec)."""
+    and relation and, unless it edits an image, one count per shape (``count_questions``), and a simulated
+    scene's layout potential and hard constraint (weights from its spec)."""
     from .model import load_prior
     from .vlm import load_vlm
 
@@ -168,6 +179,8 @@ def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     questions = layout.questions
     if questions is None:
         questions = Prompt(phrases, [(i, rel.replace(" of", ""), j) for i, rel, j in layout.relations]).questions()
+        if "edit" not in layout.extra:  # the layout lists every object of the image: ask for nothing else
+            questions += count_questions(phrases)
     if vlm_weight and questions:
         scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
         potentials = [scorer.expert(q) for q in questions]
