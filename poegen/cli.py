@@ -117,13 +117,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
+    from .generate import Job
+
     ap = _Parser(prog="poegen", description="Generate images from a product of experts.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = ap.add_subparsers(dest="command", required=True)
     common = _Parser(add_help=False)  # the sampler and the models, shared by generate and edit
     common.add_argument("--sampler", default="poe", choices=samplers.available())
-    common.add_argument("--particles", type=int, default=16)
-    common.add_argument("--steps", type=int, default=30)
+    common.add_argument("--particles", type=int, default=Job.particles)
+    common.add_argument("--steps", type=int, default=Job.steps)
     common.add_argument("--mcmc-steps", type=int, default=None, help="Langevin moves per level (preset default)")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--guidance", type=float, default=None,

@@ -14,7 +14,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from poegen import compare
+from poegen import compare, samplers
+from poegen.generate import Job
 from poegen.layout import spec_kind
 
 
@@ -24,9 +25,9 @@ def main():
     ap.add_argument("--seed0", type=int, default=0)
     ap.add_argument("--samplers", default="poe,best-of-n,ancestral")
     ap.add_argument("--scenes", default="examples", help="a folder of scene specs, or comma-separated files")
-    ap.add_argument("--particles", type=int, default=16)
-    ap.add_argument("--mcmc-steps", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--particles", type=int, default=Job.particles, help="default: poegen generate's")
+    ap.add_argument("--mcmc-steps", type=int, default=samplers.PRESETS["poe"]["mcmc_steps"])
+    ap.add_argument("--steps", type=int, default=Job.steps)
     ap.add_argument("--guidance", type=float, default=None, help="phrase weight (default: the shapes world's)")
     ap.add_argument("--grad-guidance", type=float, default=0.0, help="gradient guidance of the stochastic proposals")
     ap.add_argument("--workers", type=int, default=1)

@@ -20,7 +20,8 @@ import sys
 import time
 from collections import defaultdict
 
-from poegen import compare
+from poegen import compare, samplers
+from poegen.generate import Job
 
 PROMPTS = {
     "single": ["a red ball", "a blue box", "a green wedge", "a yellow ball"],
@@ -37,9 +38,9 @@ def main():
     ap.add_argument("--seed0", type=int, default=0, help="first seed (tune on other seeds than you report)")
     ap.add_argument("--samplers", default="poe,best-of-n,ancestral")
     ap.add_argument("--categories", default="single,pair,relation")
-    ap.add_argument("--particles", type=int, default=16)
-    ap.add_argument("--mcmc-steps", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--particles", type=int, default=Job.particles, help="default: poegen generate's")
+    ap.add_argument("--mcmc-steps", type=int, default=samplers.PRESETS["poe"]["mcmc_steps"])
+    ap.add_argument("--steps", type=int, default=Job.steps)
     ap.add_argument("--guidance", type=float, default=None, help="phrase weight (default: the shapes world's)")
     ap.add_argument("--vlm-weight", type=float, default=None, help="default: the shapes world's")
     ap.add_argument("--grad-guidance", type=float, default=0.0, help="gradient guidance of the stochastic proposals")

@@ -136,7 +136,8 @@ def _cli_guidance_nan_too(tmp):
 
 def _negated_weights(tmp):
     meta = _meta(tmp / "x_raw.png")
-    assert -1.0 in meta["experts"].values() and set(meta["potentials"].values()) == {-3.0}
+    from poegen.experts.shapes.prompt import COUNT_WEIGHT
+    assert -1.0 in meta["experts"].values() and set(meta["potentials"].values()) == {-3.0, -3.0 * COUNT_WEIGHT}
 
 
 def _frames(tmp):

@@ -58,10 +58,11 @@ def test_prompt_product_uses_composable_weights():
     assert product.potential_names == ["vlm[is there a red ball?]", "vlm[is there a blue box?]",
                                        "vlm[are there one balls?]", "vlm[are there one boxes?]",
                                        "vlm[are there zero wedges?]"]  # the counts ask for nothing else
-    from poegen.experts.shapes.prompt import GUIDANCE, VLM_WEIGHT
+    from poegen.experts.shapes.prompt import COUNT_WEIGHT, GUIDANCE, VLM_WEIGHT
 
     default = build_product("a red ball")
-    assert default.weights == [1 - GUIDANCE, GUIDANCE] and default.lambdas == [VLM_WEIGHT] * 4
+    assert default.weights == [1 - GUIDANCE, GUIDANCE]
+    assert default.lambdas == [VLM_WEIGHT] + [VLM_WEIGHT * COUNT_WEIGHT] * 3
 
 
 def test_phrase_experts_share_one_forward_and_match_separate_calls():
