@@ -139,3 +139,28 @@ def test_prompts_that_cannot_be_drawn_as_asked_are_refused(prompt, message):
         parse_prompt(prompt)
     # a phrase reused across relations is one object, as before
     assert len(parse_prompt("a red ball on a blue box and a red ball left of a green wedge").objects) == 3
+
+
+def test_placement_puts_objects_apart_and_keeps_the_relations():
+    from poegen.experts.shapes.prompt import (FLOOR_ROW, RELATION_WEIGHT, Prompt, build_product, parse_prompt,
+                                              placement)
+
+    assert placement(parse_prompt("a red ball")) is None  # one object goes where the prior puts it
+    (c0, r0), (c1, r1) = placement(parse_prompt("a green wedge right of a yellow box"))
+    assert c0 > c1 + 8 and r0 == r1 == FLOOR_ROW
+    (c0, r0), (c1, r1) = placement(parse_prompt("a red ball on a blue box"))
+    assert c0 == c1 and r0 < r1 == FLOOR_ROW
+    places = placement(parse_prompt("a red ball on a blue box and a green wedge left of a blue box"))
+    assert places[2][0] < places[1][0] == places[0][0]  # the wedge left of the box, the ball above it
+    cols = [c for c, _ in placement(parse_prompt("a red ball and a blue box and a green wedge"))]
+    assert cols == sorted(cols) and min(b - a for a, b in zip(cols, cols[1:])) >= 7
+    # no arrangement satisfies these: the objects stay unplaced rather than misplaced
+    three = parse_prompt("a red ball and a blue box and a green wedge").objects
+    assert placement(Prompt(three, [(0, "on", 1), (1, "on", 2), (2, "on", 0)])) is None
+    assert placement(Prompt(three, [(0, "on", 2), (1, "on", 2)])) is None  # two on one
+    assert placement(parse_prompt("a red ball left of a blue box and a green wedge on a red ball and "
+                                  "a blue box left of a green wedge")) is None
+    product = build_product("a red ball left of a blue box", vlm_weight=1.0)
+    assert dict(zip(product.potential_names, product.lambdas))["vlm[is the red ball left of the blue box?]"] == \
+        RELATION_WEIGHT
+    assert product.names == ["shapes[null]", "shapes[red ball at (10.7, 27.0)]", "shapes[blue box at (21.3, 27.0)]"]
