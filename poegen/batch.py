@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 from tqdm.auto import tqdm
 
 from .generate import Job, check_writable, run
-from .validation import read_file
+from .validation import read_file, unique_keys
 
 log = logging.getLogger("poegen.batch")
 RESERVED = re.compile(r"(_raw|_f\d+)$")  # suffixes of the files an item writes besides ID.png
@@ -32,14 +32,22 @@ def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
         raise ValueError(f"job file {path} is a folder; give a .jsonl, .yaml or .json file of jobs")
     items = []
     if path.suffix.lower() == ".jsonl":
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # a BOM is not content
             if line.strip():
                 try:
-                    items.append((f"{path}:{n}", json.loads(line)))
+                    items.append((f"{path}:{n}", json.loads(line, object_pairs_hook=unique_keys)))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+                except ValueError as e:  # a key given twice
+                    raise ValueError(f"{path}:{n}: {e}") from None
     else:
-        data = read_file(path, "job")
+        try:
+            data = read_file(path, "job")
+        except ValueError:
+            lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+            if len(lines) > 1 and all(ln.lstrip().startswith("{") for ln in lines):
+                raise ValueError(f"{path}: this looks like one JSON job a line; name the file .jsonl") from None
+            raise
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a list of jobs")
         items = [(f"{path}: item {i}", d) for i, d in enumerate(data)]
@@ -56,6 +64,8 @@ def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
         if isinstance(job_id, bool) or not isinstance(job_id, (str, int)):
             raise ValueError(f"{where}: id must be text or a whole number, got {type(job_id).__name__}")
         job_id = str(job_id)
+        if not job_id.strip():
+            raise ValueError(f"{where}: id is empty; give it a name (it names the item's files) or leave id out")
         if "/" in job_id or RESERVED.search(job_id):
             stem = RESERVED.sub("", job_id)
             clash = f", so its files would overwrite those of id {stem[:40]!r} ({every[stem]})" if stem in every else ""
@@ -84,6 +94,9 @@ def read_manifest(out: Path) -> Dict[str, dict]:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if not (isinstance(r, dict) and isinstance(r.get("id"), str) and "status" in r):
+                log.warning("%s: a line that is not a record of poegen's is ignored: %s", f.name, line[:60])
+                continue  # a hand-edited or foreign line: ignored like a torn one, never a crash
             records[r["id"]] = r
     return records
 
@@ -99,7 +112,9 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
     except OSError as e:
         raise ValueError(f"output folder {out} is not writable: {e}") from None
     lock = _lock(out, rank)  # held while this batch runs: a second one on this rank is refused
-    finished = {k: r.get("fingerprint") for k, r in read_manifest(out).items() if r["status"] == "ok"}
+    records = read_manifest(out)
+    # an item is finished when its record is ok and its files are still there (a deleted image is made again)
+    finished = {k: r.get("fingerprint") for k, r in records.items() if r["status"] == "ok" and _present(out, r)}
     mine = [(k, j) for i, (k, j) in enumerate(jobs) if i % world == rank]
     leftovers = [n for n in os.listdir(out) if n.endswith(".tmp")]  # temporary files of a killed run
     counts = {"done": 0, "skipped": 0, "failed": 0}
@@ -117,12 +132,15 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
                 if job_id in finished:
                     log.warning("item %s changed since it was run (its job or a file it reads); running it again",
                                 job_id)
+                elif records.get(job_id, {}).get("status") == "ok":
+                    log.warning("item %s: a file it wrote is missing; running it again", job_id)
                 _remove_stale(out, job_id, leftovers)
                 t = time.perf_counter()
                 try:
                     files = [p.name for p in run(job, out / f"{job_id}.png")]
                     record = {"id": job_id, "status": "ok", "files": files, "fingerprint": fp}
                     counts["done"] += 1
+                    _remove_replaced(out, records.get(job_id), files)
                 except Exception as e:  # one item's failure is recorded, the batch goes on
                     full = isinstance(e, OSError) and e.errno == errno.ENOSPC
                     log.warning("item %s failed: %s", job_id, e)
@@ -150,6 +168,32 @@ def fingerprint(job: Job) -> str:
         if value and Path(value).is_file():
             h.update(Path(value).read_bytes())
     return h.hexdigest()[:16]
+
+
+def _outputs(files) -> set:
+    """Every file an item's record stands for: its listed PNGs with their _raw twins, and its GIF."""
+    names = set()
+    for name in files or ():
+        names.add(name)
+        if name.endswith(".png"):
+            names.add(name[:-4] + "_raw.png")
+    return names
+
+
+def _present(out: Path, record: dict) -> bool:
+    """Whether every file of an ok record is still in the folder."""
+    return all((out / name).is_file() for name in _outputs(record.get("files")))
+
+
+def _remove_replaced(out: Path, old: dict | None, files: List[str]):
+    """After an item ran again, remove the files its previous ok run wrote that this run did not (frames 3 -> 1
+    leaves no x_f00.png or x.gif of the old job beside the new x.png)."""
+    if not old or old.get("status") != "ok":
+        return
+    for name in _outputs(old.get("files")) - _outputs(files):
+        if "/" not in name and (out / name).is_file():
+            (out / name).unlink()
+            log.warning("removed %s, written by this item's previous run", name)
 
 
 def _remove_stale(out: Path, job_id: str, leftovers: List[str]):

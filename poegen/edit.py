@@ -147,4 +147,7 @@ def load_edit(path) -> Layout:
         scene = load_scene(here / scene)
     elif scene is not None:
         scene = parse_scene(scene)
-    return edit_layout(image, data.get("prompt", ""), mask, scene, int(data.get("margin", 2)))
+    margin = data.get("margin", 2)
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"{path}: margin {str(margin)[:20]!r}: expected whole pixels >= 0 around the new objects")
+    return edit_layout(image, data.get("prompt", ""), mask, scene, margin)

@@ -77,6 +77,8 @@ class Job:
             raise ValueError(f"{where}: frames, particles and steps must be >= 1")
         if job.frames > 1 and (job.scene is None or job.image is not None):
             raise ValueError(f"{where}: frames {job.frames} needs a scene to simulate (--scene, not an edit)")
+        if job.margin < 0:
+            raise ValueError(f"{where}: margin {job.margin}: expected pixels >= 0 around the new objects")
         if job.max_memory is not None and job.max_memory <= 0:  # its type is checked with the others
             raise ValueError(f"{where}: max_memory {job.max_memory!r}: expected a positive number of GB")
         return job
@@ -134,6 +136,7 @@ def products(job: Job, cfg: Optional[dict] = None):
         from .scene import load_scene
 
         spec, n = load_scene(job.scene), job.frames
+        refuse_new(spec, job.scene)
         times = [spec.physics.duration * i / (n - 1) for i in range(n)] if n > 1 else [None]
         layouts = [(f"_f{i:02d}" if n > 1 else "", from_physics(PhysicsExpert(spec, until=t))) for i, t in enumerate(times)]
     elif job.layout is not None:
@@ -149,6 +152,15 @@ def products(job: Job, cfg: Optional[dict] = None):
         if questions is not None:
             layout.questions = list(questions)
     return [(label, build_product(layout, experts, potentials, job.guidance, job.vlm_weight)) for label, layout in layouts]
+
+
+def refuse_new(spec, path):
+    """A scene to generate (no image) may not mark objects ``new``: that keeps every other object where the spec
+    puts it, floating or not, as an edit must (the objects already in its image stay put)."""
+    new = [i for i, o in enumerate(spec.objects) if o.new]
+    if new:
+        raise ValueError(f"{path}: objects[{new[0]}].new: new: true marks an object to add to an image (poegen edit "
+                         "IMAGE --scene ...); to simulate every object, leave new out")
 
 
 def _edit_product(job: Job, cfg: dict, experts, potentials):
@@ -272,6 +284,12 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
         raise ValueError(f"--out {out} is a folder; name a .png file")
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: poegen writes PNG (with its metadata); name the file .png")
+    for key in ("image", "mask", "scene", "layout", "config"):  # never write over what the job reads
+        given = getattr(job, key)
+        if given and Path(given).exists() and any(
+                p.exists() and p.resolve() == Path(given).resolve()
+                for p in (out, out.with_name(out.stem + "_raw" + out.suffix))):
+            raise ValueError(f"--out {out} would overwrite the {key} file {given}; write the result elsewhere")
     try:  # before any sampling: the folder must take a file
         check_writable(out.parent)
     except OSError as e:
@@ -288,7 +306,9 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
         options["replace_known"] = replaces_known(product) if job.replace_known is None else job.replace_known
         if max_memory is not None:
             from .memory import fit
-            fit(product, max_memory, job.particles, device)
+            if not fit(product, max_memory, job.particles, device):
+                log.warning("--max-memory %g GB: this product has no model that micro-batches (the shapes world "
+                            "runs whole), so the cap is not enforced", max_memory)
         result = samplers.sample(product, sampler=job.sampler, num_particles=job.particles, num_steps=job.steps,
                                  generator=torch.Generator(device).manual_seed(job.seed), **options)
         meta = {"poegen": __version__, "job": asdict(job), "frame": label,

@@ -107,6 +107,44 @@ class Layout:
         return (1 - total / scale).clamp(min=0), per
 
 
+_AXIS = {"left of": ("across", False), "right of": ("across", True), "on": ("up", False), "above": ("up", False),
+         "below": ("up", True)}  # relation -> (axis, reversed): "i left of j" orders i before j across
+
+
+def check_relations(layout: "Layout", where: str = "relations"):
+    """Refuse relations that no image can satisfy: an object related to itself, or relations that go round in a
+    circle on one axis ("A on B and A below B", "A left of B, B left of C and C left of A"); their questions could
+    never all be answered yes."""
+    edges = {"across": {}, "up": {}}
+    for i, rel, j in layout.relations:
+        if rel not in _AXIS:
+            continue
+        if i == j:
+            raise ValueError(f"{where}: {layout.relation_text(i, rel, j)!r} relates an object to itself; a relation "
+                             "needs two objects")
+        axis, flip = _AXIS[rel]
+        a, b = (j, i) if flip else (i, j)
+        edges[axis].setdefault(a, []).append((b, (i, rel, j)))
+    for graph in edges.values():
+        state = {}
+
+        def visit(node, path):
+            state[node] = 1
+            for nxt, r in graph.get(node, ()):
+                if state.get(nxt) == 1:  # back to an object on the current path: a circle
+                    start = next(k for k, (n, _) in enumerate(path) if n == nxt) if any(n == nxt for n, _ in path) else 0
+                    cycle = [rr for _, rr in path[start:]] + [r]
+                    texts = ", ".join(repr(layout.relation_text(*c)) for c in cycle if c is not None)
+                    raise ValueError(f"{where}: {texts} contradict each other (no image has them all); drop one")
+                if state.get(nxt) is None:
+                    visit(nxt, path + [(nxt, r)])
+            state[node] = 2
+
+        for node in list(graph):
+            if state.get(node) is None:
+                visit(node, [(node, None)])
+
+
 def resize(image: Tensor, h: int, w: int) -> Tensor:
     """An (H, W) map resized to (h, w): area-averaged when shrinking, bilinear when growing."""
     x = image.float()[None, None]
@@ -149,6 +187,10 @@ def from_prompt(text: str, compose: bool = False, parts: Optional[Sequence[str]]
         raise ValueError("prompt: empty; describe the image, e.g. 'a red ball on a blue box'")
     if parts:
         layout = Layout("", [LayoutObject(p) for p in parts])
+        if text.strip() not in parts and text.strip() != " and ".join(parts):
+            import logging
+            logging.getLogger("poegen.layout").warning(
+                "the prompt %r is not used: --part (parts) lists the objects; name every object as a part", text[:60])
     elif compose:
         layout = split_prompt(text)
     else:
@@ -193,17 +235,31 @@ def parse_layout(data, where: str = "layout") -> Layout:
             raise ValueError(f"{w}.phrase: missing; every object needs a phrase such as 'a red ball'")
         objects.append(LayoutObject(phrase.strip(), _box(o["box"], f"{w}.box") if "box" in o else None))
     relations = []
-    for i, r in enumerate(data.get("relations", [])):
+    raw_relations = data.get("relations", [])
+    if not isinstance(raw_relations, list):  # a string or mapping would be read item by item
+        raise ValueError(f"{where}.relations: expected a list of [i, relation, j], e.g. [[0, on, 1]], got "
+                         f"{type(raw_relations).__name__}")
+    for i, r in enumerate(raw_relations):
         w = f"{where}.relations[{i}]"
         if (not isinstance(r, (list, tuple)) or len(r) != 3 or r[1] not in RELATIONS
-                or not all(isinstance(k, int) and 0 <= k < len(objects) for k in (r[0], r[2]))):
+                or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(objects)
+                           for k in (r[0], r[2]))):
             raise ValueError(f"{w}: expected [i, relation, j] with object indices below {len(objects)} and a "
-                             f"relation among {', '.join(RELATIONS)}, got {r!r}")
-        relations.append((r[0], r[1], r[2]))
+                             f"relation among {', '.join(RELATIONS)}, got {str(r)[:80]}")
+        a, rel, b = r
+        if objects[a].box is not None and objects[b].box is not None and a != b:  # the boxes must not say otherwise
+            (ax, ay), (bx, by) = [((o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2) for o in (objects[a], objects[b])]
+            against = {"left of": ax > bx, "right of": ax < bx, "on": ay > by, "above": ay > by, "below": ay < by}[rel]
+            if against:
+                raise ValueError(f"{w}: {objects[a].phrase!r} {rel} {objects[b].phrase!r} contradicts their boxes "
+                                 "(box centres, y down); move a box or fix the relation")
+        relations.append((a, rel, b))
     questions = data.get("questions")
     if questions is not None and (not isinstance(questions, list) or not all(isinstance(q, str) for q in questions)):
         raise ValueError(f"{where}.questions: expected a list of texts")
-    return Layout(prompt, objects, relations, questions=questions)
+    layout = Layout(prompt, objects, relations, questions=questions)
+    check_relations(layout, f"{where}.relations")
+    return layout
 
 
 def load_layout(path) -> Layout:
@@ -239,7 +295,10 @@ def load_target(target: str) -> Layout:
     if kind == "scene":
         from .experts.physics import PhysicsExpert
         from .scene import load_scene
-        return from_physics(PhysicsExpert(load_scene(target)))
+        from .generate import refuse_new
+        spec = load_scene(target)
+        refuse_new(spec, target)
+        return from_physics(PhysicsExpert(spec))
     return load_layout(target)
 
 
@@ -261,13 +320,24 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
     defaults; ``shapes_options``: prior, vlm, schedule, bf16). An edit's ``Edit`` is kept as ``product.edit``."""
     if experts:
         from .experts.registry import build
+        check_relations(layout)
         product = build(layout, experts, potentials, 1.0 if guidance is None else guidance,
                         1.0 if vlm_weight is None else vlm_weight)
     elif potentials:
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
                          "(weight it with --vlm-weight)")
     else:
-        from .experts.shapes.prompt import layout_product
+        from .experts.shapes.prompt import layout_product, shapes_layout
+        if not layout.objects and "physics" not in layout.extra:  # a prompt: the shapes world always composes (a
+            #                                  scene whose objects all left the view has none: the prior and its layout)
+            layout = Layout(**{**vars(shapes_layout(layout.prompt)), "questions": layout.questions,
+                               "extra": layout.extra})
+        elif layout.prompt.strip() and "physics" not in layout.extra and "edit" not in layout.extra:
+            import logging
+            logging.getLogger("poegen.layout").warning(
+                "the shapes world draws the layout's objects and has no background: its prompt %r is not used",
+                layout.prompt[:60])
+        check_relations(layout, f"prompt {layout.extra['text'][:60]!r}" if "text" in layout.extra else "relations")
         product = layout_product(layout, guidance=guidance, vlm_weight=vlm_weight, **shapes_options)
     product.edit = layout.extra.get("edit")  # an edit's image and mask ride along (metrics, replace_known)
     return product

@@ -42,22 +42,49 @@ def read_file(path, what: str):
     if path.is_dir():
         raise ValueError(f"{what} file {path} is a folder; name a .yaml or .json file")
     try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not content
         if path.suffix.lower() == ".json":
-            return json.loads(path.read_text())
-        return load_yaml(path.read_text())
+            return json.loads(text, object_pairs_hook=unique_keys)
+        return load_yaml(text)
     except ValueError as e:  # json and yaml errors carry the line number
         raise ValueError(f"{path}: cannot parse: {' '.join(str(e).split())[:300]}") from None  # one line
 
 
+def unique_keys(pairs):
+    """A JSON object as a dict (``object_pairs_hook``), refusing a key given twice (json keeps the last silently)."""
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"key {_name_part(k)!r} appears twice in one mapping; merge them (the first would be "
+                             "ignored)")
+        d[k] = v
+    return d
+
+
 def load_yaml(text: str):
-    """YAML without aliases (a few bytes of anchors can expand to gigabytes) and with YAML 1.2 numbers (1e308 and
-    1.0e6 are floats, where PyYAML's YAML 1.1 reads strings); no code runs (SafeLoader)."""
+    """YAML without aliases (a few bytes of anchors can expand to gigabytes), without repeated keys (PyYAML keeps
+    the last silently), and with YAML 1.2 numbers and booleans (1e308 and 1.0e6 are floats, where PyYAML's YAML 1.1
+    reads strings; only true/false are booleans, so the relation `on` stays text); no code runs (SafeLoader)."""
     import re
 
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise ValueError(f"line {key_node.start_mark.line + 1}: key {_name_part(key)!r} appears twice in "
+                                     "one mapping; merge them (the first would be ignored)")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    # YAML 1.2 booleans: drop YAML 1.1's yes/no/on/off (a relation [0, on, 1] read as True)
+    Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
         r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"), list("-+0123456789."))

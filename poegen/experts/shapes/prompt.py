@@ -130,11 +130,11 @@ def _over_null(prior, experts: List, guidance: float, bf16: bool):
     return experts, weights
 
 
-def shapes_layout(prompt: str | Prompt, place: bool = True) -> Layout:
-    """The Layout of a shapes-world prompt: its objects and relations; with ``place``, each object of a prompt
-    with several gets a box around the place ``placement`` gives it."""
+def shapes_layout(prompt: str | Prompt) -> Layout:
+    """The Layout of a shapes-world prompt: its objects and relations, each object of a prompt with several in a
+    box around the place ``placement`` gives it."""
     p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-    places = placement(p) if place else None
+    places = placement(p)
     half = 0.1  # the boxes' half-width (of the image): the prior is told their centres
     boxes = [None] * len(p.objects) if places is None else \
         [((c + 0.5) / 32 - half, (r + 0.5) / 32 - half, (c + 0.5) / 32 + half, (r + 0.5) / 32 + half) for c, r in places]
@@ -212,9 +212,6 @@ def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     physics = layout.extra.get("physics")
     if physics is not None and layout.prompt.strip():
         _check_scene_prompt(layout.prompt, physics.spec)
-    if not layout.objects and physics is None:  # a plain prompt: the shapes world always composes (a scene whose
-        #                                         objects all left the view has none: the prior and its layout)
-        layout = Layout(**{**vars(shapes_layout(layout.prompt)), "questions": layout.questions, "extra": layout.extra})
     phrases = []
     for i, o in enumerate(layout.objects):
         try:
