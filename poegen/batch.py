@@ -199,7 +199,7 @@ def _remove_replaced(out: Path, old: dict | None, files: List[str]):
 def _remove_stale(out: Path, job_id: str, leftovers: List[str]):
     """Remove the temporary files (of ``leftovers``) a killed run left for this item: ``save_png``'s
     ``.ID[_fNN][_raw].png.*.tmp`` and the GIF's ``ID.gif.tmp``; only this rank runs the item, so none is being written."""
-    stale = re.compile(rf"\.{re.escape(job_id)}(_f\d+)?(_raw)?\.png\..*\.tmp|{re.escape(job_id)}\.gif\.tmp", re.S)
+    stale = re.compile(rf"\.{re.escape(job_id)}(_f\d+)?(_raw)?\.png\.[^./]*\.tmp|{re.escape(job_id)}\.gif\.tmp", re.S)
     for name in leftovers:
         if stale.fullmatch(name) and not (out / name).is_dir():
             (out / name).unlink(missing_ok=True)

@@ -227,3 +227,14 @@ def test_a_restart_after_the_job_file_changed_reruns_what_changed(tmp_path, capl
     assert "item 00000 changed since it was run" in caplog.text
     meta = json.loads(Image.open(out / "00000.png").text["poegen"])
     assert meta["job"]["prompt"] == "a green wedge"  # the new job was generated, not skipped
+
+
+def test_a_resume_removes_only_its_own_items_temporary_files(tmp_path):
+    from poegen.batch import _remove_stale
+
+    names = [".x.png.ab_c12.tmp", ".x_raw.png.k9.tmp", ".x_f01.png.z.tmp", "x.gif.tmp",  # item x's leftovers
+             ".x.png.y.png.abc.tmp", ".xy.png.abc.tmp", ".x.png.abc.tmpz"]  # items "x.png.y" and "xy", and no tmp
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    _remove_stale(tmp_path, "x", names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[4:])
