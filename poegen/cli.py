@@ -68,10 +68,6 @@ def cmd_compare(args) -> int:
     names = args.samplers.split(",")
     for n in names:
         samplers.config(n)  # unknown names fail before any work
-    for flag, given in (("--samplers", names), ("targets", args.targets)):
-        twice = sorted({t for t in given if given.count(t) > 1})
-        if twice:  # each would be run and counted twice, doubling its n
-            raise ValueError(f"{flag}: {twice[0][:60]!r} is named twice; name each once (--seeds sets the runs)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; compare writes a folder of tables and a report: name a folder")

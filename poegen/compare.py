@@ -279,6 +279,10 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
     from .experts.shapes.prompt import parse_prompt
 
     shapes = not (config and config["experts"])
+    for what, given in (("--samplers", list(sampler_names)), ("targets", list(targets))):
+        twice = sorted({t for t in given if given.count(t) > 1})
+        if twice:  # each would be run and counted twice, doubling its n
+            raise ValueError(f"{what}: {twice[0][:60]!r} is named twice; name each once (--seeds sets the runs)")
     for target in targets:  # bad prompts and specs fail before any work
         load_target(target)
         if shapes and not is_scene(target):

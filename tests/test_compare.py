@@ -88,3 +88,10 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert hi - lo > 100  # not blank: text, plots and images drawn
     dark = sum(img.histogram()[:200])
     assert dark > 0.01 * img.width * img.height
+
+
+def test_run_refuses_a_sampler_or_target_named_twice():
+    with pytest.raises(ValueError, match="--samplers: 'poe' is named twice"):
+        compare.run(["a red ball"], ["poe", "ancestral", "poe"], 1)
+    with pytest.raises(ValueError, match="targets: 'a red ball' is named twice"):
+        compare.run(["a red ball", "a blue box", "a red ball"], ["poe"], 1)
