@@ -80,9 +80,21 @@ def load_yaml(text: str):
                 seen.add(key)
             return super().construct_mapping(node, deep)
 
+        def construct_yaml_int(self, node):  # YAML 1.2: 010 is ten (1.1 read octal), 0o10 is eight
+            value = self.construct_scalar(node).replace("_", "")
+            sign, digits = (-1, value[1:]) if value[:1] == "-" else (1, value.lstrip("+"))
+            base = {"0x": 16, "0o": 8}.get(digits[:2].lower(), 10)
+            return sign * int(digits[2:] if base != 10 else digits, base)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+    # YAML 1.2 integers: decimal, 0x hex, 0o octal (no 1.1 sexagesimal 1:30 or binary)
+    Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:int"]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(
+        r"^[-+]?[0-9][0-9_]*$|^0x[0-9a-fA-F]+$|^0o[0-7]+$"), list("-+0123456789"))
     # YAML 1.2 booleans: drop YAML 1.1's yes/no/on/off (a relation [0, on, 1] read as True)
     Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
-                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+                                      for k, v in Loader.yaml_implicit_resolvers.items()}
     Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                  list("tTfF"))
 

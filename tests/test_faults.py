@@ -83,3 +83,9 @@ def test_resource_limits_are_refused_up_front_in_one_line(capsys, argv, text):
     assert main(argv + ["-q"]) == 2
     err = capsys.readouterr().err
     assert text in err and err.count("\n") == 1
+
+
+def test_yaml_reads_integers_and_booleans_as_yaml_1_2_does():
+    # YAML 1.1 (PyYAML's) reads 010 as 8, 1:30 as 90 and on/yes as True
+    assert load_yaml("a: 010\nb: 0o10\nc: 0x1F\nd: -5\ne: 1_000\nf: 1:30\ng: on\nh: true\ni: 1.5") == \
+        {"a": 10, "b": 8, "c": 31, "d": -5, "e": 1000, "f": "1:30", "g": "on", "h": True, "i": 1.5}
