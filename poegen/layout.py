@@ -10,6 +10,7 @@ Coordinates: boxes are (x0, y0, x1, y1) in [0, 1] of the image's width and heigh
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .validation import check_keys, read_file
+
+log = logging.getLogger("poegen.layout")
 
 RELATIONS = ("left of", "right of", "on", "above", "below")  # the shapes world's relation words, as phrases
 
@@ -188,8 +191,7 @@ def from_prompt(text: str, compose: bool = False, parts: Optional[Sequence[str]]
     if parts:
         layout = Layout("", [LayoutObject(p) for p in parts])
         if text.strip() not in parts and text.strip() != " and ".join(parts):
-            import logging
-            logging.getLogger("poegen.layout").warning(
+            log.warning(
                 "the prompt %r is not used: --part (parts) lists the objects; name every object as a part", text[:60])
     elif compose:
         layout = split_prompt(text)
@@ -333,8 +335,7 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
             layout = Layout(**{**vars(shapes_layout(layout.prompt)), "questions": layout.questions,
                                "extra": layout.extra})
         elif layout.prompt.strip() and "physics" not in layout.extra and "edit" not in layout.extra:
-            import logging
-            logging.getLogger("poegen.layout").warning(
+            log.warning(
                 "the shapes world draws the layout's objects and has no background: its prompt %r is not used",
                 layout.prompt[:60])
         check_relations(layout, f"prompt {layout.extra['text'][:60]!r}" if "text" in layout.extra else "relations")
