@@ -1,10 +1,24 @@
-"""poegen: image generation from a product of generative and discriminative experts."""
-from . import resampling, samplers, schedules
-from .layout import Layout, LayoutObject, build_product, from_prompt, load_layout
-from .particles import Particles
-from .product import Product
-from .samplers import AllParticlesDead, SampleResult, sample
+"""poegen: image generation from a product of generative and discriminative experts.
+
+The public names load on first use (PEP 562), so ``import poegen`` and ``poegen --help`` stay free of torch.
+"""
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["Layout", "LayoutObject", "build_product", "from_prompt", "load_layout", "Product", "Particles", "sample", "samplers", "resampling", "schedules", "SampleResult",
-           "AllParticlesDead", "__version__"]
+_WHERE = {"Layout": "layout", "LayoutObject": "layout", "build_product": "layout", "from_prompt": "layout",
+          "load_layout": "layout", "Product": "product", "Particles": "particles", "sample": "samplers",
+          "SampleResult": "samplers", "AllParticlesDead": "samplers"}
+_MODULES = ("resampling", "samplers", "schedules")
+__all__ = [*_WHERE, *_MODULES, "__version__"]
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

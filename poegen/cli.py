@@ -1,4 +1,6 @@
-"""The ``poegen`` command: ``generate`` an image from a prompt or a scene, ``batch`` jobs, list ``samplers``."""
+"""The ``poegen`` command: ``generate`` an image from a prompt or a scene, ``batch`` jobs, list ``samplers``.
+
+Nothing here imports torch at module level: ``poegen --help`` answers in a fraction of a second."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +13,12 @@ import time
 from pathlib import Path
 
 from . import samplers
+from .hardware import DTYPES
 
 
 def cmd_generate(args) -> int:
-    from .generate import Job, run
+    from .generate import run
+    from .job import Job
 
     job = Job.from_dict({f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(Job)}, "generate")
     t = time.perf_counter()
@@ -29,7 +33,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_edit(args) -> int:
-    from .generate import Job, run
+    from .generate import run
+    from .job import Job
 
     values = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(Job)}
     job = Job.from_dict(values, "edit")
@@ -106,10 +111,21 @@ def cmd_experts(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from .envinfo import env_lines
+
+    print("\n".join(env_lines(args.device)))
+    return 0
+
+
 def cmd_samplers(args) -> int:
     for name, preset in samplers.PRESETS.items():
         print(f"{name:10s} {preset}")
     return 0
+
+
+THREADS_HELP = ("intra-op threads (default: OMP_NUM_THREADS, else the cores this process may use less those "
+                "other processes keep busy; see `poegen env`)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -120,7 +136,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    from .generate import Job
+    from .job import Job
 
     ap = _Parser(prog="poegen", description="Generate images from a product of experts.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -148,11 +164,15 @@ def main(argv=None) -> int:
     common.add_argument("--config", default=None, metavar="FILE",
                         help="a YAML/JSON file of experts and potentials with their options (see README)")
     common.add_argument("--device", default="cpu", help="torch device for experts and particles, e.g. cuda")
+    common.add_argument("--dtype", default=None, choices=DTYPES,
+                        help="compute dtype of the shapes prior, or torch_dtype of named models that name none "
+                             "(default: a config's dtype, else auto: bf16 only where the hardware has it natively)")
     common.add_argument("--max-memory", type=float, default=None, metavar="GB",
                         help="keep the run under GB (GPU: allocated; CPU: resident) by micro-batching and, on a GPU, "
                              "offloading idle models")
     common.add_argument("--out", default="poegen.png")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
     g = sub.add_parser("generate", parents=[common],
                        help="sample an image for a prompt, a layout spec or a scene spec, in the embedded shapes world "
                             "or on named models (--expert, --config)")
@@ -185,6 +205,7 @@ def main(argv=None) -> int:
     b.add_argument("jobfile")
     b.add_argument("--out", default="poegen-batch")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
     b.set_defaults(fn=cmd_batch)
     c = sub.add_parser("compare", help="compare samplers at equal NFE on prompts, layout specs or scene specs, in "
                                          "the shapes world or on named models (--config); tables and an HTML report")
@@ -216,10 +237,17 @@ def main(argv=None) -> int:
     e.set_defaults(fn=cmd_experts)
     s = sub.add_parser("samplers", help="list the named samplers and their presets")
     s.set_defaults(fn=cmd_samplers)
+    v = sub.add_parser("env", help="versions, device, CPU features, and the dtype and threads that auto picks, for "
+                                   "a bug report")
+    v.add_argument("--device", default="cpu", help="the device to report the dtype pick for, e.g. cuda")
+    v.set_defaults(fn=cmd_env)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in ("generate", "edit", "batch"):
+            from .hardware import configure_threads
+            configure_threads(args.threads)
         return args.fn(args)
     except KeyboardInterrupt:
         print("poegen: interrupted", file=sys.stderr)

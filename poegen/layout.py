@@ -316,15 +316,18 @@ def spec_kind(path) -> str:
 # ---- the one route to a Product --------------------------------------------------------------------------
 
 def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[float] = None,
-                  vlm_weight: Optional[float] = None, **shapes_options):
+                  vlm_weight: Optional[float] = None, dtype: str = "auto", **shapes_options):
     """The Product of a Layout in its family: the named models in ``experts`` and ``potentials`` (registry
     entries; guidance and lambdas default to 1), or the embedded shapes world when none is named (its tuned
-    defaults; ``shapes_options``: prior, vlm, schedule, bf16). An edit's ``Edit`` is kept as ``product.edit``."""
+    defaults; ``shapes_options``: prior, vlm, schedule). ``dtype`` (auto, float32, bfloat16): the shapes prior's
+    compute dtype (auto: bf16 only where the hardware has it natively, ``hardware.pick_dtype``), or the named
+    models' torch_dtype where an entry gives none (auto: as loaded). An edit's ``Edit`` is kept as
+    ``product.edit``."""
     if experts:
         from .experts.registry import build
         check_relations(layout)
         product = build(layout, experts, potentials, 1.0 if guidance is None else guidance,
-                        1.0 if vlm_weight is None else vlm_weight)
+                        1.0 if vlm_weight is None else vlm_weight, dtype)
     elif potentials:
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
                          "(weight it with --vlm-weight)")
@@ -339,6 +342,6 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
                 "the shapes world draws the layout's objects and has no background: its prompt %r is not used",
                 layout.prompt[:60])
         check_relations(layout, f"prompt {layout.extra['text'][:60]!r}" if "text" in layout.extra else "relations")
-        product = layout_product(layout, guidance=guidance, vlm_weight=vlm_weight, **shapes_options)
+        product = layout_product(layout, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype, **shapes_options)
     product.edit = layout.extra.get("edit")  # an edit's image and mask ride along (metrics, replace_known)
     return product

@@ -48,7 +48,7 @@ def main():
     card = f"""# Shapes-world prior (generative expert)
 
 A conditional diffusion model p(image | one object phrase, optional 2-D position) on 32x32 shapes-world
-images, {count_parameters(prior.net):,} parameters (a diffusers UNet2DModel, channels {cfg['block_out_channels']},
+images, {count_parameters(prior.net):,} parameters (the architecture of a diffusers UNet2DModel, channels {cfg['block_out_channels']},
 class embedding = colour + shape + size embeddings, position as a Gaussian-blob input channel), trained in
 the VE/EDM form (sigma {cfg['sigma_min']}..{cfg['sigma_max']}, sigma_data {cfg['sigma_data']}) so it is a
 `denoise(x, sigma)` expert as it stands. Conditioning dropout makes the same network the unconditional prior.

@@ -89,10 +89,29 @@ def test_json_config_and_a_missing_checkpoint(tmp_path, monkeypatch):
     cfg.write_text(json.dumps({"experts": [{"kind": "flux", "path": "black-forest-labs/FLUX.1-dev"}]}))
     spec = load_config(cfg)
     assert spec == {"prompt": None, "experts": [{"kind": "flux", "path": "black-forest-labs/FLUX.1-dev"}],
-                    "potentials": [], "compose": False, "parts": None, "questions": None, "max_memory": None}
+                    "potentials": [], "compose": False, "parts": None, "questions": None, "max_memory": None,
+                    "dtype": "auto"}
     with pytest.raises(ValueError, match=r"prompt: empty"):
         build("", spec["experts"])
     with pytest.raises(FileNotFoundError, match="huggingface-cli download black-forest-labs/FLUX.1-dev"):
         build("a red ball", spec["experts"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_config_dtype_is_checked_and_fills_torch_dtype(tmp_path):
+    """A config's dtype: refused unless auto/float32/bfloat16; an explicit one becomes the torch_dtype of the
+    entries that take one and name none, never overriding an entry's own."""
+    from poegen.experts.registry import _with_dtype
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("experts: [{kind: sd, path: /m}]\ndtype: half")
+    with pytest.raises(ValueError, match="dtype 'half': expected one of auto, float32, bfloat16"):
+        load_config(cfg)
+    cfg.write_text("experts: [{kind: sd, path: /m}]\ndtype: bfloat16")
+    assert load_config(cfg)["dtype"] == "bfloat16"
+    plain = {"kind": "sd", "path": "/m", "options": {}}
+    own = {"kind": "sd", "path": "/m", "options": {"torch_dtype": "float32"}}
+    assert _with_dtype(plain, "bfloat16")["options"] == {"torch_dtype": "bfloat16"}
+    assert _with_dtype(own, "bfloat16")["options"] == {"torch_dtype": "float32"}
+    assert _with_dtype(plain, "auto") is plain

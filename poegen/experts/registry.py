@@ -193,7 +193,7 @@ OPTIONS.update(sd=("micro_batch", "torch_dtype") + TUNING, unet=("micro_batch", 
                detector=_detector_module.OPTIONS)
 
 Spec = Union[str, dict]
-CONFIG_FIELDS = ("prompt", "compose", "parts", "questions", "max_memory", "experts", "potentials")
+CONFIG_FIELDS = ("prompt", "compose", "parts", "questions", "max_memory", "experts", "potentials", "dtype")
 GENERATIVE_FIELDS = ("kind", "path", "prompt", "guidance", "weight", "options")
 POTENTIAL_FIELDS = ("kind", "path", "prompt", "weight", "options")
 
@@ -233,8 +233,15 @@ def _entry(spec: Spec, table: Dict, fields: Sequence[str], where: str) -> dict:
     return dict(spec, options=options)
 
 
+def _with_dtype(entry: dict, dtype: str) -> dict:
+    """``entry`` with ``torch_dtype: dtype`` added when dtype is explicit, its kind takes one and it names none."""
+    if dtype == "auto" or "torch_dtype" in entry["options"] or "torch_dtype" not in OPTIONS.get(entry["kind"], ()):
+        return entry
+    return dict(entry, options={**entry["options"], "torch_dtype": dtype})
+
+
 def build(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guidance: float = 1.0,
-          lambdas: float = 1.0):
+          lambdas: float = 1.0, dtype: str = "auto"):
     """The Product of named experts for a Layout (or a prompt): on each generative entry's model, the background
     prompt's expert outside the objects' regions, each located object's phrase inside its region, each unlocated
     object's phrase everywhere (composable diffusion), and the empty prompt's expert to make guidance a product;
@@ -242,7 +249,8 @@ def build(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guid
 
     Entries are 'kind:path' or config mappings (``kind``, ``path``, optional ``prompt`` (a fixed prompt instead of
     the layout), ``guidance``, ``weight`` (a factor on its expert weights, or its lambda) and ``options``). Entries
-    on one model share it (``cache``), and equal texts share one expert."""
+    on one model share it (``cache``), and equal texts share one expert. ``dtype`` float32 or bfloat16 is the
+    torch_dtype of every entry that takes one and names none (auto: each loads as its options say)."""
     from ..layout import Layout, from_prompt
     from ..product import Product, merge_experts
 
@@ -251,7 +259,7 @@ def build(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guid
     gen, weights, masks, backbones = [], [], [], {}
     for i, spec in enumerate(experts):
         where = "--expert" if isinstance(spec, str) else f"experts[{i}]"
-        e = _entry(spec, GENERATIVE, GENERATIVE_FIELDS, where)
+        e = _with_dtype(_entry(spec, GENERATIVE, GENERATIVE_FIELDS, where), dtype)
         g = float(e.get("guidance", guidance))
         key = (e["kind"], e["path"], json.dumps(e["options"], sort_keys=True, default=str), g)
         if key not in backbones:
@@ -279,7 +287,8 @@ def build(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guid
     pots: List = []
     lams: List[float] = []
     for j, spec in enumerate(potentials):
-        e = _entry(spec, POTENTIALS, POTENTIAL_FIELDS, "--potential" if isinstance(spec, str) else f"potentials[{j}]")
+        e = _with_dtype(_entry(spec, POTENTIALS, POTENTIAL_FIELDS,
+                               "--potential" if isinstance(spec, str) else f"potentials[{j}]"), dtype)
         lay = from_prompt(e["prompt"]) if e.get("prompt") else layout
         made = POTENTIALS[e["kind"]][1](e["path"], lay.texts(), lay, **e["options"])
         pots += made
@@ -296,6 +305,7 @@ def load_config(path: Union[str, Path]) -> dict:
     """A YAML or JSON file naming experts and potentials, checked field by field::
 
         prompt: a red ball on a blue box          # optional default for every entry
+        dtype: bfloat16                           # optional: torch_dtype of entries naming none (auto, float32)
         compose: true                             # optional: split the prompt into objects (or list parts:)
         questions: [a red ball, a blue box]       # optional: what every potential asks
         experts:
@@ -328,6 +338,11 @@ def load_config(path: Union[str, Path]) -> dict:
     cap = data.get("max_memory")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
         raise ValueError(f"{path}: max_memory must be a positive number of GB")
+    from ..hardware import check_dtype
+    try:
+        dtype = check_dtype(data.get("dtype", "auto"), "dtype")
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return {"prompt": data.get("prompt"), "experts": data["experts"], "potentials": data.get("potentials", []),
             "compose": data.get("compose", False), "parts": data.get("parts"), "questions": data.get("questions"),
-            "max_memory": cap}
+            "max_memory": cap, "dtype": dtype}

@@ -1,12 +1,10 @@
-"""Named samplers: presets of the one engine loop (see ``engine.py``)."""
+"""Named samplers: presets of the one engine loop (see ``engine.py``).
+
+The presets and their names load without torch (the CLI lists them in ``--help``); the engine loads on first use.
+"""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
-
-import torch
-
-from ..product import Product
-from .engine import AllParticlesDead, SampleResult, SamplerConfig, run
+from typing import Dict, List
 
 PRESETS: Dict[str, Dict] = {
     # composable diffusion: the product denoiser, no weights, no MCMC
@@ -21,6 +19,7 @@ PRESETS: Dict[str, Dict] = {
     # the PoE sampler: MCMC moves plus SMC resampling
     "poe": dict(mcmc_steps=2, potentials=True, ess_threshold=0.5),
 }
+_ENGINE = ("AllParticlesDead", "SampleResult", "SamplerConfig", "run")
 
 
 def available() -> List[str]:
@@ -28,19 +27,33 @@ def available() -> List[str]:
     return list(PRESETS)
 
 
-def config(sampler: str = "poe", **options) -> SamplerConfig:
-    """The full configuration of a named sampler with ``options`` overriding its preset."""
+def config(sampler: str = "poe", **options):
+    """The full configuration (``SamplerConfig``) of a named sampler with ``options`` overriding its preset."""
+    from .engine import SamplerConfig
+
     if sampler not in PRESETS:
         raise ValueError(f"unknown sampler {sampler!r}; available: {', '.join(available())}")
     return SamplerConfig.build(PRESETS[sampler], options)
 
 
-def sample(product: Product, sampler: str = "poe", num_particles: int = 64, num_steps: int = 50,
-           generator: Optional[torch.Generator] = None, shape: Optional[Sequence[int]] = None,
-           device=None, dtype: torch.dtype = torch.float32, **options) -> SampleResult:
-    """Sample ``product`` with a named sampler; ``options`` are SamplerConfig fields."""
+def sample(product, sampler: str = "poe", num_particles: int = 64, num_steps: int = 50, generator=None, shape=None,
+           device=None, dtype=None, **options):
+    """Sample ``product`` (a Product) with a named sampler; ``options`` are SamplerConfig fields; ``dtype`` of the
+    particles (default float32); returns a SampleResult."""
+    import torch
+
+    from .engine import run
+
     cfg = config(sampler, **options)
-    return run(product, cfg, num_particles, num_steps, generator=generator, shape=shape, device=device, dtype=dtype)
+    return run(product, cfg, num_particles, num_steps, generator=generator, shape=shape, device=device,
+               dtype=dtype or torch.float32)
 
 
-__all__ = ["PRESETS", "available", "config", "sample", "SampleResult", "SamplerConfig", "AllParticlesDead"]
+def __getattr__(name):
+    if name in _ENGINE:
+        from . import engine
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["PRESETS", "available", "config", "sample", *_ENGINE]

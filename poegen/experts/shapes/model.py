@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ...hardware import check_dtype, pick_dtype
 from . import weights_io
+from .unet import UNet
 from .vocab import Phrase, parse_phrase
 from .weights_io import WEIGHTS_DIR  # noqa: F401  (re-exported for the scripts)
 from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES
@@ -69,18 +71,10 @@ class ShapesDenoiser(nn.Module):
 
     def __init__(self, config: dict | None = None):
         super().__init__()
-        from diffusers import UNet2DModel
-
         self.config = {**DEFAULT_CONFIG, **(config or {})}
         c = self.config
         temb = c["block_out_channels"][0] * 4
-        self.unet = UNet2DModel(
-            sample_size=c["image_size"], in_channels=4, out_channels=3,
-            block_out_channels=tuple(c["block_out_channels"]), layers_per_block=c["layers_per_block"],
-            down_block_types=tuple(c["down_block_types"]), up_block_types=tuple(c["up_block_types"]),
-            norm_num_groups=c["norm_num_groups"], attention_head_dim=c["attention_head_dim"],
-            class_embed_type="identity",
-        )
+        self.unet = UNet(c, in_channels=4, out_channels=3)  # diffusers' UNet2DModel, its parameter names kept
         self.colour_emb = nn.Embedding(len(COLOUR_NAMES) + 1, temb)
         self.shape_emb = nn.Embedding(len(SHAPES) + 1, temb)
         self.size_emb = nn.Embedding(len(SIZE_NAMES) + 1, temb)
@@ -99,7 +93,7 @@ class ShapesDenoiser(nn.Module):
         t = 1000 * (sigma.flatten().clamp(c["sigma_min"], c["sigma_max"]).log() - log_lo) / (log_hi - log_lo)
         cls = self.colour_emb(ids[:, 0]) + self.shape_emb(ids[:, 1]) + self.size_emb(ids[:, 2])
         h = torch.cat([x * c_in, pos_map.to(x.dtype)], dim=1)
-        f = self.unet(h, t, class_labels=cls).sample
+        f = self.unet(h, t, cls)
         return c_skip * x + c_out * f.to(x.dtype)
 
 
@@ -109,10 +103,11 @@ class ShapesPhraseExpert:
     shape = (3, 32, 32)
 
     def __init__(self, net: ShapesDenoiser, phrase: Phrase | str | None = None, position=None,
-                 bf16: bool = False, name: str | None = None, clip: bool = True):
+                 dtype: str = "auto", name: str | None = None, clip: bool = True):
         if isinstance(phrase, str):
             phrase = parse_phrase(phrase)
-        self.net, self.phrase, self.position, self.bf16, self.clip = net, phrase, position, bf16, clip
+        self.net, self.phrase, self.position, self.clip = net, phrase, position, clip
+        self.dtype = check_dtype(dtype)  # the forwards' compute dtype: auto = bf16 only where it is native
         self.sigma_min = float(net.config["sigma_min"])
         self.sigma_max = float(net.config["sigma_max"])
         self.ids = torch.tensor(phrase_ids(phrase), dtype=torch.long)
@@ -125,7 +120,7 @@ class ShapesPhraseExpert:
     @property
     def batch_key(self):
         """Phrase experts of one network share a single forward per evaluation (``denoise_batch``)."""
-        return (type(self), id(self.net), self.bf16, self.clip)
+        return (type(self), id(self.net), self.dtype, self.clip)
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         """x0_hat for x = x0 + sigma * eps; x (N,3,H,W), sigma 0-d or (N,)."""
@@ -140,7 +135,8 @@ class ShapesPhraseExpert:
         xin = x.to(dev, torch.float32).repeat(E, 1, 1, 1)
         ids = torch.cat([e.ids.to(dev).expand(n, 3) for e in experts])
         pos = torch.cat([e.pos_map.to(dev).expand(n, -1, -1, -1) for e in experts])
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=first.bf16):
+        dtype = pick_dtype(first.dtype, dev)[0]
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
             out = first.net(xin, sigma, ids, pos).float()
         out = out.clamp(-1, 1) if first.clip else out  # images live in [-1, 1]
         return list(out.to(x.device, x.dtype).split(n))
@@ -156,14 +152,14 @@ class ShapesPrior:
         self.net = net.eval()
         self.config = net.config
 
-    def expert(self, phrase: Phrase | str | None = None, position=None, bf16: bool = False) -> ShapesPhraseExpert:
+    def expert(self, phrase: Phrase | str | None = None, position=None, dtype: str = "auto") -> ShapesPhraseExpert:
         """Expert for `phrase` ('red ball', 'large blue box', or None = unconditional) at an optional
-        pixel `position` (col, row) of the object's centroid (None = anywhere)."""
-        return ShapesPhraseExpert(self.net, phrase, position, bf16)
+        pixel `position` (col, row) of the object's centroid (None = anywhere), computing in ``dtype``."""
+        return ShapesPhraseExpert(self.net, phrase, position, dtype)
 
-    def null(self, bf16: bool = False) -> ShapesPhraseExpert:
+    def null(self, dtype: str = "auto") -> ShapesPhraseExpert:
         """The unconditional prior (null phrase, no position)."""
-        return self.expert(None, None, bf16)
+        return self.expert(None, None, dtype)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -23,7 +23,6 @@ GUIDANCE = 2.5     # composable-diffusion weight of each phrase expert
 VLM_WEIGHT = 3.0   # lambda of each yes/no question
 COUNT_WEIGHT = 2.0  # a count question's lambda, as a multiple of VLM_WEIGHT (issue 15, seeds 1000+)
 RELATION_WEIGHT = 2.0  # a relation question's lambda, as a multiple of VLM_WEIGHT (likewise)
-BF16 = True        # the prior's forwards under bfloat16 autocast: about 1.7x faster on a CPU at no measured loss
 
 
 @dataclass
@@ -122,11 +121,11 @@ def parse_prompt(text: str) -> Prompt:
     return Prompt(objects, relations)
 
 
-def _over_null(prior, experts: List, guidance: float, bf16: bool):
+def _over_null(prior, experts: List, guidance: float, dtype: str):
     """Composable-diffusion weights: each phrase expert w, the unconditional prior 1 - sum w (left out at 0)."""
     weights = [guidance] * len(experts)
     if 1.0 - sum(weights) != 0:
-        return [prior.null(bf16=bf16)] + experts, [1.0 - sum(weights)] + weights
+        return [prior.null(dtype)] + experts, [1.0 - sum(weights)] + weights
     return experts, weights
 
 
@@ -201,7 +200,7 @@ def _check_scene_prompt(text: str, spec):
 
 
 def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
-                   vlm_weight: Optional[float] = None, schedule="linear", bf16: Optional[bool] = None) -> Product:
+                   vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
     """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
     or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
     and relation and, unless it edits an image, one count per shape (``count_questions``), and a simulated
@@ -220,11 +219,10 @@ def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
             raise ValueError(f"objects[{i}].phrase: {e}") from None
     guidance = GUIDANCE if guidance is None else guidance
     vlm_weight = VLM_WEIGHT if vlm_weight is None else vlm_weight
-    bf16 = BF16 if bf16 is None else bf16
     prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
     size = prior.config["image_size"]
-    experts, weights = _over_null(prior, [prior.expert(str(p), o.centre(size), bf16=bf16)
-                                          for p, o in zip(phrases, layout.objects) if not o.known], guidance, bf16)
+    experts, weights = _over_null(prior, [prior.expert(str(p), o.centre(size), dtype)
+                                          for p, o in zip(phrases, layout.objects) if not o.known], guidance, dtype)
     potentials, lambdas = [], []
     asked = [(q, 1.0) for q in layout.questions or []]  # (question, its lambda as a multiple of vlm_weight)
     if layout.questions is None:
@@ -247,13 +245,13 @@ def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
 
 
 def build_product(prompt: str | Prompt, prior=None, vlm=None, guidance: Optional[float] = None,
-                  vlm_weight: Optional[float] = None, schedule="linear", bf16: Optional[bool] = None) -> Product:
+                  vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
     """The product of experts for a prompt: phrase experts over the divided-out prior, VLM potentials."""
-    return layout_product(shapes_layout(prompt), prior, vlm, guidance, vlm_weight, schedule, bf16)
+    return layout_product(shapes_layout(prompt), prior, vlm, guidance, vlm_weight, schedule, dtype)
 
 
 def build_scene_product(physics, prior=None, guidance: Optional[float] = None, vlm=None,
-                        vlm_weight: Optional[float] = None, bf16: Optional[bool] = None) -> Product:
+                        vlm_weight: Optional[float] = None, dtype: str = "auto") -> Product:
     """The product for a simulated scene (a PhysicsExpert), through its Layout (``layout.from_physics``)."""
     from ...layout import from_physics
-    return layout_product(from_physics(physics), prior, vlm, guidance, vlm_weight, bf16=bf16)
+    return layout_product(from_physics(physics), prior, vlm, guidance, vlm_weight, dtype=dtype)

@@ -1,0 +1,109 @@
+"""A generation job: what `poegen generate` and `edit` take and each item of a batch file lists, checked field by
+field. Importing it loads no torch, so `poegen --help` can show its defaults at once."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import List, Optional
+
+from .hardware import check_dtype
+from .samplers import available
+from .validation import check_keys
+
+
+@dataclass
+class Job:
+    """What `poegen generate` takes; batch files list these (plus an optional ``id``)."""
+
+    prompt: Optional[str] = None
+    scene: Optional[str] = None              # a scene spec: physics places the objects
+    layout: Optional[str] = None             # a layout spec: phrases with boxes
+    image: Optional[str] = None              # editing: the image to add objects to (with mask or scene)
+    mask: Optional[str] = None               # editing: white where the image may change
+    margin: int = 2                          # editing with a scene: pixels around the new objects' footprint
+    resize: bool = False                     # editing: resize the image (and mask) to the family's size
+    replace_known: Optional[bool] = None     # editing: replace the kept pixels at every level (default: for edits
+    #                                          of pixel-space families; false: the KnownPixels weights alone)
+    compose: bool = False                    # named models: split the prompt into objects ("and", commas)
+    parts: Optional[List[str]] = None        # object phrases, listed instead of split from the prompt
+    questions: Optional[List[str]] = None    # what every potential asks (default: each object and relation)
+    frames: int = 1
+    sampler: str = "poe"
+    particles: int = 16
+    steps: int = 20                          # levels (issue 15: 20 kept the shapes world's exact rates at 2/3 the time)
+    mcmc_steps: Optional[int] = None
+    seed: int = 0
+    guidance: Optional[float] = None         # None: the shapes world's default, 1.0 for named models
+    vlm_weight: Optional[float] = None       # None: the shapes world's default, 1.0 for named models
+    select: str = "best"
+    grad_guidance: float = 0.0               # gradient guidance of the stochastic proposal (SamplerConfig)
+    reward_every: int = 1                    # score the potentials every k levels (SamplerConfig)
+    experts: Optional[List[str]] = None      # e.g. ["sd:/models/sd15"]; default: the embedded shapes world
+    potentials: Optional[List[str]] = None   # e.g. ["clip:/models/clip"]
+    config: Optional[str] = None             # a YAML/JSON file of experts and potentials (registry.load_config)
+    device: str = "cpu"                      # "cuda" uses cuda:LOCAL_RANK under accelerate/torchrun
+    max_memory: Optional[float] = None       # GB: micro-batches (and, on a GPU, offloading) keep a run under it
+    dtype: Optional[str] = None              # auto, float32, bfloat16 (None: the config's, else auto: bf16 only
+    #                                          where the hardware has it natively; hardware.pick_dtype)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "Job":
+        job = cls(**check_keys(d, where, [f.name for f in fields(cls)]))
+        _check_types(job, where)
+        if job.image is not None:
+            if (job.mask is None) == (job.scene is None) or job.layout is not None:
+                raise ValueError(f"{where}: an edit (image) takes exactly one of mask or scene, and no layout")
+            if job.mask is not None and job.prompt is None and job.config is None:
+                raise ValueError(f"{where}: an edit with a mask needs a prompt naming what to add")
+        else:
+            if job.mask is not None or job.replace_known:  # None and False are both fine without an image
+                raise ValueError(f"{where}: mask and replace_known belong to an edit; give the image to edit")
+            given = [k for k in ("prompt", "scene", "layout") if getattr(job, k) is not None]
+            if len(given) > 1 or (not given and job.config is None):
+                raise ValueError(f"{where}: give exactly one of prompt, scene or layout (with --config, the prompt may "
+                                 f"be in it); got {', '.join(given) or 'none'}")
+        if job.sampler not in available():
+            raise ValueError(f"{where}: unknown sampler {job.sampler!r}; available: {', '.join(samplers.available())}")
+        import torch  # not at the top: `poegen --help` reads the defaults without loading torch
+
+        try:
+            torch.device(job.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"{where}: device {job.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+        if job.frames < 1 or job.particles < 1 or job.steps < 1:
+            raise ValueError(f"{where}: frames, particles and steps must be >= 1")
+        if job.frames > 1 and (job.scene is None or job.image is not None):
+            raise ValueError(f"{where}: frames {job.frames} needs a scene to simulate (--scene, not an edit)")
+        if job.margin < 0:
+            raise ValueError(f"{where}: margin {job.margin}: expected pixels >= 0 around the new objects")
+        if job.dtype is not None:
+            check_dtype(job.dtype, f"{where}: dtype")
+        if job.max_memory is not None and job.max_memory <= 0:  # its type is checked with the others
+            raise ValueError(f"{where}: max_memory {job.max_memory!r}: expected a positive number of GB")
+        return job
+
+
+_TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "select", "device", "dtype")
+_WHOLE = ("frames", "particles", "steps", "mcmc_steps", "seed", "reward_every", "margin")
+_REAL = ("guidance", "vlm_weight", "grad_guidance", "max_memory")
+_FLAG = ("compose", "resize", "replace_known")
+_TEXTS = ("parts", "questions", "experts", "potentials")
+
+
+def _check_types(job: Job, where: str):
+    """Every field's type (and a seed's range) before any work, naming the field."""
+    for name in _TEXT + _WHOLE + _REAL + _FLAG + _TEXTS:
+        v = getattr(job, name)
+        if v is None:
+            continue
+        ok = (isinstance(v, str) if name in _TEXT else
+              isinstance(v, int) and not isinstance(v, bool) if name in _WHOLE else
+              isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) if name in _REAL else
+              isinstance(v, bool) if name in _FLAG else
+              isinstance(v, list) and all(isinstance(t, str) for t in v))
+        if not ok:
+            kind = ("text" if name in _TEXT else "a whole number" if name in _WHOLE else "a finite number"
+                    if name in _REAL else "true or false" if name in _FLAG else "a list of texts")
+            raise ValueError(f"{where}: {name} {str(v)[:40]!r} is not {kind}")
+    if not 0 <= job.seed < 2 ** 63:
+        raise ValueError(f"{where}: seed {job.seed} is outside 0 .. 2**63 - 1")

@@ -1,0 +1,128 @@
+"""The dtype and thread picks of `auto`, with the hardware probes mocked."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from poegen import hardware
+
+
+@pytest.fixture(autouse=True)
+def fresh_pick():
+    hardware._auto.cache_clear()
+    yield
+    hardware._auto.cache_clear()
+
+
+def _cpu(monkeypatch, avx512_bf16: bool, amx: bool, capability: str):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512", "DEFAULT"])
+def test_auto_never_picks_bf16_without_native_support(monkeypatch, capability):
+    _cpu(monkeypatch, avx512_bf16=False, amx=False, capability=capability)
+    dtype, why = hardware.pick_dtype("auto", "cpu")
+    assert dtype == torch.float32 and "emulated" in why
+
+
+@pytest.mark.parametrize("avx512_bf16,amx", [(True, False), (False, True), (True, True)])
+def test_auto_picks_bf16_where_native(monkeypatch, avx512_bf16, amx):
+    _cpu(monkeypatch, avx512_bf16, amx, "AVX512")
+    dtype, why = hardware.pick_dtype("auto", "cpu")
+    assert dtype == torch.bfloat16 and ("AMX" in why) == amx and ("AVX512-BF16" in why) == avx512_bf16
+
+
+def test_explicit_dtype_overrides_and_bad_name_is_refused(monkeypatch):
+    _cpu(monkeypatch, avx512_bf16=False, amx=False, capability="AVX2")
+    assert hardware.pick_dtype("bfloat16", "cpu")[0] == torch.bfloat16
+    assert hardware.pick_dtype("float32", "cpu")[0] == torch.float32
+    with pytest.raises(ValueError, match="dtype 'fp16': expected one of auto, float32, bfloat16"):
+        hardware.pick_dtype("fp16")
+
+
+def test_shapes_prior_computes_in_the_picked_dtype(monkeypatch):
+    """The prior's forward runs under bf16 autocast exactly when the pick says bf16."""
+    from poegen.experts.shapes.model import load_prior
+
+    prior = load_prior()
+    seen = []
+    hook = prior.net.unet.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.zeros(1, 3, 32, 32)
+    for native, want in ((False, torch.float32), (True, torch.bfloat16)):
+        hardware._auto.cache_clear()
+        _cpu(monkeypatch, avx512_bf16=native, amx=False, capability="AVX512")
+        out = prior.null().denoise(x, torch.tensor(1.0))
+        assert seen[-1] == want and out.dtype == torch.float32
+    assert prior.null("float32").denoise(x, torch.tensor(1.0)).dtype == torch.float32 and seen[-1] == torch.float32
+    hook.remove()
+
+
+def _threads(monkeypatch, cores, busy, quota=None, local=None):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    if local:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local))
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(hardware, "cgroup_cpus", lambda: quota)
+    monkeypatch.setattr(hardware, "busy_elsewhere", lambda: busy)
+    return hardware.pick_threads()
+
+
+@pytest.mark.parametrize("cores,busy,quota,local,want", [
+    (2, 0.0, None, None, 2),     # idle: every core
+    (2, 1.0, None, None, 1),     # one busy process: never more threads than free cores
+    (2, 0.9, None, None, 1),
+    (2, 0.3, None, None, 2),     # a mostly idle neighbour is not a busy core
+    (2, 5.0, None, None, 1),     # at least one
+    (16, 3.0, None, None, 13),
+    (16, 0.0, 4.0, None, 4),     # a cgroup quota caps it
+    (16, 0.0, 2.5, None, 2),
+    (8, 0.0, None, 2, 4),        # two accelerate processes on one machine share the cores
+    (2, None, None, None, 2),    # no /proc: the affinity alone
+])
+def test_threads_follow_free_cores(monkeypatch, cores, busy, quota, local, want):
+    assert _threads(monkeypatch, cores, busy, quota, local).threads == want
+
+
+def test_threads_respect_the_environment_and_the_flag(monkeypatch):
+    _threads(monkeypatch, 8, 0.0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert hardware.pick_threads().threads == 3 and hardware.pick_threads(5).threads == 5
+    with pytest.raises(ValueError, match="threads 0"):
+        hardware.pick_threads(0)
+
+
+def test_a_busy_process_is_seen():
+    """A real spinning process counts as about one busy thread (the sampling of /proc/stat, unmocked)."""
+    idle = hardware.busy_elsewhere(samples=20)
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)
+        busy = hardware.busy_elsewhere(samples=20)
+    finally:
+        spin.kill()
+    assert busy is not None and busy >= idle + 0.5
+
+
+def test_cli_help_loads_no_torch():
+    code = ("import sys\nfrom poegen import cli\ntry:\n    cli.main(['generate', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "--dtype" in out and "--threads" in out and out.split()[-1] == "False"
+
+
+def test_env_reports_the_picks():
+    out = subprocess.run([sys.executable, "-m", "poegen.cli", "env"], capture_output=True, text=True, check=True).stdout
+    assert "torch " in out and "dtype auto on cpu: " in out and "threads auto: " in out and "prior.safetensors" in out
+
+
+def test_job_dtype_is_checked():
+    from poegen.job import Job
+
+    assert Job.from_dict({"prompt": "a red ball", "dtype": "bfloat16"}, "job").dtype == "bfloat16"
+    with pytest.raises(ValueError, match="job: dtype 'half': expected one of auto, float32, bfloat16"):
+        Job.from_dict({"prompt": "a red ball", "dtype": "half"}, "job")
