@@ -220,9 +220,10 @@ def main(argv=None) -> int:
                    help="poe particle counts to run every sampler at (equal NFE each); plots reward against NFE")
     c.add_argument("--samplers", default="poe,smc,best-of-n,ancestral")
     c.add_argument("--seeds", type=int, default=8)
-    c.add_argument("--particles", type=int, default=8, help="poe's particles (lighter than generate's 16, so a "
-                   "4 x 4 x 8 comparison takes minutes on 2 CPU cores)")
-    c.add_argument("--mcmc-steps", type=int, default=2, help="poe/ais moves per level; the others get equal NFE")
+    c.add_argument("--particles", type=int, default=8, help="poe's particles (generate's default; a 4 x 4 x 8 "
+                   "comparison takes minutes on 2 CPU cores)")
+    c.add_argument("--mcmc-steps", type=int, default=samplers.PRESETS["poe"]["mcmc_steps"],
+                   help="poe/ais moves per level; the others get equal NFE")
     c.add_argument("--steps", type=int, default=20)
     c.add_argument("--guidance", type=float, default=None, help="phrase weight (default 2.5)")
     c.add_argument("--vlm-weight", type=float, default=None, help="lambda of each question (default 3)")

@@ -262,7 +262,7 @@ def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str]
         yield from pool.imap(_run_task, tasks)
 
 
-def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 2,
+def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 1,
         steps: int = 30, guidance: Optional[float] = None, vlm_weight: Optional[float] = None, progress: bool = True,
         workers: int = 1, seed0: int = 0, options: Optional[dict] = None, config: Optional[dict] = None,
         metrics: Sequence[str] = (), budgets: Optional[Sequence[int]] = None):

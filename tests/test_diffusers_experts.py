@@ -38,7 +38,7 @@ def test_poe_runs_on_a_tiny_unet(tmp_path):
     expert = VPUNetExpert.from_pretrained(str(tmp_path))
     r = poegen.sample(poegen.Product([expert]), num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert r.x.shape == (4, 3, 8, 8) and torch.isfinite(r.x).all()
-    assert r.nfe[expert.name] == 4 * (1 + 2 * 3)
+    assert r.nfe[expert.name] == 4 * (1 + 2 * 2)
 
 
 def test_missing_checkpoint_says_where_and_how(monkeypatch, tmp_path):
@@ -70,7 +70,7 @@ def test_stable_diffusion_prompt_experts_with_guidance_as_a_product(tmp_path):
     product = poegen.Product([null, red, blue], weights=[-1.0, 1.0, 1.0], potentials=[MeanRed()], decode=decode)
     r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()
-    assert r.nfe["sd[a red ball]"] == 4 * (1 + 2 * 3) and r.nfe["mean-red"] == 4 * 3
+    assert r.nfe["sd[a red ball]"] == 4 * (1 + 2 * 2) and r.nfe["mean-red"] == 4 * 3
 
 
 def test_controlnet_expert_on_a_physics_depth_map(tmp_path):
@@ -168,7 +168,7 @@ def test_flow_transformer_expert_matches_the_rectified_flow_formula(tmp_path):
                   pooled_projections=pooled.expand(3, -1)).sample
     assert torch.allclose(expert.denoise(x0 + sigma * eps, sigma), x_flow - t * v, atol=1e-5)
     r = poegen.sample(poegen.Product([expert]), num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
-    assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all() and r.nfe[expert.name] == 4 * (1 + 2 * 3)
+    assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all() and r.nfe[expert.name] == 4 * (1 + 2 * 2)
 
 
 class MeanRed:
@@ -243,8 +243,8 @@ def test_sdxl_prompts_on_one_unet_share_one_call_and_run_poe(tmp_path, micro_bat
     forwards.clear()
     r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()
-    assert len(forwards) == calls * (1 + 2 * 3)  # one batched call (per micro-batch) per evaluation
-    assert r.nfe["sdxl[a red ball]"] == 4 * (1 + 2 * 3) and r.nfe["mean-red"] == 4 * 3
+    assert len(forwards) == calls * (1 + 2 * 2)  # one batched call (per micro-batch) per evaluation
+    assert r.nfe["sdxl[a red ball]"] == 4 * (1 + 2 * 2) and r.nfe["mean-red"] == 4 * 3
 
 
 def test_flux_expert_matches_the_rectified_flow_formula_on_packed_latents(tmp_path):

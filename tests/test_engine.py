@@ -46,7 +46,7 @@ def test_product_of_two_gaussians_is_exact(d, sampler):
     mean, cov, log_Z = gaussian_product(m1, C1, m2, C2)
     product = poegen.Product([Gaussian(m1, C1), Gaussian(m2, C2)])
     r = poegen.sample(product, sampler=sampler, num_particles=2000, num_steps=50, generator=gen(), dtype=F64,
-                      kernel="mala", step_scale=0.3)
+                      kernel="mala", step_scale=0.3, mcmc_steps=2)  # 2 moves: 1 gave a covariance 4.7 SE off
     acc = [a for a in r.diagnostics["acceptance"] if not math.isnan(a)]
     assert 0.5 < sum(acc) / len(acc) < 1.0  # MALA is on and actually rejects
     err_mean, err_cov = errors_in_se(r.x, r.log_w, mean, cov)
@@ -169,7 +169,7 @@ def test_same_seed_same_result_and_nfe_counts():
     assert torch.equal(r1.x, r2.x) and torch.equal(r1.log_w, r2.log_w) and r1.log_Z == r2.log_Z
     assert not torch.equal(r1.x, r3.x)
     # level 0, then per level: a Jacobian re-evaluation (exact Euler), the proposal and 2 MCMC moves
-    assert r1.nfe == {"a": 50 * (1 + 7 * 4), "b": 50 * (1 + 7 * 4)}
+    assert r1.nfe == {"a": 50 * (1 + 7 * 3), "b": 50 * (1 + 7 * 3)}
     shared = make()
     for _ in range(2):  # counts are per run, not cumulative on the product
         r4 = poegen.sample(shared, sampler="smc", proposal="stochastic", num_particles=50, num_steps=7, generator=gen(3))
@@ -324,7 +324,7 @@ class _CountingDenoiser:
         return x / (1 + sigma ** 2)
 
 
-@pytest.mark.parametrize("sampler,per_level", [("ancestral", 1), ("best-of-n", 1), ("smc", 1), ("ais", 3), ("poe", 3)])
+@pytest.mark.parametrize("sampler,per_level", [("ancestral", 1), ("best-of-n", 1), ("smc", 1), ("ais", 2), ("poe", 2)])
 def test_denoiser_calls_per_level_do_no_work_twice(sampler, per_level):
     expert = _CountingDenoiser()
     product = poegen.Product([expert], potentials=[LinearPotential(torch.ones(3))])

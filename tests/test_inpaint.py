@@ -123,5 +123,5 @@ def test_poe_run_through_the_vae_decoder(tmp_path):
     product = poegen.Product(experts, weights=[W, 1 - W], potentials=[MeanRed()], decode=decode)
     r = poegen.sample(product, num_particles=4, num_steps=2, generator=torch.Generator().manual_seed(0))
     assert r.x.shape == (4, 4, 8, 8) and torch.isfinite(r.x).all()
-    assert r.nfe["sd-inpaint[a red ball]"] == 4 * (1 + 2 * 3) and r.nfe["mean-red"] == 4 * 3
+    assert r.nfe["sd-inpaint[a red ball]"] == 4 * (1 + 2 * 2) and r.nfe["mean-red"] == 4 * 3
     assert decode(r.x).shape == (4, 3, 16, 16)
