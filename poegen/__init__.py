@@ -5,8 +5,8 @@ The public names load on first use (PEP 562), so ``import poegen`` and ``poegen 
 import importlib
 
 __version__ = "0.1.0"
-_WHERE = {"Layout": "layout", "LayoutObject": "layout", "build_product": "layout", "from_prompt": "layout",
-          "load_layout": "layout", "Product": "product", "Particles": "particles", "sample": "samplers",
+_WHERE = {"Layout": "layout", "LayoutObject": "layout", "build_product": "families", "from_prompt": "specs",
+          "load_layout": "specs", "Product": "product", "Particles": "particles", "sample": "samplers",
           "SampleResult": "samplers", "AllParticlesDead": "samplers"}
 _MODULES = ("resampling", "samplers", "schedules")
 __all__ = [*_WHERE, *_MODULES, "__version__"]

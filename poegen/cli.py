@@ -64,7 +64,7 @@ def cmd_batch(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from . import compare
+    from . import compare, report as reports
 
     for flag, value, low in (("--seeds", args.seeds, 1), ("--particles", args.particles, 1), ("--steps", args.steps, 1),
                              ("--mcmc-steps", args.mcmc_steps, 0), ("--workers", args.workers, 0)):
@@ -92,9 +92,9 @@ def cmd_compare(args) -> int:
                                args.guidance, args.vlm_weight, progress=not args.quiet, workers=workers,
                                config=config, metrics=args.metrics or (), budgets=budgets,
                                options={"reward_every": args.reward_every} if args.reward_every != 1 else None)
-    summary = compare.summarise(rows, images)
-    report = compare.write(Path(args.out), rows, images, summary)
-    print(compare.table(summary))
+    summary = reports.summarise(rows, images)
+    report = reports.write(Path(args.out), rows, images, summary)
+    print(reports.table(summary))
     print(f"wrote {report} and CSV/JSON tables in {args.out}")
     return 0
 

@@ -1,17 +1,12 @@
 """Compare samplers at equal NFE on prompts, layout specs and scene specs, in the shapes world (checked by its
-checker) or on named models (scored by evaluation-only metrics): per-sample rows, aggregated tables (CSV,
-JSON) and a self-contained HTML report (image grids, reward versus NFE over budgets, ESS traces)."""
+checker) or on named models (scored by evaluation-only metrics): the runs and their per-sample rows. Their tables
+(CSV, JSON) and HTML report are ``report``'s."""
 from __future__ import annotations
 
-import base64
-import csv
-import io
-import json
 import logging
 import math
-import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -120,17 +115,17 @@ def judge_edit(image, layout, tolerance: float = 2.0) -> Dict[str, bool]:
     from .experts.shapes.vocab import parse_phrase
 
     dets, placed = detect(image), True
-    mask = layout.extra["edit"].mask
+    mask = layout.edit.mask
     wanted = [parse_phrase(o.phrase) for o in layout.objects]
     for o, p in zip(layout.objects, wanted):
         same = _matching(dets, p.colour, p.shape)
-        if o.mask is not None and (o.known or "physics" in layout.extra):
+        if o.mask is not None and (o.known or layout.physics is not None):
             placed = placed and _near(same, o.centre(image.shape[-1]), tolerance)
         else:
             placed = placed and any(mask[round(d.centroid[1]), round(d.centroid[0])] > 0 for d in same)
     present = all(_matching(dets, p.colour, p.shape) or o.known for o, p in zip(layout.objects, wanted))
     # a scene edit lists every object of the image; a mask edit only the new ones, so nothing else is asked of it
-    listed = wanted if "physics" in layout.extra else None
+    listed = wanted if layout.physics is not None else None
     return {"present": present, "relation": present and placed,
             "exact": present and placed and exactly(image, listed, dets)}
 
@@ -188,7 +183,8 @@ def _metric_scorers(layout) -> List:
 
 def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float]):
     """(product, metrics function, verdict function) of a prompt, layout spec or scene spec, built once per process."""
-    from .layout import build_product, load_target
+    from .families import build_product
+    from .specs import load_target
 
     key = target, guidance, vlm_weight
     if key not in _WORKER["targets"]:
@@ -199,8 +195,8 @@ def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float])
         product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, **extra)
         verdict = (lambda x: {"present": None, "relation": None, "exact": None})
         if shapes:
-            physics = layout.extra.get("physics")
-            verdict = ((lambda x: judge_edit(x, layout)) if "edit" in layout.extra else
+            physics = layout.physics
+            verdict = ((lambda x: judge_edit(x, layout)) if layout.edit is not None else
                        (lambda x: judge_scene(x, physics)) if physics is not None else
                        (lambda x: judge_layout(x, layout)) if is_scene(target) else (lambda x: judge(x, target)))
         _WORKER["targets"][key] = (product, _metric_scorers(layout), verdict)
@@ -274,7 +270,7 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
     ``workers`` > 1 the runs are spread over that many processes, each with an equal share of torch's threads;
     results do not depend on ``workers``."""
     from .experts.registry import POTENTIAL_FIELDS, POTENTIALS, _entry
-    from .layout import load_target
+    from .specs import load_target
 
     from .experts.shapes.prompt import parse_prompt
 
@@ -302,109 +298,3 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
     for (s, p, _, b, *_), (_, x) in zip(tasks, results):
         images.setdefault((s, p, b), []).append(x)
     return rows, {k: torch.stack(v) for k, v in images.items()}
-
-
-def diversity(x: torch.Tensor) -> float:
-    """Mean pairwise RMS distance between images."""
-    n = x.shape[0]
-    if n < 2:
-        return 0.0
-    d = torch.cdist(x.flatten(1), x.flatten(1)) / x[0].numel() ** 0.5
-    return float(d.sum() / (n * (n - 1)))
-
-
-def summarise(rows: List[Row], images) -> List[dict]:
-    """One record per sampler and budget: rates, means and diversity over targets and seeds (None where a
-    column does not apply, e.g. the checker's rates for named models)."""
-    out = []
-    for sampler, budget in dict.fromkeys((r.sampler, r.particles) for r in rows):
-        rs = [r for r in rows if r.sampler == sampler and r.particles == budget]
-        div = statistics.mean(diversity(v) for (s, _, b), v in images.items() if s == sampler and b == budget)
-
-        def mean(f):
-            values = [f(r) for r in rs if f(r) is not None]
-            return float(statistics.mean(values)) if values else None
-        record = {"sampler": sampler, "particles": budget, "n": len(rs), "present": mean(lambda r: r.present),
-                  "relation": mean(lambda r: r.relation), "exact": mean(lambda r: r.exact), "vlm": mean(lambda r: r.vlm)}
-        record.update({k: mean(lambda r: r.metrics.get(k)) for k in dict.fromkeys(k for r in rs for k in r.metrics)})
-        record.update({"diversity": div, "log_Z": mean(lambda r: r.log_Z), "nfe": mean(lambda r: r.nfe),
-                       "seconds": mean(lambda r: r.seconds)})
-        out.append(record)
-    return out
-
-
-def table(summary: List[dict]) -> str:
-    """The summary as aligned text."""
-    cols = list(dict.fromkeys(c for s in summary for c in s))
-
-    def cell(v):
-        return f"{v:>10.3f}" if isinstance(v, float) else f"{'-' if v is None else v!s:>10s}"
-    return "\n".join(["  ".join(f"{c:>10s}" for c in cols)] + ["  ".join(cell(s.get(c)) for c in cols) for s in summary])
-
-
-def _headline(summary: List[dict]) -> str:
-    """The column the reward-versus-NFE plot shows: the checker's rate, else the first metric, else the reward."""
-    if summary[0]["exact"] is not None:
-        return "exact"
-    fixed = {"sampler", "particles", "n", "present", "relation", "exact", "vlm", "diversity", "log_Z", "nfe", "seconds"}
-    return next((c for c in summary[0] if c not in fixed), "vlm")
-
-
-def _png_b64(fig_or_image) -> str:
-    buf = io.BytesIO()
-    if hasattr(fig_or_image, "savefig"):
-        fig_or_image.savefig(buf, format="png", dpi=80)
-    else:
-        fig_or_image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def write(out: Path, rows: List[Row], images, summary: List[dict]) -> Path:
-    """samples.csv, summary.csv, summary.json and report.html (self-contained) in ``out``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    from .experts.shapes.render import grid
-
-    out.mkdir(parents=True, exist_ok=True)
-    flat = [{**{k: v for k, v in asdict(r).items() if k not in ("ess", "metrics")}, **r.metrics} for r in rows]
-    with open(out / "samples.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in flat for k in r)))
-        w.writeheader()
-        w.writerows(flat)
-    with open(out / "summary.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(c for s in summary for c in s)))
-        w.writeheader()
-        w.writerows(summary)
-    (out / "summary.json").write_text(json.dumps({"summary": summary, "samples": [asdict(r) for r in rows]}, indent=1))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    y = _headline(summary)
-    for sampler in dict.fromkeys(s["sampler"] for s in summary):
-        points = sorted((s["nfe"], s[y]) for s in summary if s["sampler"] == sampler)
-        a1.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=sampler)
-        traces = [r.ess for r in rows if r.sampler == sampler]
-        a2.plot([statistics.mean(v) for v in zip(*traces)], label=sampler)
-    a1.set_xlabel("NFE per image"), a1.set_ylabel(y if y != "exact" else "exactly what was asked (checker)"), a1.legend()
-    a2.set_xlabel("noise level"), a2.set_ylabel("mean ESS"), a2.legend()
-    if len({s["particles"] for s in summary}) > 1:
-        a1.set_xscale("log")
-    fig.tight_layout()
-    plots = _png_b64(fig)
-    plt.close(fig)
-    top = max(b for _, _, b in images)
-    grids = "".join(
-        f"<h3>{s} &middot; {p}</h3><img class=grid src='data:image/png;base64,"
-        f"{_png_b64(Image.fromarray(grid(v, ncol=min(8, len(v)))))}'>" for (s, p, b), v in images.items() if b == top)
-    head = "".join(f"<th>{c}</th>" for c in summary[0])
-    body = "".join("<tr>" + "".join(f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{'-' if v is None else v}</td>"
-                                    for v in s.values()) + "</tr>" for s in summary)
-    html = (f"<!doctype html><html><head><meta charset=utf-8><title>poegen comparison</title><style>"
-            f"body{{font-family:sans-serif;margin:2em;background:#fff}}td,th{{padding:4px 10px;border-bottom:1px solid #ccc}}"
-            f"img.grid{{image-rendering:pixelated;max-width:100%}}</style></head><body>"
-            f"<h1>poegen sampler comparison</h1><table><tr>{head}</tr>{body}</table>"
-            f"<h2>Reward versus NFE, ESS traces</h2><img src='data:image/png;base64,{plots}'>"
-            f"<h2>Samples</h2>{grids}</body></html>")
-    (out / "report.html").write_text(html)
-    return out / "report.html"

@@ -1,6 +1,6 @@
 """Editing: objects inserted into a given image, placed by a user's mask or by physics, with the background kept.
 
-An edit is a Layout like any other (``poegen.layout``): the new objects, located by the mask or by their
+An edit is a Layout like any other (``poegen.specs.edit_layout`` reads one): the new objects, located by the mask or by their
 simulated footprints, plus, for a scene, the objects already in the image marked ``known`` (asked about, not
 drawn), and ``extra["edit"]``: the image and the mask of pixels to repaint. Every family adds the ``KnownPixels``
 potential of the image outside the mask; inpainting kinds (``sd-inpaint``, ``flux-fill``) also take both.
@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .layout import Layout, LayoutObject, from_physics, split_prompt
+from .images import dilate  # noqa: F401  (the edit route's mask growing, kept importable here)
 
 
 @dataclass
@@ -67,54 +67,6 @@ def load_mask(path, size: Tuple[int, int]) -> Tensor:
     return mask
 
 
-def dilate(mask: Tensor, pixels: int) -> Tensor:
-    """The mask grown by ``pixels`` in every direction (a square structuring element)."""
-    if pixels <= 0:
-        return mask
-    return F.max_pool2d(mask[None, None], 2 * pixels + 1, stride=1, padding=pixels)[0, 0]
-
-
-def edit_layout(image: Tensor, prompt: str = "", mask: Optional[Tensor] = None, scene=None, margin: int = 2,
-                noise: float = 0.05) -> Layout:
-    """The Layout of an edit. With ``mask``: the prompt's objects ("and", commas) inside it. With ``scene`` (a
-    SceneSpec whose objects to add say ``new: true``): pybullet drops the new objects onto the others, which stay
-    where the spec puts them; the mask is the new objects' simulated footprint grown by ``margin`` pixels."""
-    if (mask is None) == (scene is None):
-        raise ValueError("an edit needs exactly one of --mask or --scene")
-    if scene is None:
-        layout = split_prompt(prompt) if prompt.strip() else Layout()
-        if not layout.objects:
-            raise ValueError("edit: name what to add, e.g. 'a red ball'")
-        for o in layout.objects:
-            o.mask = mask
-        layout.prompt = ""
-        layout.extra["edit"] = Edit(image, mask, noise)
-        return layout
-    from .experts.physics import PhysicsExpert
-
-    new = [k for k, o in enumerate(scene.objects) if o.new]
-    if not new:
-        raise ValueError("--scene: no object says new: true; mark the objects to add")
-    physics = PhysicsExpert(scene)
-    lost = [scene.objects[k].name for k in new if k not in physics.visible]
-    if lost:
-        raise ValueError(f"--scene: new object(s) {', '.join(lost)} end outside the camera's view; move them")
-    size = scene.camera.resolution
-    if tuple(image.shape[-2:]) != (size, size):
-        raise ValueError(f"the image is {image.shape[-1]}x{image.shape[-2]}, the scene's camera {size}x{size}; "
-                         "set camera.resolution to the image's size")
-    layout = from_physics(physics)
-    keep = [k for k in physics.visible]
-    for obj, k in zip(layout.objects, keep):
-        obj.known = k not in new
-    footprint = sum(physics.masks[k] for k in new).clamp(max=1) > 0.05
-    region = dilate(footprint.float(), margin)
-    if prompt:
-        layout.prompt = prompt
-    layout.extra["edit"] = Edit(image, region, noise)
-    return layout
-
-
 def replaces_known(product) -> bool:
     """Whether an edit replaces the kept pixels by default: where its samples are pixels (it measured better than
     the KnownPixels weights alone, see README); latent models inpaint with their own experts."""
@@ -127,27 +79,6 @@ def background_mse(edited: Tensor, edit: Edit) -> float:
     return float((((edited - edit.image.to(edited.device)) ** 2) * keep).sum() / (keep.sum() * edited.shape[0]))
 
 
-__all__ = ["Edit", "load_image", "load_mask", "dilate", "edit_layout", "background_mse", "LayoutObject"]
+__all__ = ["Edit", "load_image", "load_mask", "dilate", "background_mse", "replaces_known"]
 
 
-def load_edit(path) -> Layout:
-    """An edit spec file (YAML/JSON): ``image``, ``prompt`` (optional with a scene), and ``mask`` or ``scene`` (a
-    path or an inline scene mapping); paths are relative to the spec's folder."""
-    from .scene import parse_scene, load_scene
-    from .validation import check_keys, read_file
-
-    path = Path(path)
-    data = check_keys(read_file(path, "edit spec"), str(path), ("image", "prompt", "mask", "scene", "margin"),
-                      ("image",))
-    here = path.parent
-    image = load_image(here / data["image"])
-    mask = load_mask(here / data["mask"], tuple(image.shape[-2:])) if "mask" in data else None
-    scene = data.get("scene")
-    if isinstance(scene, str):
-        scene = load_scene(here / scene)
-    elif scene is not None:
-        scene = parse_scene(scene)
-    margin = data.get("margin", 2)
-    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
-        raise ValueError(f"{path}: margin {str(margin)[:20]!r}: expected whole pixels >= 0 around the new objects")
-    return edit_layout(image, data.get("prompt", ""), mask, scene, margin)

@@ -31,7 +31,8 @@ def products(job: Job, cfg: Optional[dict] = None):
     """(file label, Product) pairs: one for a prompt or a layout spec, one per frame for a scene spec; each
     through its Layout, in the shapes world or on the named models of --expert/--config (``cfg``: the config
     already read by ``job_config``)."""
-    from .layout import build_product, from_physics, from_prompt, load_layout
+    from .families import build_product
+    from .specs import from_physics, from_prompt, load_layout
 
     cfg = cfg or job_config(job)
     experts, potentials = (job.experts or []) + cfg["experts"], (job.potentials or []) + cfg["potentials"]
@@ -39,7 +40,7 @@ def products(job: Job, cfg: Optional[dict] = None):
         return [("", _edit_product(job, cfg, experts, potentials))]
     if job.scene is not None:
         from .experts.physics import PhysicsExpert
-        from .scene import load_scene
+        from .scene import load_scene, refuse_new
 
         spec, n = load_scene(job.scene), job.frames
         refuse_new(spec, job.scene)
@@ -66,20 +67,12 @@ def job_dtype(job: Job, cfg: dict) -> str:
     return job.dtype or cfg["dtype"]
 
 
-def refuse_new(spec, path):
-    """A scene to generate (no image) may not mark objects ``new``: that keeps every other object where the spec
-    puts it, floating or not, as an edit must (the objects already in its image stay put)."""
-    new = [i for i, o in enumerate(spec.objects) if o.new]
-    if new:
-        raise ValueError(f"{path}: objects[{new[0]}].new: new: true marks an object to add to an image (poegen edit "
-                         "IMAGE --scene ...); to simulate every object, leave new out")
-
-
 def _edit_product(job: Job, cfg: dict, experts, potentials):
     """The Product of an edit job, its image (and mask) checked against, or resized to, the family's size; the
     edit rides along as ``product.edit``."""
-    from .edit import edit_layout, load_image, load_mask
-    from .layout import build_product
+    from .edit import load_image, load_mask
+    from .specs import edit_layout
+    from .families import build_product
     from .scene import load_scene
 
     image = load_image(job.image)
@@ -99,7 +92,7 @@ def _edit_product(job: Job, cfg: dict, experts, potentials):
         if not job.resize or scene is not None:
             raise ValueError(f"the image is {have[1]}x{have[0]}; this family makes {made[1]}x{made[0]} images: "
                              "resize it, or pass --resize")
-        edit = layout.extra["edit"].resized(*made)
+        edit = layout.edit.resized(*made)
         layout = edit_layout(edit.image, prompt, edit.mask, None, job.margin)
         product = build_product(layout, experts, potentials, job.guidance, job.vlm_weight, job_dtype(job, cfg))
     return product

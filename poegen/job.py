@@ -63,7 +63,7 @@ class Job:
                 raise ValueError(f"{where}: give exactly one of prompt, scene or layout (with --config, the prompt may "
                                  f"be in it); got {', '.join(given) or 'none'}")
         if job.sampler not in available():
-            raise ValueError(f"{where}: unknown sampler {job.sampler!r}; available: {', '.join(samplers.available())}")
+            raise ValueError(f"{where}: unknown sampler {job.sampler!r}; available: {', '.join(available())}")
         import torch  # not at the top: `poegen --help` reads the defaults without loading torch
 
         try:

@@ -15,7 +15,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .experts.base import expert_name
 
 Schedule = Union[str, Callable[[float], float]]
 
@@ -32,6 +31,11 @@ def lambda_schedule(name: Schedule, rate: float = 5.0) -> Callable[[float], floa
         return lambda t: math.expm1(rate * t) / math.expm1(rate)
     raise ValueError(f"unknown lambda schedule {name!r}; known: constant, linear, exponential (or a callable)")
 
+
+
+def expert_name(expert, index: int) -> str:
+    """The expert's ``name`` attribute, else its class name with its position."""
+    return getattr(expert, "name", None) or f"{type(expert).__name__}[{index}]"
 
 @dataclass
 class Evaluation:
@@ -131,7 +135,7 @@ class Product:
         self.decode = decode
         self.shape = self._event_shape()
         self.nfe: Dict[str, int] = {n: 0 for n in self.names + self.potential_names}
-        self.edit = None  # an edit's image and mask (poegen.edit.Edit), set by layout.build_product
+        self.edit = None  # an edit's image and mask (poegen.edit.Edit), set by families.build_product
 
     def _event_shape(self):
         shapes = {n: tuple(e.shape) for n, e in zip(self.names, self.experts) if getattr(e, "shape", None) is not None}

@@ -228,3 +228,12 @@ def simulate_scene(spec: SceneSpec, until: Optional[float] = None):
         if not in_view(final, margin=0.0):
             log.warning("object %r ends outside the camera's view", o.name)
     return scene
+
+
+def refuse_new(spec, path):
+    """A scene to generate (no image) may not mark objects ``new``: that keeps every other object where the spec
+    puts it, floating or not, as an edit must (the objects already in its image stay put)."""
+    new = [i for i, o in enumerate(spec.objects) if o.new]
+    if new:
+        raise ValueError(f"{path}: objects[{new[0]}].new: new: true marks an object to add to an image (poegen edit "
+                         "IMAGE --scene ...); to simulate every object, leave new out")

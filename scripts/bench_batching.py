@@ -6,6 +6,7 @@ in a poe run whose potential reads pixels).
 """
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,7 +15,9 @@ import torch
 
 import poegen
 from poegen.experts.diffusers import TextConditionedUNetExpert, vae_decoder
-from poegen.testing import tiny_sd_folder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tiny models are test helpers
+from helpers import tiny_sd_folder  # noqa: E402
 
 
 def main():

@@ -28,6 +28,7 @@ import poegen
 from poegen import memory
 
 ARCH = Path(__file__).resolve().parent / "arch"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # for `helpers` (tiny tokenizers)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,7 +67,7 @@ def build(cls, config, dtype, device):
 
 
 def tokenizer(max_length: int = 77):
-    from poegen.testing import _clip_vocab
+    from helpers import _clip_vocab
     from transformers import CLIPTokenizer
     return CLIPTokenizer(vocab=_clip_vocab(), merges=[], model_max_length=max_length)
 
@@ -165,7 +166,7 @@ def potential(a, dtype, device):
     from tokenizers import AddedToken
 
     from poegen.experts.vlm import VQAScore
-    from poegen.testing import word_tokenizer
+    from helpers import word_tokenizer
     cfg = arch("llava_1.5_7b", a.shrink)
     words = ["USER", "ASSISTANT", ":", "?", '"', ".", "Does", "this", "figure", "show", "a", "red", "ball", "on",
              "blue", "box", "Yes", "No", "Please", "answer", "yes", "or", "no"]

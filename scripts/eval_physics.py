@@ -16,7 +16,7 @@ from pathlib import Path
 
 from poegen import compare, samplers
 from poegen.generate import Job
-from poegen.layout import spec_kind
+from poegen.specs import spec_kind
 
 
 def main():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from poegen.testing import Case
+from helpers import Case
 
 FAST = ["-q", "--particles", "2", "--steps", "3", "--out", "{tmp}/x.png"]
 

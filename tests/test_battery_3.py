@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from poegen.testing import Case, tiny_sd_folder
+from helpers import Case, tiny_sd_folder
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 OUT = ["--out", "{tmp}/x.png"]

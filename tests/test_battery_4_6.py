@@ -1,5 +1,5 @@
 """The fault battery (/work/shared/battery.md), groups 4 batch, 5 API and 6 security: one row per case, each asserting
-what should happen now. CLI rows go through ``poegen.testing.Case``; rows that need a fault simulated (a kill, a
+what should happen now. CLI rows go through ``Case`` (tests/helpers.py); rows that need a fault simulated (a kill, a
 full disk, a read-only folder, no network) patch it in and then run Cases; API rows call the library."""
 import errno
 import json
@@ -17,7 +17,8 @@ from PIL import Image
 
 import poegen
 from poegen.experts.analytic import Gaussian, GaussianLikelihood
-from poegen.testing import Case
+
+from helpers import Case
 
 BATCH = ["batch", "{tmp}/j.jsonl", "--out", "{tmp}/o", "-q"]
 BATCH_YAML = ["batch", "{tmp}/j.yaml", "--out", "{tmp}/o", "-q"]
@@ -380,7 +381,7 @@ def _offline(case):
 
 
 def _tiny_sd_and_clip(tmp):
-    from poegen.testing import tiny_clip_folder, tiny_sd_folder
+    from helpers import tiny_clip_folder, tiny_sd_folder
 
     sd, clip = tiny_sd_folder(tmp / "sd"), tiny_clip_folder(tmp / "clip")
     return Case(["generate", "a red ball", "--expert", f"sd:{sd}", "--potential", f"clip:{clip}", "--particles", "2",

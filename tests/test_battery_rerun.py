@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from poegen.testing import Case
+from helpers import Case
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["-q", "--particles", "2", "--steps", "3", "--out", "{tmp}/x.png"]

@@ -8,13 +8,14 @@ import torch
 
 from poegen import compare
 from poegen.cli import main
+from poegen.report import diversity
 
 
 def test_diversity_closed_form():
     x = torch.zeros(2, 3, 4, 4)
     x[1] += 0.5
-    assert compare.diversity(x) == pytest.approx(0.5)
-    assert compare.diversity(x[:1]) == 0.0
+    assert diversity(x) == pytest.approx(0.5)
+    assert diversity(x[:1]) == 0.0
 
 
 @pytest.mark.parametrize("sampler", ["smc", "best-of-n"])

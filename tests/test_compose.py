@@ -9,10 +9,12 @@ import torch
 import poegen
 from poegen.cli import main
 from poegen.experts import cache
-from poegen.experts.registry import build
-from poegen.layout import Layout, LayoutObject, from_prompt, load_layout, split_prompt
-from poegen.testing import (tiny_clip_folder, tiny_controlnet_folder, tiny_flux_folder, tiny_owlv2_folder,
-                            tiny_sd_folder, tiny_vlm_folder)
+from poegen.families import named_product as build
+from poegen.layout import Layout, LayoutObject
+from poegen.specs import from_prompt, load_layout, split_prompt
+
+from helpers import (tiny_clip_folder, tiny_controlnet_folder, tiny_flux_folder, tiny_owlv2_folder,
+                     tiny_sd_folder, tiny_vlm_folder)
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -237,7 +239,7 @@ def test_named_model_errors_name_the_field_and_the_fix(models, tmp_path):
     with pytest.raises(ValueError, match=r"--potential 'owl:x': expected KIND:PATH with KIND one of .*detector"):
         build("a ball", [f"sd:{models['sd']}"], ["owl:x"])
     with pytest.raises(ValueError, match=r"--potential needs --expert or --config"):
-        poegen.layout.build_product(from_prompt("a red ball"), potentials=[f"clip:{models['clip']}"])
+        poegen.build_product(from_prompt("a red ball"), potentials=[f"clip:{models['clip']}"])
 
 
 def test_model_cache_is_keyed_by_kind_path_and_dtype(models):

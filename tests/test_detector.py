@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from poegen.experts.detector import OPTIONS, DetectorPotential, DetectorScorer, load_detector, mean_iou
-from poegen.testing import tiny_clip_folder, tiny_owlv2_folder
+
+from helpers import tiny_clip_folder, tiny_owlv2_folder
 
 PHRASES = ["a red ball", "a blue box", "box"]
 

@@ -4,7 +4,8 @@ import torch
 
 import poegen
 from poegen.experts.diffusers import VPUNetExpert
-from poegen.testing import tiny_flux_folder, tiny_sd_folder, tiny_sdxl_folder, tiny_vp_folder
+
+from helpers import tiny_flux_folder, tiny_sd_folder, tiny_sdxl_folder, tiny_vp_folder
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -135,7 +136,7 @@ def test_generate_with_named_local_experts(tmp_path, capsys):
     from PIL import Image
 
     from poegen.cli import main
-    from poegen.testing import tiny_clip_folder
+    from helpers import tiny_clip_folder
 
     sd, clip = tiny_sd_folder(tmp_path / "sd"), tiny_clip_folder(tmp_path / "clip")
     out = tmp_path / "img.png"
@@ -320,7 +321,7 @@ def test_flux_vae_decoder_undoes_scaling_and_shift(tmp_path):
 
 
 def test_sd_registry_loads_one_unet_for_the_prompt_and_the_empty_prompt(tmp_path):
-    from poegen.experts.registry import build
+    from poegen.families import named_product as build
 
     root = str(tiny_sd_folder(tmp_path))
     product = build("a red ball", [f"sd:{root}"], guidance=7.5)

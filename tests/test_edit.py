@@ -63,7 +63,7 @@ def _png(path, array):
 
 @pytest.fixture(scope="module")
 def inpaint_folder(tmp_path_factory):
-    from poegen.testing import tiny_sd_inpaint_folder
+    from helpers import tiny_sd_inpaint_folder
     return str(tiny_sd_inpaint_folder(tmp_path_factory.mktemp("inpaint")))
 
 
@@ -103,7 +103,8 @@ def test_edit_refuses_sizes_and_masks_that_do_not_fit(tmp_path, capsys):
 
 def test_a_scene_edit_drops_the_new_object_onto_the_old_ones(tmp_path, capsys):
     from poegen.compare import judge_edit
-    from poegen.edit import edit_layout, load_image
+    from poegen.edit import load_image
+    from poegen.specs import edit_layout
     from poegen.experts.physics import PhysicsExpert
     from poegen.scene import parse_scene
 
@@ -114,7 +115,7 @@ def test_a_scene_edit_drops_the_new_object_onto_the_old_ones(tmp_path, capsys):
     box, red = layout.objects
     assert box.known and not red.known and layout.relations == [(1, "on", 0)]
     assert abs(red.centre(32)[1] - 16.5) < 1  # on top of the box (its top edge is at row 20)
-    mask = layout.extra["edit"].mask
+    mask = layout.edit.mask
     assert mask[16, 16] == 1 and mask[24, 16] == 0  # the ball's footprint, dilated; not the box
     product = poegen.build_product(layout)
     assert product.names == ["shapes[null]", "shapes[small red ball at (15.7, 16.5)]"]  # the box is not redrawn

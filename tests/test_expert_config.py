@@ -4,8 +4,10 @@ import json
 import pytest
 
 from poegen.cli import main
-from poegen.experts.registry import build, load_config
-from poegen.testing import tiny_clip_folder, tiny_flux_folder, tiny_sdxl_folder, tiny_vlm_folder
+from poegen.experts.registry import load_config
+from poegen.families import named_product as build
+
+from helpers import tiny_clip_folder, tiny_flux_folder, tiny_sdxl_folder, tiny_vlm_folder
 
 
 def _png_meta(path):
@@ -102,7 +104,7 @@ def test_json_config_and_a_missing_checkpoint(tmp_path, monkeypatch):
 def test_config_dtype_is_checked_and_fills_torch_dtype(tmp_path):
     """A config's dtype: refused unless auto/float32/bfloat16; an explicit one becomes the torch_dtype of the
     entries that take one and name none, never overriding an entry's own."""
-    from poegen.experts.registry import _with_dtype
+    from poegen.families import _with_dtype
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("experts: [{kind: sd, path: /m}]\ndtype: half")

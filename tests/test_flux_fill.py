@@ -6,7 +6,8 @@ import torch
 
 import poegen
 from poegen.experts.flux_fill import OPTIONS, FluxFillExpert, load_flux_fill
-from poegen.testing import tiny_flux_fill_folder, tiny_flux_folder
+
+from helpers import tiny_flux_fill_folder, tiny_flux_folder
 
 log = logging.getLogger("tests.flux_fill")
 

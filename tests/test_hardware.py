@@ -119,10 +119,3 @@ def test_env_reports_the_picks():
     out = subprocess.run([sys.executable, "-m", "poegen.cli", "env"], capture_output=True, text=True, check=True).stdout
     assert "torch " in out and "dtype auto on cpu: " in out and "threads auto: " in out and "prior.safetensors" in out
 
-
-def test_job_dtype_is_checked():
-    from poegen.job import Job
-
-    assert Job.from_dict({"prompt": "a red ball", "dtype": "bfloat16"}, "job").dtype == "bfloat16"
-    with pytest.raises(ValueError, match="job: dtype 'half': expected one of auto, float32, bfloat16"):
-        Job.from_dict({"prompt": "a red ball", "dtype": "half"}, "job")

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import poegen
-from poegen.testing import tiny_sd_folder, tiny_sd_inpaint_folder
+
+from helpers import tiny_sd_folder, tiny_sd_inpaint_folder
 
 PROMPT, W, SEED = "a red ball", 3.0, 0
 

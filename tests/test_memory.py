@@ -48,8 +48,8 @@ def test_a_cap_below_the_models_is_refused(expert):
 
 
 def test_offload_hooks_chain_every_large_module_in_a_cycle(tmp_path):
-    from poegen.experts.registry import build
-    from poegen.testing import tiny_clip_folder, tiny_sd_folder
+    from poegen.families import named_product as build
+    from helpers import tiny_clip_folder, tiny_sd_folder
 
     product = build("a red ball", [f"sd:{tiny_sd_folder(tmp_path / 'sd')}"],
                     [f"clip:{tiny_clip_folder(tmp_path / 'clip')}"])

@@ -44,7 +44,7 @@ def test_hard_constraint_accepts_only_the_layout(physics):
 
 
 def test_scene_product_conditions_experts_on_simulated_positions(physics):
-    from poegen.experts.shapes.prompt import build_scene_product
+    from poegen.families import shapes_scene_product as build_scene_product
 
     product = build_scene_product(physics, guidance=1.0)
     assert product.weights == [-1.0, 1.0, 1.0]  # null^(1 - 2) * box * ball
@@ -70,10 +70,10 @@ def test_generate_scene_frames_writes_frames_and_gif(tmp_path, capsys):
 
 def test_regional_prompt_experts_follow_the_simulated_masks(tmp_path):
     import poegen
-    from poegen.experts.registry import build
-    from poegen.layout import from_physics
+    from poegen.families import named_product as build
+    from poegen.specs import from_physics
     from poegen.scene import load_scene
-    from poegen.testing import tiny_sd_folder
+    from helpers import tiny_sd_folder
 
     physics = PhysicsExpert(load_scene("examples/stacking.yaml"))
     root = tiny_sd_folder(tmp_path)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import poegen
-from poegen.testing import tiny_controlnet_folder, tiny_flux_folder, tiny_sd_folder, tiny_sdxl_folder
+
+from helpers import tiny_controlnet_folder, tiny_flux_folder, tiny_sd_folder, tiny_sdxl_folder
 
 PROMPT, W, SEED = "a red ball", 3.0, 0
 

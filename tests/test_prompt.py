@@ -50,7 +50,7 @@ def test_generate_writes_upscaled_and_raw_png(tmp_path, capsys):
 
 
 def test_prompt_product_uses_composable_weights():
-    from poegen.experts.shapes.prompt import build_product
+    from poegen.families import shapes_prompt_product as build_product
 
     product = build_product("a red ball and a blue box", guidance=2.0)
     assert product.weights == [-3.0, 2.0, 2.0]  # null^(1 - 2w) * red^w * blue^w
@@ -87,7 +87,7 @@ def test_product_to_moves_every_module_and_tensor():
 
     from poegen.experts.physics import PhysicsExpert
     from poegen.experts.shapes import load_prior, load_vlm
-    from poegen.experts.shapes.prompt import build_product, build_scene_product
+    from poegen.families import shapes_prompt_product as build_product, shapes_scene_product as build_scene_product
     from poegen.scene import load_scene
 
     prior, vlm = load_prior(), load_vlm()
@@ -109,7 +109,7 @@ def test_gradient_guidance_through_the_shapes_prior_and_scorer():
     import torch
 
     import poegen
-    from poegen.experts.shapes.prompt import build_product
+    from poegen.families import shapes_prompt_product as build_product
 
     product = build_product("a red ball left of a blue box")
     nfe = {}
@@ -142,8 +142,8 @@ def test_prompts_that_cannot_be_drawn_as_asked_are_refused(prompt, message):
 
 
 def test_placement_puts_objects_apart_and_keeps_the_relations():
-    from poegen.experts.shapes.prompt import (FLOOR_ROW, RELATION_WEIGHT, Prompt, build_product, parse_prompt,
-                                              placement)
+    from poegen.experts.shapes.prompt import FLOOR_ROW, RELATION_WEIGHT, Prompt, parse_prompt, placement
+    from poegen.families import shapes_prompt_product as build_product
 
     assert placement(parse_prompt("a red ball")) is None  # one object goes where the prior puts it
     (c0, r0), (c1, r1) = placement(parse_prompt("a green wedge right of a yellow box"))

@@ -8,7 +8,8 @@ import torch
 
 import poegen
 from poegen.experts.sd3 import OPTIONS, SD3Expert, load_sd3
-from poegen.testing import tiny_sd3_folder
+
+from helpers import tiny_sd3_folder
 
 log = logging.getLogger("tests.sd3")
 

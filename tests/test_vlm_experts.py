@@ -4,7 +4,8 @@ import torch
 from poegen.experts import cache
 
 from poegen.experts.vlm import ClipScore
-from poegen.testing import tiny_clip_folder
+
+from helpers import tiny_clip_folder
 
 
 def test_clip_score_matches_the_model_and_is_differentiable(tmp_path):
@@ -45,7 +46,7 @@ def test_vqa_score_is_log_p_yes_at_the_answer_position(tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from poegen.experts.vlm import VQAScore
-    from poegen.testing import tiny_vlm_folder
+    from helpers import tiny_vlm_folder
 
     root = tiny_vlm_folder(tmp_path)
     vqa = VQAScore.from_pretrained(root, "a red ball")
@@ -82,7 +83,7 @@ def test_vqa_refuses_an_answer_outside_the_vocabulary(tmp_path):
     import pytest
 
     from poegen.experts.vlm import VQAScore
-    from poegen.testing import tiny_vlm_folder
+    from helpers import tiny_vlm_folder
 
     with pytest.raises(ValueError, match="answer 'Maybe' is not in the VLM's vocabulary"):
         VQAScore.from_pretrained(tiny_vlm_folder(tmp_path), "a red ball", answer="Maybe")
@@ -121,7 +122,7 @@ def test_clip_vqa_and_pickscore_potentials_in_a_poe_run(tmp_path):
     import poegen
     from poegen.experts.diffusers import VPUNetExpert
     from poegen.experts.vlm import PickScore, VQAScore
-    from poegen.testing import tiny_vlm_folder, tiny_vp_folder
+    from helpers import tiny_vlm_folder, tiny_vp_folder
 
     tiny_vp_folder(tmp_path / "unet")
     prior = VPUNetExpert.from_pretrained(str(tmp_path / "unet"))  # 8x8 images, resized to 16x16 by the scorers
@@ -139,7 +140,7 @@ def test_vqa_prompt_follows_the_processors_chat_template(tmp_path):
     from transformers import AutoProcessor
 
     from poegen.experts.vlm import VQAScore
-    from poegen.testing import tiny_vlm_folder
+    from helpers import tiny_vlm_folder
 
     root = tiny_vlm_folder(tmp_path)
     plain = VQAScore.from_pretrained(root, "a red ball")  # no chat template: the Llava-1.5 prompt

@@ -5,6 +5,8 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
+from ..product import expert_name  # noqa: F401  (core: the product names its experts)
+
 
 @runtime_checkable
 class GenerativeExpert(Protocol):
@@ -31,8 +33,3 @@ class DiscriminativeExpert(Protocol):
     def log_potential(self, x0: Tensor) -> Tensor:
         """(N,) log-potential of each clean sample."""
         ...
-
-
-def expert_name(expert, index: int) -> str:
-    """The expert's ``name`` attribute, else its class name with its position."""
-    return getattr(expert, "name", None) or f"{type(expert).__name__}[{index}]"

@@ -2,7 +2,6 @@
 or ``--config experts.yaml`` naming several with their options (see ``load_config``)."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -86,7 +85,7 @@ def _flux(path: str, guidance: float, **options):
 
 def _controlnet(path: str, guidance: float, base: Optional[str] = None, image: Optional[str] = None,
                 conditioning_scale: float = 1.0, **options):
-    from ..layout import resize
+    from ..images import resize
     from .diffusers import unet_config, _vae_scale, load_controlnet_prompts, resolve, vae_decoder
     if not base:
         raise ValueError(f"controlnet {path}: options.base is missing; name the SD 1.x or SDXL folder it steers, "
@@ -116,7 +115,7 @@ def _control_image(image: Optional[str], layout, path: str):
 
 def _edited(layout, kind: str):
     """(image (1, 3, H, W), mask (1, 1, H, W)) of an edit layout; an inpainting kind needs one."""
-    edit = layout.extra.get("edit") if layout is not None else None
+    edit = layout.edit if layout is not None else None
     if edit is None:
         raise ValueError(f"kind {kind} inpaints a given image: use `poegen edit IMAGE ...` (or an edit target)")
     return edit.image[None], edit.mask[None, None]
@@ -231,74 +230,6 @@ def _entry(spec: Spec, table: Dict, fields: Sequence[str], where: str) -> dict:
     if "prompt" in spec and not isinstance(spec["prompt"], str):
         raise ValueError(f"{where}.prompt: expected text, got {spec['prompt']!r}")
     return dict(spec, options=options)
-
-
-def _with_dtype(entry: dict, dtype: str) -> dict:
-    """``entry`` with ``torch_dtype: dtype`` added when dtype is explicit, its kind takes one and it names none."""
-    if dtype == "auto" or "torch_dtype" in entry["options"] or "torch_dtype" not in OPTIONS.get(entry["kind"], ()):
-        return entry
-    return dict(entry, options={**entry["options"], "torch_dtype": dtype})
-
-
-def build(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guidance: float = 1.0,
-          lambdas: float = 1.0, dtype: str = "auto"):
-    """The Product of named experts for a Layout (or a prompt): on each generative entry's model, the background
-    prompt's expert outside the objects' regions, each located object's phrase inside its region, each unlocated
-    object's phrase everywhere (composable diffusion), and the empty prompt's expert to make guidance a product;
-    each potential entry asks one question per object and relation (a detector: one per object and its box).
-
-    Entries are 'kind:path' or config mappings (``kind``, ``path``, optional ``prompt`` (a fixed prompt instead of
-    the layout), ``guidance``, ``weight`` (a factor on its expert weights, or its lambda) and ``options``). Entries
-    on one model share it (``cache``), and equal texts share one expert. ``dtype`` float32 or bfloat16 is the
-    torch_dtype of every entry that takes one and names none (auto: each loads as its options say)."""
-    from ..layout import Layout, from_prompt
-    from ..product import Product, merge_experts
-
-    if not isinstance(layout, Layout):
-        layout = from_prompt(layout)
-    gen, weights, masks, backbones = [], [], [], {}
-    for i, spec in enumerate(experts):
-        where = "--expert" if isinstance(spec, str) else f"experts[{i}]"
-        e = _with_dtype(_entry(spec, GENERATIVE, GENERATIVE_FIELDS, where), dtype)
-        g = float(e.get("guidance", guidance))
-        key = (e["kind"], e["path"], json.dumps(e["options"], sort_keys=True, default=str), g)
-        if key not in backbones:
-            options = {k: v for k, v in e["options"].items() if k not in TUNING}
-            backbones[key] = GENERATIVE[e["kind"]][1](e["path"], g, **options)
-            for k in TUNING:
-                setattr(backbones[key], k, bool(e["options"].get(k, False)))
-        bb, lay, beta = backbones[key], (from_prompt(e["prompt"]) if e.get("prompt") else layout), e.get("weight", 1.0)
-        if not bb.text:
-            if lay.objects:
-                raise ValueError(f"{where}: kind {e['kind']} has no text conditioning; a layout needs one of "
-                                 f"{', '.join(k for k in GENERATIVE if k != 'unet')}")
-            gen, weights, masks = gen + bb.experts([""]), weights + [beta], masks + [None]
-            continue
-        w = g if bb.cfg else 1.0
-        drawn = [k for k, o in enumerate(lay.objects) if not o.known]  # objects already in an edited image: none
-        made = bb.experts([lay.prompt] + [lay.objects[k].phrase for k in drawn] + [""], lay)
-        background, regions = lay.regions(*made[0].shape[-2:])
-        regions = [regions[k] for k in drawn]
-        free = sum(m is None for m in regions)
-        located = free < len(regions)
-        gen += made
-        weights += [beta * w] * (1 + len(regions)) + [beta * (1 - w - w * free)]
-        masks += [background[None] if located else None] + [m if m is None else m[None] for m in regions] + [None]
-    pots: List = []
-    lams: List[float] = []
-    for j, spec in enumerate(potentials):
-        e = _with_dtype(_entry(spec, POTENTIALS, POTENTIAL_FIELDS,
-                               "--potential" if isinstance(spec, str) else f"potentials[{j}]"), dtype)
-        lay = from_prompt(e["prompt"]) if e.get("prompt") else layout
-        made = POTENTIALS[e["kind"]][1](e["path"], lay.texts(), lay, **e["options"])
-        pots += made
-        lams += [float(e.get("weight", lambdas))] * len(made)
-    if "edit" in layout.extra:  # the given image outside the edit mask, on decoded pixels
-        pots.append(layout.extra["edit"].known_pixels())
-        lams.append(1.0)
-    decode = next((bb.decode for bb in backbones.values() if bb.decode is not None), None)
-    gen, weights, masks = merge_experts(gen, weights, masks)
-    return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode)
 
 
 def load_config(path: Union[str, Path]) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ...edit import dilate
+from ...images import dilate
 from .render import pixels_per_unit, pixel_to_world, to_uint8
 from .world import BACKGROUND, COLOURS, COLOUR_NAMES, FLOOR, SIZES, WEDGE_SCALE, wedge_vertices
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from ...layout import Layout, LayoutObject
-from ...product import Product
-from ..cache import cached
 from .vocab import NUMBERS, PLURALS, SPECIALS, WORD_TO_ID, Phrase, parse_phrase, split_words, vocabulary
 from .vlm import RELATION_WORDS
 
@@ -121,26 +118,6 @@ def parse_prompt(text: str) -> Prompt:
     return Prompt(objects, relations)
 
 
-def _over_null(prior, experts: List, guidance: float, dtype: str):
-    """Composable-diffusion weights: each phrase expert w, the unconditional prior 1 - sum w (left out at 0)."""
-    weights = [guidance] * len(experts)
-    if 1.0 - sum(weights) != 0:
-        return [prior.null(dtype)] + experts, [1.0 - sum(weights)] + weights
-    return experts, weights
-
-
-def shapes_layout(prompt: str | Prompt) -> Layout:
-    """The Layout of a shapes-world prompt: its objects and relations, each object of a prompt with several in a
-    box around the place ``placement`` gives it."""
-    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-    places = placement(p)
-    half = 0.1  # the boxes' half-width (of the image): the prior is told their centres
-    boxes = [None] * len(p.objects) if places is None else \
-        [((c + 0.5) / 32 - half, (r + 0.5) / 32 - half, (c + 0.5) / 32 + half, (r + 0.5) / 32 + half) for c, r in places]
-    return Layout("", [LayoutObject(str(o), box=b) for o, b in zip(p.objects, boxes)],
-                  [(i, f"{rel} of" if rel in ("left", "right") else rel, j) for i, rel, j in p.relations])
-
-
 FLOOR_ROW = 27.0   # pixel row (of 32) of a floor object's centre in ``placement`` (a small object's)
 STACK_ROWS = 7.0   # rows from an object's centre to that of the object resting on it
 
@@ -199,59 +176,3 @@ def _check_scene_prompt(text: str, spec):
                              f"({have}); the shapes world draws the objects, so describe them or leave prompt out")
 
 
-def layout_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
-                   vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
-    """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
-    or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
-    and relation and, unless it edits an image, one count per shape (``count_questions``), and a simulated
-    scene's layout potential and hard constraint (weights from its spec)."""
-    from .model import load_prior
-    from .vlm import load_vlm
-
-    physics = layout.extra.get("physics")
-    if physics is not None and layout.prompt.strip():
-        _check_scene_prompt(layout.prompt, physics.spec)
-    phrases = []
-    for i, o in enumerate(layout.objects):
-        try:
-            phrases.append(parse_phrase(o.phrase))
-        except ValueError as e:
-            raise ValueError(f"objects[{i}].phrase: {e}") from None
-    guidance = GUIDANCE if guidance is None else guidance
-    vlm_weight = VLM_WEIGHT if vlm_weight is None else vlm_weight
-    prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
-    size = prior.config["image_size"]
-    experts, weights = _over_null(prior, [prior.expert(str(p), o.centre(size), dtype)
-                                          for p, o in zip(phrases, layout.objects) if not o.known], guidance, dtype)
-    potentials, lambdas = [], []
-    asked = [(q, 1.0) for q in layout.questions or []]  # (question, its lambda as a multiple of vlm_weight)
-    if layout.questions is None:
-        asked = [(q, 1.0) for q in Prompt(phrases).questions()]
-        asked += [(q, RELATION_WEIGHT) for q in Prompt(phrases, [(i, rel.replace(" of", ""), j)
-                                                                  for i, rel, j in layout.relations]).questions()[len(phrases):]]
-        if "edit" not in layout.extra:  # the layout lists every object of the image: ask for nothing else
-            asked += [(q, COUNT_WEIGHT) for q in count_questions(phrases)]
-    if vlm_weight and asked:
-        scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
-        potentials = [scorer.expert(q) for q, _ in asked]
-        lambdas = [vlm_weight * m for _, m in asked]
-    if "edit" in layout.extra:  # the given image outside the edit mask; the new objects' footprints stand in
-        potentials.append(layout.extra["edit"].known_pixels())  # the given image outside the edit mask
-        lambdas.append(1.0)
-    for c in physics.spec.constraints if physics is not None else ():
-        potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
-        lambdas.append(c.weight)
-    return Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
-
-
-def build_product(prompt: str | Prompt, prior=None, vlm=None, guidance: Optional[float] = None,
-                  vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
-    """The product of experts for a prompt: phrase experts over the divided-out prior, VLM potentials."""
-    return layout_product(shapes_layout(prompt), prior, vlm, guidance, vlm_weight, schedule, dtype)
-
-
-def build_scene_product(physics, prior=None, guidance: Optional[float] = None, vlm=None,
-                        vlm_weight: Optional[float] = None, dtype: str = "auto") -> Product:
-    """The product for a simulated scene (a PhysicsExpert), through its Layout (``layout.from_physics``)."""
-    from ...layout import from_physics
-    return layout_product(from_physics(physics), prior, vlm, guidance, vlm_weight, dtype=dtype)

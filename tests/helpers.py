@@ -1,5 +1,6 @@
-"""Tiny models built from configs, saved to a folder and loaded back the way a user's checkpoint is:
-used by the tests and the benchmarks; nothing is downloaded."""
+"""Test helpers (``from helpers import ...``: pytest puts tests/ on sys.path; scripts/bench_*.py insert it):
+tiny models built from configs, saved to a folder and loaded back the way a user's checkpoint is, used by the
+tests and the benchmarks, nothing downloaded; and ``Case``, one row of the fault battery."""
 from pathlib import Path
 
 import torch

@@ -1,0 +1,197 @@
+"""The one dispatch from a Layout to a Product: the embedded shapes world when no model is named, else the named
+models of the registry (``--expert``, ``--potential``, a config), each family composing the Layout the same way:
+regional phrase experts on one shared backbone, one question per object and relation on one shared scorer, and a
+layout potential where boxes or simulated masks exist. Heavy model code is imported only when a family is built."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import List, Optional, Sequence, Union
+
+from .experts.cache import cached
+from .experts.registry import (GENERATIVE, GENERATIVE_FIELDS, OPTIONS, POTENTIAL_FIELDS, POTENTIALS, TUNING, Spec,
+                               _entry)
+from .experts.shapes.prompt import (COUNT_WEIGHT, GUIDANCE, RELATION_WEIGHT, VLM_WEIGHT, Prompt, _check_scene_prompt,
+                                    count_questions, parse_prompt, placement)
+from .experts.shapes.vocab import parse_phrase
+from .layout import Layout, LayoutObject, check_relations
+from .product import Product, merge_experts
+from .specs import from_physics, from_prompt
+
+log = logging.getLogger("poegen.families")
+
+
+def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[float] = None,
+                  vlm_weight: Optional[float] = None, dtype: str = "auto", **shapes_options):
+    """The Product of a Layout in its family: the named models in ``experts`` and ``potentials`` (registry
+    entries; guidance and lambdas default to 1), or the embedded shapes world when none is named (its tuned
+    defaults; ``shapes_options``: prior, vlm, schedule). ``dtype`` (auto, float32, bfloat16): the shapes prior's
+    compute dtype (auto: bf16 only where the hardware has it natively, ``hardware.pick_dtype``), or the named
+    models' torch_dtype where an entry gives none (auto: as loaded). An edit's ``Edit`` is kept as
+    ``product.edit``."""
+    if experts:
+        check_relations(layout)
+        product = named_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
+                        1.0 if vlm_weight is None else vlm_weight, dtype)
+    elif potentials:
+        raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
+                         "(weight it with --vlm-weight)")
+    else:
+        if not layout.objects and layout.physics is None:  # a prompt: the shapes world always composes (a
+            #                                  scene whose objects all left the view has none: the prior and its layout)
+            layout = Layout(**{**vars(shapes_layout(layout.prompt)), "questions": layout.questions,
+                               "text": layout.text, "physics": layout.physics, "edit": layout.edit})
+        elif layout.prompt.strip() and layout.physics is None and layout.edit is None:
+            log.warning(
+                "the shapes world draws the layout's objects and has no background: its prompt %r is not used",
+                layout.prompt[:60])
+        check_relations(layout, f"prompt {layout.text[:60]!r}" if layout.text is not None else "relations")
+        product = shapes_product(layout, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype, **shapes_options)
+    product.edit = layout.edit  # an edit's image and mask ride along (metrics, replace_known)
+    return product
+
+
+# ---- the named models (poegen.experts.registry's kinds) ----------------------------------------------------
+
+def _with_dtype(entry: dict, dtype: str) -> dict:
+    """``entry`` with ``torch_dtype: dtype`` added when dtype is explicit, its kind takes one and it names none."""
+    if dtype == "auto" or "torch_dtype" in entry["options"] or "torch_dtype" not in OPTIONS.get(entry["kind"], ()):
+        return entry
+    return dict(entry, options={**entry["options"], "torch_dtype": dtype})
+
+
+def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guidance: float = 1.0,
+          lambdas: float = 1.0, dtype: str = "auto"):
+    """The Product of named experts for a Layout (or a prompt): on each generative entry's model, the background
+    prompt's expert outside the objects' regions, each located object's phrase inside its region, each unlocated
+    object's phrase everywhere (composable diffusion), and the empty prompt's expert to make guidance a product;
+    each potential entry asks one question per object and relation (a detector: one per object and its box).
+
+    Entries are 'kind:path' or config mappings (``kind``, ``path``, optional ``prompt`` (a fixed prompt instead of
+    the layout), ``guidance``, ``weight`` (a factor on its expert weights, or its lambda) and ``options``). Entries
+    on one model share it (``cache``), and equal texts share one expert. ``dtype`` float32 or bfloat16 is the
+    torch_dtype of every entry that takes one and names none (auto: each loads as its options say)."""
+    if not isinstance(layout, Layout):
+        layout = from_prompt(layout)
+    gen, weights, masks, backbones = [], [], [], {}
+    for i, spec in enumerate(experts):
+        where = "--expert" if isinstance(spec, str) else f"experts[{i}]"
+        e = _with_dtype(_entry(spec, GENERATIVE, GENERATIVE_FIELDS, where), dtype)
+        g = float(e.get("guidance", guidance))
+        key = (e["kind"], e["path"], json.dumps(e["options"], sort_keys=True, default=str), g)
+        if key not in backbones:
+            options = {k: v for k, v in e["options"].items() if k not in TUNING}
+            backbones[key] = GENERATIVE[e["kind"]][1](e["path"], g, **options)
+            for k in TUNING:
+                setattr(backbones[key], k, bool(e["options"].get(k, False)))
+        bb, lay, beta = backbones[key], (from_prompt(e["prompt"]) if e.get("prompt") else layout), e.get("weight", 1.0)
+        if not bb.text:
+            if lay.objects:
+                raise ValueError(f"{where}: kind {e['kind']} has no text conditioning; a layout needs one of "
+                                 f"{', '.join(k for k in GENERATIVE if k != 'unet')}")
+            gen, weights, masks = gen + bb.experts([""]), weights + [beta], masks + [None]
+            continue
+        w = g if bb.cfg else 1.0
+        drawn = [k for k, o in enumerate(lay.objects) if not o.known]  # objects already in an edited image: none
+        made = bb.experts([lay.prompt] + [lay.objects[k].phrase for k in drawn] + [""], lay)
+        background, regions = lay.regions(*made[0].shape[-2:])
+        regions = [regions[k] for k in drawn]
+        free = sum(m is None for m in regions)
+        located = free < len(regions)
+        gen += made
+        weights += [beta * w] * (1 + len(regions)) + [beta * (1 - w - w * free)]
+        masks += [background[None] if located else None] + [m if m is None else m[None] for m in regions] + [None]
+    pots: List = []
+    lams: List[float] = []
+    for j, spec in enumerate(potentials):
+        e = _with_dtype(_entry(spec, POTENTIALS, POTENTIAL_FIELDS,
+                               "--potential" if isinstance(spec, str) else f"potentials[{j}]"), dtype)
+        lay = from_prompt(e["prompt"]) if e.get("prompt") else layout
+        made = POTENTIALS[e["kind"]][1](e["path"], lay.texts(), lay, **e["options"])
+        pots += made
+        lams += [float(e.get("weight", lambdas))] * len(made)
+    if layout.edit is not None:  # the given image outside the edit mask, on decoded pixels
+        pots.append(layout.edit.known_pixels())
+        lams.append(1.0)
+    decode = next((bb.decode for bb in backbones.values() if bb.decode is not None), None)
+    gen, weights, masks = merge_experts(gen, weights, masks)
+    return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode)
+
+
+# ---- the embedded shapes world -----------------------------------------------------------------------------
+
+def _over_null(prior, experts: List, guidance: float, dtype: str):
+    """Composable-diffusion weights: each phrase expert w, the unconditional prior 1 - sum w (left out at 0)."""
+    weights = [guidance] * len(experts)
+    if 1.0 - sum(weights) != 0:
+        return [prior.null(dtype)] + experts, [1.0 - sum(weights)] + weights
+    return experts, weights
+
+
+def shapes_layout(prompt: Union[str, Prompt]) -> Layout:
+    """The Layout of a shapes-world prompt: its objects and relations, each object of a prompt with several in a
+    box around the place ``placement`` gives it."""
+    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    places = placement(p)
+    half = 0.1  # the boxes' half-width (of the image): the prior is told their centres
+    boxes = [None] * len(p.objects) if places is None else \
+        [((c + 0.5) / 32 - half, (r + 0.5) / 32 - half, (c + 0.5) / 32 + half, (r + 0.5) / 32 + half) for c, r in places]
+    return Layout("", [LayoutObject(str(o), box=b) for o, b in zip(p.objects, boxes)],
+                  [(i, f"{rel} of" if rel in ("left", "right") else rel, j) for i, rel, j in p.relations])
+
+
+def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
+                   vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
+    """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
+    or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
+    and relation and, unless it edits an image, one count per shape (``count_questions``), and a simulated
+    scene's layout potential and hard constraint (weights from its spec)."""
+    from .experts.shapes.model import load_prior
+    from .experts.shapes.vlm import load_vlm
+
+    physics = layout.physics
+    if physics is not None and layout.prompt.strip():
+        _check_scene_prompt(layout.prompt, physics.spec)
+    phrases = []
+    for i, o in enumerate(layout.objects):
+        try:
+            phrases.append(parse_phrase(o.phrase))
+        except ValueError as e:
+            raise ValueError(f"objects[{i}].phrase: {e}") from None
+    guidance = GUIDANCE if guidance is None else guidance
+    vlm_weight = VLM_WEIGHT if vlm_weight is None else vlm_weight
+    prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
+    size = prior.config["image_size"]
+    experts, weights = _over_null(prior, [prior.expert(str(p), o.centre(size), dtype)
+                                          for p, o in zip(phrases, layout.objects) if not o.known], guidance, dtype)
+    potentials, lambdas = [], []
+    asked = [(q, 1.0) for q in layout.questions or []]  # (question, its lambda as a multiple of vlm_weight)
+    if layout.questions is None:
+        asked = [(q, 1.0) for q in Prompt(phrases).questions()]
+        asked += [(q, RELATION_WEIGHT) for q in Prompt(phrases, [(i, rel.replace(" of", ""), j)
+                                                                  for i, rel, j in layout.relations]).questions()[len(phrases):]]
+        if layout.edit is None:  # the layout lists every object of the image: ask for nothing else
+            asked += [(q, COUNT_WEIGHT) for q in count_questions(phrases)]
+    if vlm_weight and asked:
+        scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
+        potentials = [scorer.expert(q) for q, _ in asked]
+        lambdas = [vlm_weight * m for _, m in asked]
+    if layout.edit is not None:  # the given image outside the edit mask; the new objects' footprints stand in
+        potentials.append(layout.edit.known_pixels())  # the given image outside the edit mask
+        lambdas.append(1.0)
+    for c in physics.spec.constraints if physics is not None else ():
+        potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
+        lambdas.append(c.weight)
+    return Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
+
+
+def shapes_prompt_product(prompt: Union[str, Prompt], prior=None, vlm=None, guidance: Optional[float] = None,
+                          vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
+    """The shapes world's product for a prompt: phrase experts over the divided-out prior, VLM potentials."""
+    return shapes_product(shapes_layout(prompt), prior, vlm, guidance, vlm_weight, schedule, dtype)
+
+
+def shapes_scene_product(physics, prior=None, guidance: Optional[float] = None, vlm=None,
+                         vlm_weight: Optional[float] = None, dtype: str = "auto") -> Product:
+    """The shapes world's product for a simulated scene (a PhysicsExpert), through its Layout (``from_physics``)."""
+    return shapes_product(from_physics(physics), prior, vlm, guidance, vlm_weight, dtype=dtype)

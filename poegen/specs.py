@@ -1,0 +1,242 @@
+"""Readers of what a user asks for, each giving a ``Layout`` (``poegen.layout``): prompts (whole, or split into
+objects and relations), layout specs (phrases with boxes), scene specs (objects placed by physics) and edit specs
+(an image plus a mask or a scene). A family then turns the Layout into a Product (``poegen.families``)."""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from torch import Tensor
+
+from .edit import Edit, load_image, load_mask
+from .images import dilate
+from .layout import RELATIONS, Layout, LayoutObject, check_relations
+from .validation import check_keys, read_file
+
+log = logging.getLogger("poegen.specs")
+
+
+# ---- prompts ---------------------------------------------------------------------------------------------
+
+def split_prompt(text: str) -> Layout:
+    """A prompt split into object phrases at "and" and commas, with "X on Y", "X left of Y", ... as relations
+    (the conjunctions and relation words the shapes world parses); the background prompt stays empty."""
+    objects: List[str] = []
+    relations = []
+
+    def index(phrase: str) -> int:
+        phrase = " ".join(phrase.split())
+        if not phrase:
+            raise ValueError(f"prompt {text!r}: an empty part between 'and', commas or relation words")
+        if phrase not in objects:
+            objects.append(phrase)
+        return objects.index(phrase)
+
+    pattern = r"\s+(" + "|".join(re.escape(r) for r in RELATIONS) + r")\s+"
+    for clause in re.split(r"\s*,\s*|\s+and\s+", text.strip()):
+        parts = re.split(pattern, f" {clause} ", maxsplit=1)
+        if len(parts) == 3:
+            relations.append((index(parts[0]), parts[1], index(parts[2])))
+        else:
+            index(clause)
+    return Layout("", [LayoutObject(p) for p in objects], relations)
+
+
+def from_prompt(text: str, compose: bool = False, parts: Optional[Sequence[str]] = None,
+                questions: Optional[Sequence[str]] = None) -> Layout:
+    """The layout of a prompt: the whole prompt as background, or (``compose``) its parts as objects; ``parts``
+    lists object phrases explicitly; ``questions`` overrides what the scorers are asked."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("prompt: empty; describe the image, e.g. 'a red ball on a blue box'")
+    if parts:
+        layout = Layout("", [LayoutObject(p) for p in parts])
+        if text.strip() not in parts and text.strip() != " and ".join(parts):
+            log.warning(
+                "the prompt %r is not used: --part (parts) lists the objects; name every object as a part", text[:60])
+    elif compose:
+        layout = split_prompt(text)
+    else:
+        layout = Layout(text)
+    layout.text = text
+    if questions is not None:
+        layout.questions = list(questions)
+    return layout
+
+
+# ---- layout specs ----------------------------------------------------------------------------------------
+
+def _box(value, where: str) -> Tuple[float, float, float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ValueError(f"{where}: expected [x0, y0, x1, y1] in [0, 1], got {value!r}")
+    for k, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
+            raise ValueError(f"{where}[{k}]: {v!r} is outside [0, 1]; boxes are fractions of the image's width "
+                             "and height")
+    x0, y0, x1, y1 = map(float, value)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"{where}: {list(value)} is empty; need x0 < x1 and y0 < y1")
+    return x0, y0, x1, y1
+
+
+def parse_layout(data, where: str = "layout") -> Layout:
+    """A validated Layout from a parsed YAML/JSON mapping: ``prompt``, ``objects: [{phrase, box}]``, optional
+    ``relations: [[i, relation, j]]`` and ``questions``."""
+    check_keys(data, where, ("prompt", "objects", "relations", "questions"), ("objects",))
+    prompt = data.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise ValueError(f"{where}.prompt: expected text, got {prompt!r}")
+    raw = data["objects"]
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where}.objects: expected a non-empty list of {{phrase, box}}")
+    objects = []
+    for i, o in enumerate(raw):
+        w = f"{where}.objects[{i}]"
+        check_keys(o, w, ("phrase", "box"), ())
+        phrase = o.get("phrase")
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise ValueError(f"{w}.phrase: missing; every object needs a phrase such as 'a red ball'")
+        objects.append(LayoutObject(phrase.strip(), _box(o["box"], f"{w}.box") if "box" in o else None))
+    relations = []
+    raw_relations = data.get("relations", [])
+    if not isinstance(raw_relations, list):  # a string or mapping would be read item by item
+        raise ValueError(f"{where}.relations: expected a list of [i, relation, j], e.g. [[0, on, 1]], got "
+                         f"{type(raw_relations).__name__}")
+    for i, r in enumerate(raw_relations):
+        w = f"{where}.relations[{i}]"
+        if (not isinstance(r, (list, tuple)) or len(r) != 3 or r[1] not in RELATIONS
+                or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(objects)
+                           for k in (r[0], r[2]))):
+            raise ValueError(f"{w}: expected [i, relation, j] with object indices below {len(objects)} and a "
+                             f"relation among {', '.join(RELATIONS)}, got {str(r)[:80]}")
+        a, rel, b = r
+        if objects[a].box is not None and objects[b].box is not None and a != b:  # the boxes must not say otherwise
+            (ax, ay), (bx, by) = [((o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2) for o in (objects[a], objects[b])]
+            against = {"left of": ax > bx, "right of": ax < bx, "on": ay > by, "above": ay > by, "below": ay < by}[rel]
+            if against:
+                raise ValueError(f"{w}: {objects[a].phrase!r} {rel} {objects[b].phrase!r} contradicts their boxes "
+                                 "(box centres, y down); move a box or fix the relation")
+        relations.append((a, rel, b))
+    questions = data.get("questions")
+    if questions is not None and (not isinstance(questions, list) or not all(isinstance(q, str) for q in questions)):
+        raise ValueError(f"{where}.questions: expected a list of texts")
+    layout = Layout(prompt, objects, relations, questions=questions)
+    check_relations(layout, f"{where}.relations")
+    return layout
+
+
+def load_layout(path) -> Layout:
+    """Load and validate a layout spec from a .yaml/.yml or .json file."""
+    data = read_file(path, "layout")
+    try:
+        return parse_layout(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+# ---- scene specs -----------------------------------------------------------------------------------------
+
+def from_physics(physics) -> Layout:
+    """The layout of a simulated scene (a ``PhysicsExpert``): each object in view with its simulated mask, "on"
+    relations from the simulated contacts, the depth map, and the spec's prompt as background."""
+    keep = physics.visible
+    objects = [LayoutObject(f"a {o.size} {o.colour} {o.shape}", mask=physics.masks[k].float())
+               for k, o in ((k, physics.scene.objects[k]) for k in keep)]
+    index = {k: i for i, k in enumerate(keep)}
+    relations = [(index[i], "on", index[j]) for i, j in physics.scene.supports if i in index and j in index]
+    return Layout(physics.spec.prompt, objects, relations, depth=physics.depth(), physics=physics)
+
+
+# ---- edit specs ------------------------------------------------------------------------------------------
+
+def edit_layout(image: Tensor, prompt: str = "", mask: Optional[Tensor] = None, scene=None, margin: int = 2,
+                noise: float = 0.05) -> Layout:
+    """The Layout of an edit. With ``mask``: the prompt's objects ("and", commas) inside it. With ``scene`` (a
+    SceneSpec whose objects to add say ``new: true``): pybullet drops the new objects onto the others, which stay
+    where the spec puts them; the mask is the new objects' simulated footprint grown by ``margin`` pixels."""
+    if (mask is None) == (scene is None):
+        raise ValueError("an edit needs exactly one of --mask or --scene")
+    if scene is None:
+        layout = split_prompt(prompt) if prompt.strip() else Layout()
+        if not layout.objects:
+            raise ValueError("edit: name what to add, e.g. 'a red ball'")
+        for o in layout.objects:
+            o.mask = mask
+        layout.prompt = ""
+        layout.edit = Edit(image, mask, noise)
+        return layout
+    from .experts.physics import PhysicsExpert
+
+    new = [k for k, o in enumerate(scene.objects) if o.new]
+    if not new:
+        raise ValueError("--scene: no object says new: true; mark the objects to add")
+    physics = PhysicsExpert(scene)
+    lost = [scene.objects[k].name for k in new if k not in physics.visible]
+    if lost:
+        raise ValueError(f"--scene: new object(s) {', '.join(lost)} end outside the camera's view; move them")
+    size = scene.camera.resolution
+    if tuple(image.shape[-2:]) != (size, size):
+        raise ValueError(f"the image is {image.shape[-1]}x{image.shape[-2]}, the scene's camera {size}x{size}; "
+                         "set camera.resolution to the image's size")
+    layout = from_physics(physics)
+    keep = [k for k in physics.visible]
+    for obj, k in zip(layout.objects, keep):
+        obj.known = k not in new
+    footprint = sum(physics.masks[k] for k in new).clamp(max=1) > 0.05
+    region = dilate(footprint.float(), margin)
+    if prompt:
+        layout.prompt = prompt
+    layout.edit = Edit(image, region, noise)
+    return layout
+
+
+def load_edit(path) -> Layout:
+    """An edit spec file (YAML/JSON): ``image``, ``prompt`` (optional with a scene), and ``mask`` or ``scene`` (a
+    path or an inline scene mapping); paths are relative to the spec's folder."""
+    from .scene import parse_scene, load_scene
+    from .validation import check_keys, read_file
+
+    path = Path(path)
+    data = check_keys(read_file(path, "edit spec"), str(path), ("image", "prompt", "mask", "scene", "margin"),
+                      ("image",))
+    here = path.parent
+    image = load_image(here / data["image"])
+    mask = load_mask(here / data["mask"], tuple(image.shape[-2:])) if "mask" in data else None
+    scene = data.get("scene")
+    if isinstance(scene, str):
+        scene = load_scene(here / scene)
+    elif scene is not None:
+        scene = parse_scene(scene)
+    margin = data.get("margin", 2)
+    if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+        raise ValueError(f"{path}: margin {str(margin)[:20]!r}: expected whole pixels >= 0 around the new objects")
+    return edit_layout(image, data.get("prompt", ""), mask, scene, margin)
+
+
+# ---- any spec file ---------------------------------------------------------------------------------------
+
+def load_target(target: str) -> Layout:
+    """A layout from a comparison target: an edit, scene or layout spec file (``spec_kind``), or else a prompt."""
+    if Path(target).suffix.lower() not in (".yaml", ".yml", ".json"):
+        return from_prompt(target)
+    kind = spec_kind(target)
+    if kind == "edit":
+        return load_edit(target)
+    if kind == "scene":
+        from .experts.physics import PhysicsExpert
+        from .scene import load_scene, refuse_new
+        spec = load_scene(target)
+        refuse_new(spec, target)
+        return from_physics(PhysicsExpert(spec))
+    return load_layout(target)
+
+
+def spec_kind(path) -> str:
+    """"edit" for a spec naming an ``image``, "scene" when its objects carry a ``shape``, else "layout"."""
+    data = read_file(path, "spec")
+    if isinstance(data, dict) and "image" in data:
+        return "edit"
+    objects = data.get("objects") if isinstance(data, dict) else None
+    return "scene" if objects and isinstance(objects[0], dict) and "shape" in objects[0] else "layout"
