@@ -16,7 +16,8 @@ from typing import Dict, List, Tuple
 
 from tqdm.auto import tqdm
 
-from .generate import Job, check_writable, run
+from .job import Job
+from .pipeline import check_writable, run
 from .validation import read_file, unique_keys
 
 log = logging.getLogger("poegen.batch")

@@ -17,7 +17,7 @@ from .hardware import DTYPES
 
 
 def cmd_generate(args) -> int:
-    from .generate import run
+    from .pipeline import run
     from .job import Job
 
     job = Job.from_dict({f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(Job)}, "generate")
@@ -33,7 +33,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_edit(args) -> int:
-    from .generate import run
+    from .pipeline import run
     from .job import Job
 
     values = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(Job)}

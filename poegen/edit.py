@@ -1,8 +1,8 @@
 """Editing: objects inserted into a given image, placed by a user's mask or by physics, with the background kept.
 
-An edit is a Layout like any other (``poegen.specs.edit_layout`` reads one): the new objects, located by the mask or by their
-simulated footprints, plus, for a scene, the objects already in the image marked ``known`` (asked about, not
-drawn), and ``extra["edit"]``: the image and the mask of pixels to repaint. Every family adds the ``KnownPixels``
+An edit is a Layout like any other (``poegen.specs.edit_layout`` reads one): the new objects, located by the mask
+or by their simulated footprints, plus, for a scene, the objects already in the image marked ``known`` (asked
+about, not drawn), and ``Layout.edit``: this module's ``Edit``, the image and the mask of pixels to repaint. Every family adds the ``KnownPixels``
 potential of the image outside the mask; inpainting kinds (``sd-inpaint``, ``flux-fill``) also take both.
 """
 from __future__ import annotations

@@ -38,7 +38,7 @@ def write_cases(folder: Path):
     """One edit spec per case (the image of the old objects, and the scene with the new one) in ``folder``."""
     from poegen.experts.shapes import render
     from poegen.experts.shapes.world import Scene
-    from poegen.generate import to_pil
+    from poegen.pipeline import to_pil
     from poegen.scene import parse_scene, world_objects
 
     paths = []

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from poegen import compare, samplers
-from poegen.generate import Job
+from poegen.job import Job
 from poegen.specs import spec_kind
 
 

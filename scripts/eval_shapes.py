@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 
 from poegen import compare, samplers
-from poegen.generate import Job
+from poegen.job import Job
 
 PROMPTS = {
     "single": ["a red ball", "a blue box", "a green wedge", "a yellow ball"],

@@ -105,13 +105,13 @@ class _Killed(BaseException):
 
 
 def _row_kill_and_resume(tmp, capsys, monkeypatch):
-    import poegen.generate
+    import poegen.pipeline
     from poegen.cli import main
 
     jobs = jsonl(*[job(p, id=f"r{i}") for i, p in enumerate(["a red ball", "a blue box", "a green wedge", "a cyan box"])])
     Case(["batch", "{tmp}/j.jsonl", "--out", "{tmp}/clean", "-q"], 0, "4 done", files={"j.jsonl": jobs}).run(
         tmp, capsys, monkeypatch)
-    real, calls = poegen.generate.save_png, []
+    real, calls = poegen.pipeline.save_png, []
 
     def killed_mid_write(image, path, metadata, scale=1):
         calls.append(path.name)
@@ -120,10 +120,10 @@ def _row_kill_and_resume(tmp, capsys, monkeypatch):
             raise _Killed()
         return real(image, path, metadata, scale)
 
-    monkeypatch.setattr(poegen.generate, "save_png", killed_mid_write)
+    monkeypatch.setattr(poegen.pipeline, "save_png", killed_mid_write)
     with pytest.raises(_Killed):
         main([a.replace("{tmp}", str(tmp)) for a in BATCH])
-    monkeypatch.setattr(poegen.generate, "save_png", real)
+    monkeypatch.setattr(poegen.pipeline, "save_png", real)
     assert [r["id"] for r in records(tmp / "o")] == ["r0", "r1"] and temporaries(tmp / "o")
     Case(BATCH, 0, "2 done, 2 skipped, 0 failed").run(tmp, capsys, monkeypatch)
     ok = [r["id"] for r in records(tmp / "o") if r["status"] == "ok"]
@@ -696,7 +696,8 @@ def _empty_product(caplog):
 
 
 def _shapes_product():
-    from poegen.generate import Job, products
+    from poegen.job import Job
+    from poegen.pipeline import products
     return products(Job(prompt="a red ball and a blue box", particles=2, steps=3))[0][1]
 
 

@@ -131,7 +131,8 @@ def test_layout_product_for_named_models_is_regional_and_guided(models):
 def test_generate_a_scene_with_sd_depth_controlnet_and_a_detector(models, tmp_path):
     from PIL import Image
 
-    from poegen.generate import Job, products
+    from poegen.job import Job
+    from poegen.pipeline import products
 
     cfg = tmp_path / "scene.yaml"
     cfg.write_text(json.dumps({

@@ -17,11 +17,11 @@ from poegen.validation import load_yaml, read_file
     (RuntimeError("CUDA error: out of memory"), 5, "RuntimeError; run with -v for the traceback"),
 ])
 def test_every_error_is_one_line_with_its_own_exit_code(monkeypatch, capsys, error, code, text):
-    import poegen.generate
+    import poegen.pipeline
 
     def fail(*args, **kwargs):
         raise error
-    monkeypatch.setattr(poegen.generate, "run", fail)
+    monkeypatch.setattr(poegen.pipeline, "run", fail)
     assert main(["generate", "a red ball", "-q"]) == code
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("poegen: error: ") and text in err

@@ -1,4 +1,6 @@
-"""One generation job of the shapes world (a prompt or a scene spec), written as PNGs with metadata."""
+"""The one route of a job (``poegen.job.Job``), for `generate`, `edit` and each item of `batch`: its spec read into
+Layouts (``specs``), each turned into a Product (``families``), sampled, decoded and written as PNGs with metadata
+(one per frame of a scene, and a GIF)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +17,7 @@ from . import __version__, samplers
 from .edit import replaces_known
 from .job import Job
 
-log = logging.getLogger("poegen.generate")
+log = logging.getLogger("poegen.pipeline")
 
 
 def job_config(job: Job) -> dict:
