@@ -48,8 +48,8 @@ def judge(image, prompt, split: bool = True) -> Dict[str, bool]:
 
     p = parse_prompt(prompt)
     dets = detect(image, split=split)
-    present = all(any(o.matches(d) for d in dets) for o in p.objects)
-    relation = present and all(answer_detections(q, dets) for q in p.questions()[len(p.objects):])
+    present = all(sum(o.matches(d) for d in dets) >= p.objects.count(o) for o in p.objects)  # counts included
+    relation = present and all(answer_detections(q, dets) for q in p.relation_questions())
     return {"present": present, "relation": relation, "exact": relation and exactly(image, p.objects, dets)}
 
 

@@ -167,9 +167,9 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     potentials, lambdas = [], []
     asked = [(q, 1.0) for q in layout.questions or []]  # (question, its lambda as a multiple of vlm_weight)
     if layout.questions is None:
-        asked = [(q, 1.0) for q in Prompt(phrases).questions()]
-        asked += [(q, RELATION_WEIGHT) for q in Prompt(phrases, [(i, rel.replace(" of", ""), j)
-                                                                  for i, rel, j in layout.relations]).questions()[len(phrases):]]
+        prompt = Prompt(phrases, [(i, rel.replace(" of", ""), j) for i, rel, j in layout.relations])
+        asked = [(q, 1.0) for q in prompt.object_questions()]
+        asked += [(q, RELATION_WEIGHT) for q in prompt.relation_questions()]
         if layout.edit is None:  # the layout lists every object of the image: ask for nothing else
             asked += [(q, COUNT_WEIGHT) for q in count_questions(phrases)]
     if vlm_weight and asked:

@@ -124,8 +124,15 @@ def test_gradient_guidance_through_the_shapes_prior_and_scorer():
 
 
 @pytest.mark.parametrize("prompt,message", [
-    ("two red balls", r"'two' in prompt .*counts and plurals are not supported"),
-    ("a red ball and 2 blue boxes", r"'2' in prompt"),
+    ("two red ball", r"a count above one takes the plural, e.g. 'two red balls'"),
+    ("a red ball and 2 blue boxes", r"'2' in prompt 'a red ball and 2 blue boxes': write counts as words"),
+    ("red balls", r"'balls' in prompt 'red balls' needs a count \(one to four\) or 'no'"),
+    ("two balls on a box", r"counted or absent objects take no relation"),
+    ("a ball and no ball", r"asks for a ball and for no ball"),
+    ("a red box and no red objects", r"asks for a red box and for no red objects"),
+    ("two red balls and two red balls", r"names red ball twice; say how many once"),
+    ("no wedges", r"names no object to draw"),
+    ("zero balls and a box", r"'zero' in prompt .*: say 'no balls'"),
     ("a red ball and a red ball", r"names 'a red ball' twice"),
     ("a red ball left of a red ball", r"relates an object to itself"),
     ("a red ball left of a blue box and a red ball right of a blue box", r"contradicts an earlier relation"),
@@ -164,3 +171,35 @@ def test_placement_puts_objects_apart_and_keeps_the_relations():
     assert dict(zip(product.potential_names, product.lambdas))["vlm[is the red ball left of the blue box?]"] == \
         RELATION_WEIGHT
     assert product.names == ["shapes[null]", "shapes[red ball at (10.7, 27.0)]", "shapes[blue box at (21.3, 27.0)]"]
+
+
+def test_counts_lists_chains_and_absences_parse():
+    """Issue 25's grammar: counts with plurals, several objects joined by commas, chained relations (a later
+    clause naming an earlier object again), and absences."""
+    red, blue = Phrase("red", "ball"), Phrase("blue", "box")
+    p = parse_prompt("two red balls and a blue box")
+    assert p.objects == [red, red, blue] and p.relations == [] and p.absent == []
+    assert p.object_questions() == ["is there a red ball?", "is there a blue box?"]  # one question per phrase
+    assert parse_prompt("a red box, a cyan ball and a yellow wedge").objects == [
+        Phrase("red", "box"), Phrase("cyan", "ball"), Phrase("yellow", "wedge")]
+    assert parse_prompt("a red, ball").objects == [red]  # a comma inside a phrase is dropped, as before
+    chain = parse_prompt("a green ball on a red box on a blue box")
+    assert chain.relations == [(0, "on", 1), (1, "on", 2)] and len(chain.objects) == 3
+    assert chain.relation_questions() == ["is the green ball on the red box?", "is the red box on the blue box?"]
+    two = parse_prompt("a magenta wedge left of a green box and the green box left of a blue ball")
+    assert two.relations == [(0, "left", 1), (1, "left", 2)] and len(two.objects) == 3
+    neg = parse_prompt("a yellow wedge and no ball")
+    assert neg.objects == [Phrase("yellow", "wedge")] and neg.absent == [Phrase(shape="ball")]
+    assert parse_prompt("a box, no red objects").absent == [Phrase(colour="red")]
+    assert parse_prompt("one red ball").objects == [red]
+
+
+def test_counted_and_chained_objects_are_placed_apart_and_counted():
+    from poegen.experts.shapes.prompt import FLOOR_ROW, STACK_ROWS, count_questions, placement
+
+    p = parse_prompt("two red balls and a blue box")
+    cols = [c for c, _ in placement(p)]
+    assert len(set(cols)) == 3  # three floor slots: the two red balls are not drawn over each other
+    assert count_questions(p.objects) == ["are there two balls?", "are there one boxes?", "are there zero wedges?"]
+    rows = [r for _, r in placement(parse_prompt("a green ball on a red box on a blue box"))]
+    assert rows == [FLOOR_ROW - 2 * STACK_ROWS, FLOOR_ROW - STACK_ROWS, FLOOR_ROW]  # a stack of three

@@ -7,13 +7,14 @@ object and relation becomes a VLM potential log P(yes | question).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from .vocab import NUMBERS, PLURALS, SPECIALS, WORD_TO_ID, Phrase, parse_phrase, split_words, vocabulary
 from .vlm import RELATION_WORDS
 
-PROMPT_WORDS = ("and",)
+PROMPT_WORDS = ("and", "no", "objects")  # "no red objects": nothing red
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 # defaults of the shapes world, tuned on seeds 1000-1003 of the pair prompts (the evaluation uses seeds from 0)
 GUIDANCE = 2.5     # composable-diffusion weight of each phrase expert
@@ -24,18 +25,25 @@ RELATION_WEIGHT = 2.0  # a relation question's lambda, as a multiple of VLM_WEIG
 
 @dataclass
 class Prompt:
-    """Objects named by a prompt and relations (i, relation, j) between them."""
+    """Objects named by a prompt (a counted phrase appears once per object), relations (i, relation, j) between
+    them, and the phrases it says are absent ("no ball")."""
 
     objects: List[Phrase]
     relations: List[Tuple[int, str, int]] = field(default_factory=list)
+    absent: List[Phrase] = field(default_factory=list)
+
+    def object_questions(self) -> List[str]:
+        """"is there a red ball?" once per distinct phrase."""
+        return [f"is there a {p}?" for p in dict.fromkeys(self.objects)]
+
+    def relation_questions(self) -> List[str]:
+        """"is the red ball left of the blue box?" per relation."""
+        return [f"is the {self.objects[i]} {f'{rel} of' if rel in ('left', 'right') else rel} the {self.objects[j]}?"
+                for i, rel, j in self.relations]
 
     def questions(self) -> List[str]:
-        """Yes/no questions whose answers the prompt asks to be yes."""
-        out = [f"is there a {p}?" for p in self.objects]
-        for i, rel, j in self.relations:
-            rel_words = f"{rel} of" if rel in ("left", "right") else rel
-            out.append(f"is the {self.objects[i]} {rel_words} the {self.objects[j]}?")
-        return out
+        """Yes/no questions whose answers the prompt asks to be yes: its objects, then its relations."""
+        return self.object_questions() + self.relation_questions()
 
 
 def count_questions(phrases: List[Phrase]) -> List[str]:
@@ -53,29 +61,46 @@ def _short(text: str, limit: int = 60) -> str:
     return repr(text) if len(text) <= limit else repr(f"{text[:limit // 2]} ... {text[-limit // 2:]}")
 
 
+EXAMPLE = "'two red balls and a blue box', 'a green ball on a red box on a blue box', 'a yellow wedge and no ball'"
+
+
+def _phrase(words: List[str], quoted: str) -> Phrase:
+    """One object's phrase from its words, a long one quoted shortened in the error."""
+    phrase = " ".join(words)
+    try:
+        return parse_phrase(phrase)
+    except ValueError as e:
+        raise ValueError(str(e).replace(repr(phrase), _short(phrase)) + f" (in prompt {quoted})") from None
+
+
 def parse_prompt(text: str) -> Prompt:
-    """Parse a prompt of the world's vocabulary; an unknown word lists the vocabulary."""
-    words = split_words(text)
+    """Parse a prompt of the world's vocabulary into objects, relations and absences. Clauses are joined by "and"
+    or commas; a clause is an object ("a red ball"), a count of one phrase ("two red balls", one to four), an
+    absence ("no ball", "no red wedges") or a chain of relations ("a green ball on a red box on a blue box"); a
+    later clause may name an earlier object again ("... and the green box left of a blue ball"). What it cannot
+    say is refused naming the word, with examples that work."""
+    # a comma joins clauses where an object starts after it ("a red box, a cyan ball"); elsewhere it is dropped
+    words = split_words(re.sub(r",\s*(?=(?:a|an|the|no|one|two|three|four)\b)", " and ", text, flags=re.IGNORECASE))
     quoted = _short(text)
-    counted = [w for w in words if w in NUMBERS or w in PLURALS or w.isdigit()]  # "2": a count, not a typo
     for w in words:
-        if (w not in WORD_TO_ID or w in SPECIALS) and w not in PROMPT_WORDS and w not in counted:
+        if w.isdigit():
+            raise ValueError(f"{w!r} in prompt {quoted}: write counts as words (one to four), e.g. {EXAMPLE}")
+        if (w not in WORD_TO_ID or w in SPECIALS) and w not in PROMPT_WORDS:
             raise ValueError(f"unknown word {_short(w, 24)} in prompt {quoted}; the shapes world knows: "
                              f"{', '.join(vocabulary() + PROMPT_WORDS)}")
     if not words:
         raise ValueError("empty prompt: name at least one object, e.g. 'a red ball'")
-    if counted:
-        raise ValueError(f"{counted[0]!r} in prompt {quoted}: prompts name each object once ('a red ball and a blue "
-                         "ball'); counts and plurals are not supported")
     objects: List[Phrase] = []
-    relations = []
+    counted, absent, relations = set(), [], []
 
-    def index(phrase_words: List[str]) -> int:
-        phrase = " ".join(phrase_words)
-        try:
-            p = parse_phrase(phrase)
-        except ValueError as e:  # quote a long phrase shortened
-            raise ValueError(str(e).replace(repr(phrase), _short(phrase))) from None
+    def index(part: List[str], side: str, rel_words: str) -> int:
+        if not part:
+            raise ValueError(f"{rel_words!r} in prompt {quoted} needs an object {side} it, e.g. "
+                             f"'a red ball {rel_words} a blue box'")
+        p = _phrase(part, quoted)
+        if p in counted:
+            raise ValueError(f"{' '.join(part)!r} in prompt {quoted} is one of several counted objects: a relation "
+                             f"needs one object, e.g. 'a red ball on a blue box'")
         if p not in objects:
             objects.append(p)
         return objects.index(p)
@@ -86,36 +111,79 @@ def parse_prompt(text: str) -> Prompt:
             clause.append(w)
             continue
         if not clause:
-            raise ValueError(f"empty clause in prompt {quoted}: 'and' must join object phrases")
+            raise ValueError(f"empty clause in prompt {quoted}: 'and' and commas must join object phrases")
+        head, rest = clause[0], clause[1:]
         rel_at = [k for k, x in enumerate(clause) if x in RELATION_WORDS]
-        if len(rel_at) > 1:
-            raise ValueError(f"one relation per clause in {quoted}; join clauses with 'and'")
-        if rel_at:
-            k = rel_at[0]
-            rel = clause[k]
-            rest = clause[k + 2:] if rel in ("left", "right") and clause[k + 1:k + 2] == ["of"] else clause[k + 1:]
-            if rel in ("left", "right") and clause[k + 1:k + 2] != ["of"]:
-                raise ValueError(f"write '{rel} of' in {quoted}")
-            words_of_rel = " ".join(clause[k:len(clause) - len(rest)])
-            for side, part in (("before", clause[:k]), ("after", rest)):
-                if not part:
-                    raise ValueError(f"{words_of_rel!r} in prompt {quoted} needs an object {side} it, e.g. "
-                                     f"'a red ball {words_of_rel} a blue box'")
-            a, b = index(clause[:k]), index(rest)
-            if a == b:
-                raise ValueError(f"{_short(' '.join(clause))} relates an object to itself; a relation needs two objects "
-                                 "of different colour or shape")
-            for i, r, j in relations:
-                if ((i, j) == (a, b) and OPPOSITE.get(r) == rel) or ((i, j) == (b, a) and r == rel):
-                    raise ValueError(f"{_short(' '.join(clause))} contradicts an earlier relation in {quoted}")
-            relations.append((a, rel, b))
+        if head == "no" or head in NUMBERS:
+            if rel_at:
+                raise ValueError(f"{_short(' '.join(clause))} in prompt {quoted}: counted or absent objects take no "
+                                 f"relation; relate single objects, e.g. {EXAMPLE}")
+            if not rest or rest[0] in NUMBERS or rest[0] == "no":
+                raise ValueError(f"{_short(' '.join(clause))} in prompt {quoted}: expected e.g. {EXAMPLE}")
+            if rest[-1] == "objects":  # "no red objects": an absent colour or size, of any shape
+                if head != "no" or not rest[:-1]:
+                    raise ValueError(f"'objects' in prompt {quoted}: only after 'no' and a colour or size, e.g. "
+                                     "'a box, no red objects'")
+                p = _phrase(rest[:-1] + ["ball"], quoted)
+                p, rest = Phrase(p.colour, None, p.size), rest[:-1] + ["balls"]
+            else:
+                p = _phrase(rest, quoted)
+            n = NUMBERS.index(head) if head in NUMBERS else 0
+            if head == "zero":
+                raise ValueError(f"'zero' in prompt {quoted}: say 'no {' '.join(rest)}'")
+            plural = rest[-1] in PLURALS
+            if head != "no" and plural != (n > 1):
+                raise ValueError(f"{_short(' '.join(clause))} in prompt {quoted}: "
+                                 + ("a count above one takes the plural, e.g. 'two red balls'" if n > 1 else
+                                    "'one' takes the singular, e.g. 'one red ball'"))
+            if head == "no":
+                absent.append(p)
+            elif p in objects:
+                raise ValueError(f"prompt {quoted} names {p} twice; say how many once, e.g. 'two red balls'")
+            else:
+                objects.extend([p] * n)
+                if n > 1:
+                    counted.add(p)
+        elif any(x in PLURALS for x in clause):
+            plural = next(x for x in clause if x in PLURALS)
+            raise ValueError(f"{plural!r} in prompt {quoted} needs a count (one to four) or 'no', e.g. {EXAMPLE}")
+        elif rel_at:
+            cuts, parts, rels = 0, [], []
+            for k in rel_at:
+                rel = clause[k]
+                if rel in ("left", "right") and clause[k + 1:k + 2] != ["of"]:
+                    raise ValueError(f"write '{rel} of' in {quoted}")
+                parts.append(clause[cuts:k])
+                rels.append(rel)
+                cuts = k + (2 if rel in ("left", "right") else 1)
+            parts.append(clause[cuts:])
+            ids = []
+            for k, part in enumerate(parts):  # a relation word needs an object on both sides
+                rel_words = rels[min(k, len(rels) - 1)]
+                rel_words = f"{rel_words} of" if rel_words in ("left", "right") else rel_words
+                ids.append(index(part, "before" if k < len(rels) else "after", rel_words))
+            for a, rel, b in zip(ids, rels, ids[1:]):
+                if a == b:
+                    raise ValueError(f"{_short(' '.join(clause))} relates an object to itself; a relation needs two "
+                                     "objects of different colour or shape")
+                for i, r, j in relations:
+                    if ((i, j) == (a, b) and OPPOSITE.get(r) == rel) or ((i, j) == (b, a) and r == rel):
+                        raise ValueError(f"{_short(' '.join(clause))} contradicts an earlier relation in {quoted}")
+                relations.append((a, rel, b))
         else:
-            before = len(objects)
-            if index(clause) < before:
+            p = _phrase(clause, quoted)
+            if p in objects:
                 raise ValueError(f"prompt {quoted} names {_short(' '.join(clause))} twice; two objects need different "
-                                 "colours or shapes (counts are not supported)")
+                                 f"colours or shapes, or a count, e.g. {EXAMPLE}")
+            objects.append(p)
         clause = []
-    return Prompt(objects, relations)
+    if not objects:
+        raise ValueError(f"prompt {quoted} names no object to draw, only absent ones; e.g. {EXAMPLE}")
+    for a in absent:
+        if any(a.matches(o) for o in objects):
+            raise ValueError(f"prompt {quoted} asks for a {next(o for o in objects if a.matches(o))} and for no "
+                             f"{a if a.shape else f'{a} objects'}")
+    return Prompt(objects, relations, absent)
 
 
 FLOOR_ROW = 27.0   # pixel row (of 32) of a floor object's centre in ``placement`` (a small object's)
