@@ -29,12 +29,18 @@ PROMPTS = {
              "a blue ball and a red box"],
     "relation": ["a red ball left of a blue box", "a green wedge right of a yellow box", "a red ball on a blue box",
                  "a yellow ball left of a green wedge and a magenta box"],
+    # issue 25's harder prompts (opt in with --categories tierb): counts, three objects, same-shape and size
+    # binding, chains, absences
+    "tierb": ["two red balls and a blue box", "three boxes", "a red box, a cyan ball and a yellow wedge",
+              "a red ball and a blue ball", "a green ball on a red box on a blue box",
+              "a magenta wedge left of a green box and the green box left of a blue ball", "a yellow wedge and no ball",
+              "a large blue ball left of a small red ball"],
 }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=16, help="seeds per prompt (4 prompts per category)")
+    ap.add_argument("--samples", type=int, default=16, help="seeds per prompt (4 prompts per category, 8 in tierb)")
     ap.add_argument("--seed0", type=int, default=0, help="first seed (tune on other seeds than you report)")
     ap.add_argument("--samplers", default="poe,best-of-n,ancestral")
     ap.add_argument("--categories", default="single,pair,relation")

@@ -203,3 +203,12 @@ def test_counted_and_chained_objects_are_placed_apart_and_counted():
     assert count_questions(p.objects) == ["are there two balls?", "are there one boxes?", "are there zero wedges?"]
     rows = [r for _, r in placement(parse_prompt("a green ball on a red box on a blue box"))]
     assert rows == [FLOOR_ROW - 2 * STACK_ROWS, FLOOR_ROW - STACK_ROWS, FLOOR_ROW]  # a stack of three
+
+
+def test_a_large_object_is_placed_where_a_large_centre_sits():
+    from poegen.experts.shapes.prompt import FLOOR_ROW, LARGE_LIFT, STACK_ROWS, placement
+
+    rows = [r for _, r in placement(parse_prompt("a large blue ball left of a small red ball"))]
+    assert rows == [FLOOR_ROW - LARGE_LIFT, FLOOR_ROW]
+    rows = [r for _, r in placement(parse_prompt("a small red ball on a large blue box"))]
+    assert rows == [FLOOR_ROW - LARGE_LIFT - STACK_ROWS - LARGE_LIFT, FLOOR_ROW - LARGE_LIFT]

@@ -188,6 +188,7 @@ def parse_prompt(text: str) -> Prompt:
 
 FLOOR_ROW = 27.0   # pixel row (of 32) of a floor object's centre in ``placement`` (a small object's)
 STACK_ROWS = 7.0   # rows from an object's centre to that of the object resting on it
+LARGE_LIFT = 2.0   # rows: half the height difference of a large and a small object (0.4 world units at 5 px each)
 
 
 def placement(p: Prompt) -> Optional[List[Tuple[float, float]]]:
@@ -197,7 +198,8 @@ def placement(p: Prompt) -> Optional[List[Tuple[float, float]]]:
     over it. None for a single object, or when the relations admit no such arrangement (objects then go
     unplaced, each expert drawing its own anywhere). On the tuning seeds (1000-1003, 16 runs per category), placing
     raised ``exact`` on pairs from 0.75 to 1.00 and on relations from 0.38 to 1.00; a floor row of 25 or 26
-    (a large object's centre) instead of 27 lost the three-object prompt."""
+    (a large object's centre) instead of 27 lost the three-object prompt. An object asked 'large' sits
+    ``LARGE_LIFT`` rows higher, where a large one's centre is (issue 25: at row 27 the prior drew it small)."""
     n = len(p.objects)
     if n < 2:
         return None
@@ -227,7 +229,13 @@ def placement(p: Prompt) -> Optional[List[Tuple[float, float]]]:
             return None
         order.append(free[0])
     col = {k: 32 * (m + 1) / (len(floor) + 1) for m, k in enumerate(order)}
-    return [(col[levels[k][0]], FLOOR_ROW - STACK_ROWS * levels[k][1]) for k in range(n)]
+
+    def lift(k):  # a large object's centre sits LARGE_LIFT rows higher than a small one's
+        return LARGE_LIFT if p.objects[k].size == "large" else 0.0
+
+    def row(k):
+        return FLOOR_ROW - lift(k) if k not in over else row(over[k]) - STACK_ROWS - lift(k) - lift(over[k])
+    return [(col[levels[k][0]], row(k)) for k in range(n)]
 
 
 def _check_scene_prompt(text: str, spec):
