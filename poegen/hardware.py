@@ -80,10 +80,23 @@ def pick_dtype(requested: str = "auto", device="cpu"):
     import torch
 
     check_dtype(requested)
+    device = torch.device(device)
+    if requested == "bfloat16":
+        _warn_emulated(device.type, device.index)
     if requested != "auto":
         return getattr(torch, requested), "asked for"
-    device = torch.device(device)
     return _auto(device.type, device.index)
+
+
+@lru_cache(maxsize=None)
+def _warn_emulated(device_type: str, index: Optional[int]):
+    """Say once per device when bf16 is asked for where it is not native (an AVX2 CPU ran 45x slower)."""
+    import torch
+
+    native, why = native_bf16(torch.device(device_type, index) if index is not None else device_type)
+    if not native:
+        log.warning("--dtype bfloat16 on %s: %s, so expect it many times slower than float32 (auto picks float32 "
+                    "here)", device_type, why)
 
 
 # ---- threads ------------------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ from poegen import hardware
 @pytest.fixture(autouse=True)
 def fresh_pick():
     hardware._auto.cache_clear()
+    hardware._warn_emulated.cache_clear()
     yield
     hardware._auto.cache_clear()
+    hardware._warn_emulated.cache_clear()
 
 
 def _cpu(monkeypatch, avx512_bf16: bool, amx: bool, capability: str):
@@ -35,9 +37,19 @@ def test_auto_picks_bf16_where_native(monkeypatch, avx512_bf16, amx):
     assert dtype == torch.bfloat16 and ("AMX" in why) == amx and ("AVX512-BF16" in why) == avx512_bf16
 
 
-def test_explicit_dtype_overrides_and_bad_name_is_refused(monkeypatch):
+def test_explicit_dtype_overrides_and_bad_name_is_refused(monkeypatch, caplog):
     _cpu(monkeypatch, avx512_bf16=False, amx=False, capability="AVX2")
-    assert hardware.pick_dtype("bfloat16", "cpu")[0] == torch.bfloat16
+    with caplog.at_level("WARNING", logger="poegen.hardware"):
+        assert hardware.pick_dtype("bfloat16", "cpu")[0] == torch.bfloat16
+        hardware.pick_dtype("bfloat16", "cpu")
+    warned = [r for r in caplog.records if "many times slower" in r.getMessage()]
+    assert len(warned) == 1  # asked for where it is emulated: said once
+    _cpu(monkeypatch, avx512_bf16=True, amx=False, capability="AVX512")
+    hardware._warn_emulated.cache_clear()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poegen.hardware"):
+        hardware.pick_dtype("bfloat16", "cpu")
+    assert not caplog.records
     assert hardware.pick_dtype("float32", "cpu")[0] == torch.float32
     with pytest.raises(ValueError, match="dtype 'fp16': expected one of auto, float32, bfloat16"):
         hardware.pick_dtype("fp16")
