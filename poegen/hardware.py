@@ -65,38 +65,33 @@ def check_dtype(value, where: str = "dtype") -> str:
 
 
 @lru_cache(maxsize=None)
-def _auto(device_type: str, index: Optional[int]):
+def _native(device_type: str, index: Optional[int]) -> Tuple[bool, str]:
+    """``native_bf16`` probed once per device."""
     import torch
 
     native, why = native_bf16(torch.device(device_type, index) if index is not None else device_type)
-    dtype = torch.bfloat16 if native else torch.float32
-    log.info("compute dtype on %s: %s (%s)", device_type, str(dtype).replace("torch.", ""), why)
-    return dtype, why
+    log.info("bf16 on %s: %s (%s)", device_type, "native" if native else "not native", why)
+    return native, why
 
 
 def pick_dtype(requested: str = "auto", device="cpu"):
-    """(torch dtype, why) for ``requested`` (auto, float32, bfloat16) on ``device``; auto is decided once per
-    device."""
+    """(torch dtype, why) for ``requested`` (auto, float32, bfloat16) on ``device``; bf16 asked for where it is not
+    native is warned about once per device (an AVX2 CPU ran 45x slower)."""
     import torch
 
     check_dtype(requested)
     device = torch.device(device)
-    if requested == "bfloat16":
-        _warn_emulated(device.type, device.index)
-    if requested != "auto":
-        return getattr(torch, requested), "asked for"
-    return _auto(device.type, device.index)
-
-
-@lru_cache(maxsize=None)
-def _warn_emulated(device_type: str, index: Optional[int]):
-    """Say once per device when bf16 is asked for where it is not native (an AVX2 CPU ran 45x slower)."""
-    import torch
-
-    native, why = native_bf16(torch.device(device_type, index) if index is not None else device_type)
-    if not native:
+    native, why = _native(device.type, device.index)
+    if requested == "auto":
+        return (torch.bfloat16 if native else torch.float32), why
+    if requested == "bfloat16" and not native and device.type not in _warned:
+        _warned.add(device.type)
         log.warning("--dtype bfloat16 on %s: %s, so expect it many times slower than float32 (auto picks float32 "
-                    "here)", device_type, why)
+                    "here)", device.type, why)
+    return getattr(torch, requested), "asked for"
+
+
+_warned: set = set()
 
 
 # ---- threads ------------------------------------------------------------------------------------------------

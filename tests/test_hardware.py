@@ -10,11 +10,11 @@ from poegen import hardware
 
 @pytest.fixture(autouse=True)
 def fresh_pick():
-    hardware._auto.cache_clear()
-    hardware._warn_emulated.cache_clear()
+    hardware._native.cache_clear()
+    hardware._warned.clear()
     yield
-    hardware._auto.cache_clear()
-    hardware._warn_emulated.cache_clear()
+    hardware._native.cache_clear()
+    hardware._warned.clear()
 
 
 def _cpu(monkeypatch, avx512_bf16: bool, amx: bool, capability: str):
@@ -45,7 +45,8 @@ def test_explicit_dtype_overrides_and_bad_name_is_refused(monkeypatch, caplog):
     warned = [r for r in caplog.records if "many times slower" in r.getMessage()]
     assert len(warned) == 1  # asked for where it is emulated: said once
     _cpu(monkeypatch, avx512_bf16=True, amx=False, capability="AVX512")
-    hardware._warn_emulated.cache_clear()
+    hardware._native.cache_clear()
+    hardware._warned.clear()
     caplog.clear()
     with caplog.at_level("WARNING", logger="poegen.hardware"):
         hardware.pick_dtype("bfloat16", "cpu")
@@ -64,7 +65,7 @@ def test_shapes_prior_computes_in_the_picked_dtype(monkeypatch):
     hook = prior.net.unet.conv_in.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     x = torch.zeros(1, 3, 32, 32)
     for native, want in ((False, torch.float32), (True, torch.bfloat16)):
-        hardware._auto.cache_clear()
+        hardware._native.cache_clear()
         _cpu(monkeypatch, avx512_bf16=native, amx=False, capability="AVX512")
         out = prior.null().denoise(x, torch.tensor(1.0))
         assert seen[-1] == want and out.dtype == torch.float32

@@ -73,6 +73,43 @@ def _phrase(words: List[str], quoted: str) -> Phrase:
         raise ValueError(str(e).replace(repr(phrase), _short(phrase)) + f" (in prompt {quoted})") from None
 
 
+def _counted(clause: List[str], quoted: str) -> Tuple[Phrase, int]:
+    """(phrase, count) of a clause "two red balls", "one box" or "no ball" / "no red objects" (count 0)."""
+    head, rest = clause[0], clause[1:]
+    if not rest or rest[0] in NUMBERS or rest[0] == "no":
+        raise ValueError(f"{_short(' '.join(clause))} in prompt {quoted}: expected e.g. {EXAMPLE}")
+    if head == "zero":
+        raise ValueError(f"'zero' in prompt {quoted}: say 'no {' '.join(rest)}'")
+    if rest[-1] == "objects":  # "no red objects": an absent colour or size, of any shape
+        if head != "no" or not rest[:-1]:
+            raise ValueError(f"'objects' in prompt {quoted}: only after 'no' and a colour or size, e.g. "
+                             "'a box, no red objects'")
+        p = _phrase(rest[:-1] + ["ball"], quoted)  # any shape stands in for the parse
+        return Phrase(p.colour, None, p.size), 0
+    p = _phrase(rest, quoted)
+    if head == "no":
+        return p, 0
+    n = NUMBERS.index(head)
+    if (rest[-1] in PLURALS) != (n > 1):
+        raise ValueError(f"{_short(' '.join(clause))} in prompt {quoted}: "
+                         + ("a count above one takes the plural, e.g. 'two red balls'" if n > 1 else
+                            "'one' takes the singular, e.g. 'one red ball'"))
+    return p, n
+
+
+def _chain(clause: List[str], rel_at: List[int], quoted: str) -> Tuple[List[List[str]], List[str]]:
+    """A clause "A on B left of C" cut at its relation words: the object parts [A, B, C] and relations [on, left]."""
+    cuts, parts, rels = 0, [], []
+    for k in rel_at:
+        rel = clause[k]
+        if rel in ("left", "right") and clause[k + 1:k + 2] != ["of"]:
+            raise ValueError(f"write '{rel} of' in {quoted}")
+        parts.append(clause[cuts:k])
+        rels.append(rel)
+        cuts = k + (2 if rel in ("left", "right") else 1)
+    return parts + [clause[cuts:]], rels
+
+
 def parse_prompt(text: str) -> Prompt:
     """Parse a prompt of the world's vocabulary into objects, relations and absences. Clauses are joined by "and"
     or commas; a clause is an object ("a red ball"), a count of one phrase ("two red balls", one to four), an
@@ -112,30 +149,13 @@ def parse_prompt(text: str) -> Prompt:
             continue
         if not clause:
             raise ValueError(f"empty clause in prompt {quoted}: 'and' and commas must join object phrases")
-        head, rest = clause[0], clause[1:]
+        head = clause[0]
         rel_at = [k for k, x in enumerate(clause) if x in RELATION_WORDS]
         if head == "no" or head in NUMBERS:
             if rel_at:
                 raise ValueError(f"{_short(' '.join(clause))} in prompt {quoted}: counted or absent objects take no "
                                  f"relation; relate single objects, e.g. {EXAMPLE}")
-            if not rest or rest[0] in NUMBERS or rest[0] == "no":
-                raise ValueError(f"{_short(' '.join(clause))} in prompt {quoted}: expected e.g. {EXAMPLE}")
-            if rest[-1] == "objects":  # "no red objects": an absent colour or size, of any shape
-                if head != "no" or not rest[:-1]:
-                    raise ValueError(f"'objects' in prompt {quoted}: only after 'no' and a colour or size, e.g. "
-                                     "'a box, no red objects'")
-                p = _phrase(rest[:-1] + ["ball"], quoted)
-                p, rest = Phrase(p.colour, None, p.size), rest[:-1] + ["balls"]
-            else:
-                p = _phrase(rest, quoted)
-            n = NUMBERS.index(head) if head in NUMBERS else 0
-            if head == "zero":
-                raise ValueError(f"'zero' in prompt {quoted}: say 'no {' '.join(rest)}'")
-            plural = rest[-1] in PLURALS
-            if head != "no" and plural != (n > 1):
-                raise ValueError(f"{_short(' '.join(clause))} in prompt {quoted}: "
-                                 + ("a count above one takes the plural, e.g. 'two red balls'" if n > 1 else
-                                    "'one' takes the singular, e.g. 'one red ball'"))
+            p, n = _counted(clause, quoted)
             if head == "no":
                 absent.append(p)
             elif p in objects:
@@ -148,15 +168,7 @@ def parse_prompt(text: str) -> Prompt:
             plural = next(x for x in clause if x in PLURALS)
             raise ValueError(f"{plural!r} in prompt {quoted} needs a count (one to four) or 'no', e.g. {EXAMPLE}")
         elif rel_at:
-            cuts, parts, rels = 0, [], []
-            for k in rel_at:
-                rel = clause[k]
-                if rel in ("left", "right") and clause[k + 1:k + 2] != ["of"]:
-                    raise ValueError(f"write '{rel} of' in {quoted}")
-                parts.append(clause[cuts:k])
-                rels.append(rel)
-                cuts = k + (2 if rel in ("left", "right") else 1)
-            parts.append(clause[cuts:])
+            parts, rels = _chain(clause, rel_at, quoted)
             ids = []
             for k, part in enumerate(parts):  # a relation word needs an object on both sides
                 rel_words = rels[min(k, len(rels) - 1)]
