@@ -39,18 +39,26 @@ def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: in
                            **{**equal_nfe_options(sampler, particles, mcmc_steps), **options})
 
 
-def judge(image, prompt, split: bool = True) -> Dict[str, bool]:
-    """The checker's verdict on a prompt: ``present``: every asked object is there; ``relation``: and every
-    relation holds; ``exact``: and nothing else is there (``checker.exactly``). ``split``: see ``detect``."""
+def judge(image, prompt, split: bool = True) -> Dict[str, object]:
+    """The checker's verdict on a prompt (its text or a parsed ``Prompt``): ``present``: every asked object is
+    there, as many as asked; ``relation``: and every relation holds; ``lenient``: and every absence holds (other
+    objects allowed); ``exact``: and nothing else is there (``checker.exactly``); ``atoms``: the share of the
+    asked facts (each phrase's count, relation, absence) that hold. ``split``: see ``detect``."""
     from .experts.shapes import answer_detections, detect
     from .experts.shapes.checker import exactly
     from .experts.shapes.prompt import parse_prompt
 
-    p = parse_prompt(prompt)
+    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
     dets = detect(image, split=split)
-    present = all(sum(o.matches(d) for d in dets) >= p.objects.count(o) for o in p.objects)  # counts included
-    relation = present and all(answer_detections(q, dets) for q in p.relation_questions())
-    return {"present": present, "relation": relation, "exact": relation and exactly(image, p.objects, dets)}
+    have = [sum(o.matches(d) for d in dets) >= p.objects.count(o) for o in dict.fromkeys(p.objects)]
+    holds = [answer_detections(q, dets) for q in p.relation_questions()]
+    gone = [not any(a.matches(d) for d in dets) for a in p.absent]
+    present = all(have)
+    relation = present and all(holds)
+    lenient = relation and all(gone)
+    atoms = have + holds + gone
+    return {"present": present, "relation": relation, "lenient": lenient,
+            "exact": lenient and exactly(image, p.objects, dets), "atoms": sum(atoms) / len(atoms)}
 
 
 def _verdict(image, dets, wanted, placed: bool) -> Dict[str, bool]:
@@ -152,17 +160,20 @@ class Row:
     ess: List[float]
     particles: int = 0     # the budget: poe's particles (the others run at equal NFE)
     metrics: Dict[str, float] = field(default_factory=dict)   # evaluation-only scorers (--metrics)
+    lenient: Optional[bool] = None  # prompt: relation, and every absence holds (other objects allowed)
+    atoms: Optional[float] = None   # prompt: the share of asked facts (counts, relations, absences) that hold
 
 
 _WORKER: dict = {}
 
 
-def _init_worker(threads: int, config: Optional[dict] = None, metrics: Sequence[str] = ()):
+def _init_worker(threads: int, config: Optional[dict] = None, metrics: Sequence[str] = (),
+                 shapes: Optional[dict] = None):
     """Per-process state of a comparison worker: its thread count, the experts and built targets."""
     if threads:
         torch.set_num_threads(threads)
     config = config or {"experts": [], "potentials": []}
-    _WORKER.update(config=config, metrics=list(metrics), targets={})
+    _WORKER.update(config=config, metrics=list(metrics), targets={}, shapes=dict(shapes or {}))
     if not config["experts"]:
         from .experts.shapes import load_prior, load_vlm
         _WORKER.update(prior=load_prior(), vlm=load_vlm())
@@ -191,7 +202,7 @@ def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float])
         layout = load_target(target)
         cfg = _WORKER["config"]
         shapes = not cfg["experts"]
-        extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"]) if shapes else {}
+        extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"], **_WORKER["shapes"]) if shapes else {}
         product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, **extra)
         verdict = (lambda x: {"present": None, "relation": None, "exact": None})
         if shapes:
@@ -245,28 +256,29 @@ def _run_task(task):
                particles=particles, metrics=metrics, **verdict(x)), x
 
 
-def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str]):
+def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str], shapes: Optional[dict]):
     """The tasks' (row, image) results in order: here, or in ``workers`` spawned processes sharing torch's threads."""
     if workers <= 1:
-        _init_worker(0, config, metrics)
+        _init_worker(0, config, metrics, shapes)
         yield from map(_run_task, tasks)
         return
     import multiprocessing as mp
 
     threads = max(1, torch.get_num_threads() // workers)
-    with mp.get_context("spawn").Pool(workers, _init_worker, (threads, config, metrics)) as pool:
+    with mp.get_context("spawn").Pool(workers, _init_worker, (threads, config, metrics, shapes)) as pool:
         yield from pool.imap(_run_task, tasks)
 
 
 def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 1,
         steps: int = 30, guidance: Optional[float] = None, vlm_weight: Optional[float] = None, progress: bool = True,
         workers: int = 1, seed0: int = 0, options: Optional[dict] = None, config: Optional[dict] = None,
-        metrics: Sequence[str] = (), budgets: Optional[Sequence[int]] = None):
+        metrics: Sequence[str] = (), budgets: Optional[Sequence[int]] = None, shapes_options: Optional[dict] = None):
     """(rows, images[(sampler, target, budget)] -> (seeds, 3, H, W)) for every sampler x target x seed x budget
     (seeds seed0, seed0 + 1, ...; budgets: poe's particle counts, default ``particles``). A target is a prompt,
     a layout spec or a scene spec path; ``config`` names the models ({experts, potentials}, as
     ``registry.load_config``; default: the shapes world); ``metrics`` are 'kind:path' scorers that only
-    evaluate; ``options`` are further SamplerConfig fields for every sampler (e.g. grad_guidance). With
+    evaluate; ``options`` are further SamplerConfig fields for every sampler (e.g. grad_guidance); ``shapes_options``:
+    the shapes world's product options (the ablations ``place=False``, ``counts=False``). With
     ``workers`` > 1 the runs are spread over that many processes, each with an equal share of torch's threads;
     results do not depend on ``workers``."""
     from .experts.registry import POTENTIAL_FIELDS, POTENTIALS, _entry
@@ -292,7 +304,7 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
         raise ValueError(f"budgets {budgets}: expected particle counts >= 1, e.g. 1,4,16")
     tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, vlm_weight, dict(options or {}))
              for b in budgets for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
-    results = list(tqdm(_results(tasks, workers, config, metrics), total=len(tasks), desc="compare",
+    results = list(tqdm(_results(tasks, workers, config, metrics, shapes_options), total=len(tasks), desc="compare",
                         disable=not progress))
     rows, images = [r for r, _ in results], {}
     for (s, p, _, b, *_), (_, x) in zip(tasks, results):

@@ -25,7 +25,7 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
                   vlm_weight: Optional[float] = None, dtype: str = "auto", **shapes_options):
     """The Product of a Layout in its family: the named models in ``experts`` and ``potentials`` (registry
     entries; guidance and lambdas default to 1), or the embedded shapes world when none is named (its tuned
-    defaults; ``shapes_options``: prior, vlm, schedule). ``dtype`` (auto, float32, bfloat16): the shapes prior's
+    defaults; ``shapes_options``: prior, vlm, schedule, and the ablations ``place`` and ``counts``). ``dtype`` (auto, float32, bfloat16): the shapes prior's
     compute dtype (auto: bf16 only where the hardware has it natively, ``hardware.pick_dtype``), or the named
     models' torch_dtype where an entry gives none (auto: as loaded). An edit's ``Edit`` is kept as
     ``product.edit``."""
@@ -37,9 +37,11 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
                          "(weight it with --vlm-weight)")
     else:
+        place = shapes_options.pop("place", True)
         if not layout.objects and layout.physics is None:  # a prompt: the shapes world always composes (a
             #                                  scene whose objects all left the view has none: the prior and its layout)
-            layout = Layout(**{**vars(shapes_layout(layout.prompt)), "questions": layout.questions,
+            layout = Layout(**{**vars(shapes_layout(layout.prompt, place)),
+                               "questions": layout.questions,
                                "text": layout.text, "physics": layout.physics, "edit": layout.edit})
         elif layout.prompt.strip() and layout.physics is None and layout.edit is None:
             log.warning(
@@ -128,24 +130,27 @@ def _over_null(prior, experts: List, guidance: float, dtype: str):
     return experts, weights
 
 
-def shapes_layout(prompt: Union[str, Prompt]) -> Layout:
-    """The Layout of a shapes-world prompt: its objects and relations, each object of a prompt with several in a
-    box around the place ``placement`` gives it."""
+def shapes_layout(prompt: Union[str, Prompt], place: bool = True) -> Layout:
+    """The Layout of a shapes-world prompt: its objects, relations and absences, each object of a prompt with
+    several in a box around the place ``placement`` gives it (``place=False``: unplaced, an ablation)."""
     p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-    places = placement(p)
+    places = placement(p) if place else None
     half = 0.1  # the boxes' half-width (of the image): the prior is told their centres
     boxes = [None] * len(p.objects) if places is None else \
         [((c + 0.5) / 32 - half, (r + 0.5) / 32 - half, (c + 0.5) / 32 + half, (r + 0.5) / 32 + half) for c, r in places]
     return Layout("", [LayoutObject(str(o), box=b) for o, b in zip(p.objects, boxes)],
-                  [(i, f"{rel} of" if rel in ("left", "right") else rel, j) for i, rel, j in p.relations])
+                  [(i, f"{rel} of" if rel in ("left", "right") else rel, j) for i, rel, j in p.relations],
+                  absent=p.absent_phrases())
 
 
 def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
-                   vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
+                   vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
+                   counts: bool = True) -> Product:
     """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
     or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
-    and relation and, unless it edits an image, one count per shape (``count_questions``), and a simulated
-    scene's layout potential and hard constraint (weights from its spec)."""
+    and relation, the answer no to one per absent phrase and, unless it edits an image, one count per shape
+    (``count_questions``; ``counts=False`` leaves them out, an ablation), and a simulated scene's layout
+    potential and hard constraint (weights from its spec)."""
     from .experts.shapes.model import load_prior
     from .experts.shapes.vlm import load_vlm
 
@@ -165,17 +170,19 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     experts, weights = _over_null(prior, [prior.expert(str(p), o.centre(size), dtype)
                                           for p, o in zip(phrases, layout.objects) if not o.known], guidance, dtype)
     potentials, lambdas = [], []
-    asked = [(q, 1.0) for q in layout.questions or []]  # (question, its lambda as a multiple of vlm_weight)
+    # (question, its lambda as a multiple of vlm_weight, whether the answer asked is no)
+    asked = [(q, 1.0, False) for q in layout.questions or []]
     if layout.questions is None:
         prompt = Prompt(phrases, [(i, rel.replace(" of", ""), j) for i, rel, j in layout.relations])
-        asked = [(q, 1.0) for q in prompt.object_questions()]
-        asked += [(q, RELATION_WEIGHT) for q in prompt.relation_questions()]
-        if layout.edit is None:  # the layout lists every object of the image: ask for nothing else
-            asked += [(q, COUNT_WEIGHT) for q in count_questions(phrases)]
+        asked = [(q, 1.0, False) for q in prompt.object_questions()]
+        asked += [(q, RELATION_WEIGHT, False) for q in prompt.relation_questions()]
+        asked += [(f"is there a {a}?", COUNT_WEIGHT, True) for a in layout.absent]
+        if layout.edit is None and counts:  # the layout lists every object of the image: ask for nothing else
+            asked += [(q, COUNT_WEIGHT, False) for q in count_questions(phrases)]
     if vlm_weight and asked:
         scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
-        potentials = [scorer.expert(q) for q, _ in asked]
-        lambdas = [vlm_weight * m for _, m in asked]
+        potentials = [scorer.expert(q, negate) for q, _, negate in asked]
+        lambdas = [vlm_weight * m for _, m, _ in asked]
     if layout.edit is not None:  # the given image outside the edit mask; the new objects' footprints stand in
         potentials.append(layout.edit.known_pixels())  # the given image outside the edit mask
         lambdas.append(1.0)

@@ -82,6 +82,7 @@ class Layout:
     text: Optional[str] = None                         # the prompt as the user typed it (errors quote it)
     physics: Optional[Any] = None                      # a scene spec's simulation (experts.physics.PhysicsExpert)
     edit: Optional[Any] = None                         # an edit's image and mask to repaint (poegen.edit.Edit)
+    absent: List[str] = field(default_factory=list)    # phrases that must not be in the image ("no ball")
 
     def relation_text(self, i: int, rel: str, j: int) -> str:
         return f"{self.objects[i].phrase} {rel} {self.objects[j].phrase}"

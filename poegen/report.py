@@ -10,7 +10,7 @@ import json
 import statistics
 from dataclasses import asdict
 from pathlib import Path
-from typing import List
+from typing import List, Sequence, Tuple
 
 import torch
 
@@ -22,6 +22,20 @@ def diversity(x: torch.Tensor) -> float:
         return 0.0
     d = torch.cdist(x.flatten(1), x.flatten(1)) / x[0].numel() ** 0.5
     return float(d.sum() / (n * (n - 1)))
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], reps: int = 10000, seed: int = 0,
+                     level: float = 0.95) -> Tuple[float, float, float]:
+    """(mean of a - b, low, high): the percentile bootstrap interval of the mean paired difference, each
+    resample drawing pairs (the same prompt and seed under both samplers) with replacement."""
+    import numpy as np
+
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"paired_bootstrap: expected two equal-length, non-empty sequences, got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    means = d[np.random.default_rng(seed).integers(0, len(d), size=(reps, len(d)))].mean(1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(d.mean()), float(low), float(high)
 
 
 def summarise(rows: List, images) -> List[dict]:

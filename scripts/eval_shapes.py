@@ -1,108 +1,161 @@
-"""Evaluate samplers on shapes-world prompts with the ground-truth checker (never optimised by a sampler).
+"""ShapesEval: the samplers on the shapes world's benchmark prompts, judged by the ground-truth checker (which no
+sampler optimises).
 
-For each prompt and sampler, --samples runs with fixed seeds; a run's image is its selected particle.
-Samplers run at equal NFE (poegen.compare.equal_nfe_options): poe uses --particles particles and
---mcmc-steps moves per level; best-of-n gets particles * (1 + mcmc_steps) chains and keeps the best;
-ancestral's uniform draw from independent chains has the law of one chain, so it runs one. Prints the
-share of samples that are exactly what was asked (every asked object, the relations holding, and nothing
-else: no other object, no blend, no unexplained pixel; poegen.experts.shapes.checker.exactly), the
-share that contain every asked object and, for relation prompts, the share whose relations hold;
-also the share present when touching objects of one colour are read as one object (the checker
-before it tried cuts, `detect(split=False)`); with --time, the median wall time of three `poegen
-generate` runs with defaults.
+Prompts come from ``poegen.experts.shapes.shapeseval``: tier A is GenEval's six categories in the shapes world
+(one object, two objects, counting, colours, position, colour attribution), tier B what composition is for (three
+and four objects, same-shape binding, size binding, chained relations, absences, mixed counts); each prompt is
+drawn with a simulated scene that satisfies it, so every prompt is physically possible. Each category has
+--per-category prompts, each run with --samples seeds (n = their product per category and sampler).
 
-    python scripts/eval_shapes.py --workers 2 --time
+Samplers run at equal NFE (``compare.equal_nfe_options``): poe uses --particles particles and --mcmc-steps moves
+per level; best-of-n and smc get particles * (1 + mcmc_steps) chains (smc is poe without its MCMC moves at equal
+NFE); ancestral runs one chain. Per sample: strict ``exact`` (every asked object, relation and absence, nothing
+else), ``lenient`` (the same with other objects allowed) and ``atoms`` (the share of asked facts that hold). Per
+category and sampler the means, and the paired bootstrap 95% interval of the difference in strict exact against
+best-of-n (pairs: the same prompt and seed). --ablations adds poe without placement() and without the count
+potentials; --budgets draws strict exact over NFE (poe's particle counts, the others at equal NFE) to --plot.
+Tune on --seed0 1000 and --prompt-seed 1000; report the defaults (0).
+
+    python scripts/eval_shapes.py --workers 2 --tiers B --ablations
+    python scripts/eval_shapes.py --workers 2 --tiers B --budgets 1,4,16,48 --samplers poe,best-of-n --plot nfe.png
 """
 import argparse
+import json
 import statistics
 import subprocess
 import sys
 import time
 from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
 
 from poegen import compare, samplers
+from poegen.experts.shapes import shapeseval
 from poegen.job import Job
+from poegen.report import paired_bootstrap
 
-PROMPTS = {
-    "single": ["a red ball", "a blue box", "a green wedge", "a yellow ball"],
-    "pair": ["a red ball and a blue box", "a green wedge and a yellow ball", "a cyan box and a magenta ball",
-             "a blue ball and a red box"],
-    "relation": ["a red ball left of a blue box", "a green wedge right of a yellow box", "a red ball on a blue box",
-                 "a yellow ball left of a green wedge and a magenta box"],
-    # issue 25's harder prompts (opt in with --categories tierb): counts, three objects, same-shape and size
-    # binding, chains, absences
-    "tierb": ["two red balls and a blue box", "three boxes", "a red box, a cyan ball and a yellow wedge",
-              "a red ball and a blue ball", "a green ball on a red box on a blue box",
-              "a magenta wedge left of a green box and the green box left of a blue ball", "a yellow wedge and no ball",
-              "a large blue ball left of a small red ball"],
-}
+ABLATIONS = {"poe-noplace": {"place": False}, "poe-nocount": {"counts": False}}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=16, help="seeds per prompt (4 prompts per category, 8 in tierb)")
-    ap.add_argument("--seed0", type=int, default=0, help="first seed (tune on other seeds than you report)")
-    ap.add_argument("--samplers", default="poe,best-of-n,ancestral")
-    ap.add_argument("--categories", default="single,pair,relation")
+    ap.add_argument("--tiers", default="AB", help="A, B or AB")
+    ap.add_argument("--categories", default=None, help="only these categories (comma-separated)")
+    ap.add_argument("--per-category", type=int, default=8, help="prompts per category")
+    ap.add_argument("--samples", type=int, default=8, help="seeds per prompt")
+    ap.add_argument("--seed0", type=int, default=0, help="first sampling seed (tune on 1000+)")
+    ap.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt set (tune on 1000+)")
+    ap.add_argument("--samplers", default="poe,best-of-n,smc,ancestral")
+    ap.add_argument("--ablations", action="store_true", help="also poe without placement and without counts")
     ap.add_argument("--particles", type=int, default=Job.particles, help="default: poegen generate's")
+    ap.add_argument("--budgets", default=None, metavar="N,N,...", help="poe's particle counts for the NFE curves")
+    ap.add_argument("--plot", default=None, help="PNG of strict exact over NFE (with --budgets)")
     ap.add_argument("--mcmc-steps", type=int, default=samplers.PRESETS["poe"]["mcmc_steps"])
     ap.add_argument("--steps", type=int, default=Job.steps)
     ap.add_argument("--guidance", type=float, default=None, help="phrase weight (default: the shapes world's)")
     ap.add_argument("--vlm-weight", type=float, default=None, help="default: the shapes world's")
-    ap.add_argument("--grad-guidance", type=float, default=0.0, help="gradient guidance of the stochastic proposals")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a SamplerConfig field for every sampler (e.g. ess_threshold=0.8); repeatable")
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the runs")
-    ap.add_argument("--reward-every", default="1", metavar="K,K,...",
-                    help="score the potentials every K levels; several values: one evaluation each, with its wall time")
-    ap.add_argument("--time", action="store_true", help="also time `poegen generate` with defaults (3 runs)")
+    ap.add_argument("--out", default=None, help="write every row (JSON) and the images (.pt) here")
+    ap.add_argument("--time", action="store_true", help="also time `poegen generate` on a tier B prompt (3 runs)")
     args = ap.parse_args()
-    for k in [int(v) for v in args.reward_every.split(",")]:
-        evaluate(args, k)
-    if args.time:
-        walls = []
-        for _ in range(3):
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "poegen", "generate", "a red ball and a blue box", "-q",
-                            "--out", "/tmp/poegen_eval_time.png"], check=True, stdout=subprocess.DEVNULL)
-            walls.append(time.perf_counter() - t)
-        print(f"generate_walls_s={','.join(f'{w:.1f}' for w in walls)} generate_median_s={statistics.median(walls):.1f}")
 
-
-def evaluate(args, reward_every: int):
-    """One evaluation of every sampler on every category; lines carry a reward_every= prefix when k > 1."""
-    cats = args.categories.split(",")
-    prompts = [p for c in cats for p in PROMPTS[c]]
-    category = {p: c for c in cats for p in PROMPTS[c]}
-    options = {k: v for k, v in (("grad_guidance", args.grad_guidance), ("reward_every", reward_every)) if v not in (0, 1)}
+    items = shapeseval.items(args.tiers, args.per_category, args.prompt_seed,
+                             args.categories.split(",") if args.categories else None)
+    where = {it.prompt: (it.tier, it.category) for it in items}
+    prompts = [it.prompt for it in items]
+    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else None
     t0 = time.perf_counter()
     rows, images = compare.run(prompts, args.samplers.split(","), args.samples, args.particles, args.mcmc_steps,
                                args.steps, args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0,
-                               options=options or None)
+                               options=options or None, budgets=budgets)
+    if args.ablations:
+        for name, shapes in ABLATIONS.items():
+            more, imgs = compare.run(prompts, ["poe"], args.samples, args.particles, args.mcmc_steps, args.steps,
+                                     args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0,
+                                     options=options or None, shapes_options=shapes)
+            for r in more:
+                r.sampler = name
+            rows += more
+            images.update({(name, p, b): v for (_, p, b), v in imgs.items()})
     wall = time.perf_counter() - t0
-    tag = f"reward_every={reward_every} " if reward_every != 1 else ""
+    report(rows, where, args.particles if budgets is None else max(budgets))
+    if budgets and args.plot:
+        plot(rows, where, args.plot)
+    for sampler in dict.fromkeys(r.sampler for r in rows):
+        print(f"{sampler}_median_s_per_sample={statistics.median(r.seconds for r in rows if r.sampler == sampler):.2f}")
+    print(f"total_wall_s={wall:.0f}")
+    if args.out:
+        import torch
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rows.json").write_text(json.dumps([{**asdict(r), "tier": where[r.prompt][0],
+                                                    "category": where[r.prompt][1]} for r in rows]))
+        torch.save({f"{s}|{p}|{b}": v for (s, p, b), v in images.items()}, out / "images.pt")
+    if args.time:
+        prompt = next((it.prompt for it in items if it.tier == "B"), "two red balls and a blue box")
+        walls = []
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "poegen", "generate", prompt, "-q", "--out", "/tmp/poegen_eval.png"],
+                           check=True, stdout=subprocess.DEVNULL)
+            walls.append(time.perf_counter() - t)
+        print(f"generate_prompt={prompt!r} generate_walls_s={','.join(f'{w:.1f}' for w in walls)} "
+              f"generate_median_s={statistics.median(walls):.1f}")
+
+
+def report(rows, where, budget):
+    """The tables: per tier and category, each sampler's strict / lenient / atoms, and its strict exact minus
+    best-of-n's with the paired bootstrap 95% interval; then each tier's totals."""
+    rows = [r for r in rows if r.particles == budget]
     groups = defaultdict(list)
     for r in rows:
-        groups[r.prompt, r.sampler].append(r)
-    print(f"{'prompt':55s} {'sampler':10s}   exact present  relation  s/sample    NFE")
-    totals, unsplit = defaultdict(list), defaultdict(list)
-    for (prompt, sampler), rs in groups.items():
-        n, cat = len(rs), category[prompt]
-        present, rel = sum(r.present for r in rs) / n, sum(r.relation for r in rs) / n
-        rel_txt = f"{rel:8.2f}" if cat == "relation" else "       -"
-        exact = sum(r.exact for r in rs) / n
-        print(f"{prompt:55s} {sampler:10s} {exact:7.2f} {present:7.2f} {rel_txt}  {statistics.median(r.seconds for r in rs):8.1f}"
-              f" {statistics.mean(r.nfe for r in rs):6.0f}", flush=True)
-        totals[cat, sampler] += rs
-        unsplit[cat, sampler] += [compare.judge(x, prompt, split=False)["present"] for x in images[sampler, prompt, args.particles]]
-    for (cat, sampler), rs in totals.items():
+        tier, cat = where[r.prompt]
+        groups[tier, cat, r.sampler].append(r)
+        groups[tier, "all", r.sampler].append(r)
+    print(f"{'tier':4s} {'category':10s} {'sampler':12s} {'strict':>7s} {'lenient':>7s} {'atoms':>7s} {'n':>4s}"
+          f"   strict - best-of-n [95% CI]")
+    for (tier, cat, sampler), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "all")):
+        rs.sort(key=lambda r: (r.prompt, r.seed))
         n = len(rs)
-        extra = f" relation_holds={sum(r.relation for r in rs) / n:.3f}" if cat == "relation" else ""
-        print(f"{tag}{cat}_{sampler}_exact={sum(r.exact for r in rs) / n:.3f} "
-              f"{cat}_{sampler}_present={sum(r.present for r in rs) / n:.3f}{extra} (n={n}) "
-              f"present_unsplit={sum(unsplit[cat, sampler]) / n:.3f}")
-    for sampler in dict.fromkeys(r.sampler for r in rows):
-        rs = [r for r in rows if r.sampler == sampler]
-        print(f"{tag}{sampler}_median_s_per_sample={statistics.median(r.seconds for r in rs):.2f} "
-              f"total_wall_s={wall:.0f}")
+        strict, lenient = sum(r.exact for r in rs) / n, sum(r.lenient for r in rs) / n
+        atoms = statistics.mean(r.atoms for r in rs)
+        base = sorted(groups.get((tier, cat, "best-of-n"), []), key=lambda r: (r.prompt, r.seed))
+        diff = ""
+        if base and sampler != "best-of-n" and [(r.prompt, r.seed) for r in base] == [(r.prompt, r.seed) for r in rs]:
+            d, lo, hi = paired_bootstrap([r.exact for r in rs], [r.exact for r in base])
+            diff = f"   {d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        print(f"{tier:4s} {cat:10s} {sampler:12s} {strict:7.3f} {lenient:7.3f} {atoms:7.3f} {n:4d}{diff}", flush=True)
+        if cat == "all":
+            print(f"{tier}_{sampler}_strict={strict:.3f} {tier}_{sampler}_lenient={lenient:.3f} "
+                  f"{tier}_{sampler}_atoms={atoms:.3f} (n={n})" + (f" diff_vs_best_of_n={diff.strip()}" if diff else ""))
+
+
+def plot(rows, where, path):
+    """Strict exact over mean NFE per image, one line per tier and sampler (log x)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for tier in sorted({t for t, _ in where.values()}):
+        for sampler in dict.fromkeys(r.sampler for r in rows):
+            points = []
+            for b in sorted({r.particles for r in rows}):
+                rs = [r for r in rows if r.sampler == sampler and r.particles == b and where[r.prompt][0] == tier]
+                if rs:
+                    points.append((statistics.mean(r.nfe for r in rs), sum(r.exact for r in rs) / len(rs)))
+                    print(f"curve tier={tier} sampler={sampler} particles={b} nfe={points[-1][0]:.0f} "
+                          f"strict={points[-1][1]:.3f} (n={len(rs)})")
+            ax.plot(*zip(*points), marker="o", label=f"tier {tier}: {sampler}")
+    ax.set_xscale("log"), ax.set_xlabel("NFE per image"), ax.set_ylabel("strict exact (checker)"), ax.legend()
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"plot={path}")
 
 
 if __name__ == "__main__":

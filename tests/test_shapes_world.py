@@ -224,9 +224,11 @@ def test_exact_holds_on_renders_and_fails_on_extras_blends_and_slivers(scenes):
     assert sum(blends) <= 0.3 * len(scenes)
     # a sliver too small to be detected is still something the prompt did not ask for
     img, _ = render(Scene((SceneObject("ball", "red", "large", 0.0, 1.0),)))
-    assert compare.judge(img, "a red ball") == {"present": True, "relation": True, "exact": True}
+    assert compare.judge(img, "a red ball") == {"present": True, "relation": True, "lenient": True, "exact": True,
+                                                "atoms": 1.0}
     assert not compare.judge(img, "a red ball and a blue box")["exact"]
     img[:, 3:5, 3:5] = torch.tensor([1.0, 0.3, -1.0])[:, None, None].numpy()  # 4 orange pixels in the sky
     dets = detect(img)
     assert len(dets) == 1 and unexplained(img, dets) == 4 and one_to_one([Phrase("red", "ball")], dets)
-    assert compare.judge(img, "a red ball") == {"present": True, "relation": True, "exact": False}
+    assert compare.judge(img, "a red ball") == {"present": True, "relation": True, "lenient": True, "exact": False,
+                                                "atoms": 1.0}

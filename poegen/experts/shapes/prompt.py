@@ -41,6 +41,13 @@ class Prompt:
         return [f"is the {self.objects[i]} {f'{rel} of' if rel in ('left', 'right') else rel} the {self.objects[j]}?"
                 for i, rel, j in self.relations]
 
+    def absent_phrases(self) -> List[str]:
+        """The absent phrases, one per shape where an absence names none ("no red objects")."""
+        from .world import SHAPES
+
+        return list(dict.fromkeys(str(Phrase(a.colour, s, a.size)) for a in self.absent
+                                  for s in ([a.shape] if a.shape else SHAPES)))
+
     def questions(self) -> List[str]:
         """Yes/no questions whose answers the prompt asks to be yes: its objects, then its relations."""
         return self.object_questions() + self.relation_questions()

@@ -275,13 +275,15 @@ class ShapesVLM(nn.Module):
 
 
 class ShapesVLMExpert:
-    """Discriminative expert log P(yes | x0, question) for one fixed question."""
+    """Discriminative expert log P(yes | x0, question) for one fixed question (``negate``: log P(no), the
+    potential of an absence, "is there a ball?" answered no)."""
 
-    def __init__(self, net: ShapesVLM, question: str, batch_size: int = 256):
+    def __init__(self, net: ShapesVLM, question: str, batch_size: int = 256, negate: bool = False):
         self.query = parse_question(question)  # validates the grammar and the vocabulary
         self.net, self.question, self.batch_size = net.eval(), question, batch_size
         self.ids = encode_batch([question])
-        self.name = f"vlm[{question}]"
+        self.sign = -1.0 if negate else 1.0
+        self.name = f"vlm[not: {question}]" if negate else f"vlm[{question}]"
 
     @property
     def batch_key(self):
@@ -294,13 +296,14 @@ class ShapesVLMExpert:
         first, k = experts[0], len(experts)
         dev = next(first.net.parameters()).device
         ids = torch.cat([e.ids for e in experts]).to(dev)
+        signs = torch.tensor([e.sign for e in experts], device=dev)
         out = []
         for chunk in x0.split(first.batch_size):
             img = chunk.to(dev, torch.float32).clamp(-1, 1)
             n = img.shape[0]
             index = torch.arange(n, device=dev).repeat(k)
             logit = first.net(img, ids.repeat_interleave(n, 0), index=index, maps=first.net.maps(img))
-            out.append(F.logsigmoid(logit).float().reshape(k, n))
+            out.append(F.logsigmoid(logit.reshape(k, n) * signs[:, None]).float())
         return torch.cat(out, 1).to(x0.device) if out else torch.zeros(k, 0, device=x0.device)
 
     def log_potential(self, x0: Tensor) -> Tensor:
@@ -308,7 +311,7 @@ class ShapesVLMExpert:
         return self.log_potential_batch([self], x0)[0]
 
     def __repr__(self) -> str:
-        return f"ShapesVLMExpert({self.question!r})"
+        return f"ShapesVLMExpert({self.question!r}{', negate=True' if self.sign < 0 else ''})"
 
 
 class ShapesVLMScorer:
@@ -317,9 +320,9 @@ class ShapesVLMScorer:
     def __init__(self, net: ShapesVLM):
         self.net = net.eval()
 
-    def expert(self, question: str) -> ShapesVLMExpert:
-        """Expert returning log P(yes) for `question`."""
-        return ShapesVLMExpert(self.net, question)
+    def expert(self, question: str, negate: bool = False) -> ShapesVLMExpert:
+        """Expert returning log P(yes) for `question` (``negate``: log P(no))."""
+        return ShapesVLMExpert(self.net, question, negate=negate)
 
     @torch.no_grad()
     def log_prob_yes(self, images: Tensor, questions: list[str]) -> Tensor:

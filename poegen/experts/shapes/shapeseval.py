@@ -1,0 +1,260 @@
+"""ShapesEval: benchmark prompts of the shapes world, each drawn with a simulated scene that satisfies it.
+
+Two tiers of categories. Tier A follows GenEval's six (one object, two objects, counting, colours, position,
+colour attribution) in the shapes world's words; tier B asks what composition is for: three and four objects,
+same-shape binding, size binding, chained relations, absences and mixed counts. A category's prompt is built
+from random words, then its objects are dropped where ``placement`` puts them and simulated with pybullet; the
+prompt is kept only when the settled scene satisfies it by the simulation's own truth (every object in view,
+exactly the asked objects, each relation and absence holding with a margin), so every prompt is physically
+possible and comes with a witness scene. The witnesses also validate the checker (``near_miss``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .prompt import Prompt, parse_prompt, placement
+from .render import pixel_to_world
+from .vlm import holds
+from .vocab import NUMBERS, PLURALS, Phrase
+from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES, SIZES, WEDGE_SCALE, Scene, SceneObject, in_view, simulate
+
+PLURAL = {shape: word for word, shape in PLURALS.items()}
+MARGIN = 0.5  # world units beyond a relation's threshold a witness keeps (the checker reads pixels, 5 per unit)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark prompt: its tier, category, text, parse and the simulated scene that satisfies it."""
+
+    tier: str
+    category: str
+    prompt: str
+    parsed: Prompt
+    scene: Scene
+
+
+def _pick(rng, values, k=1, exclude=()):
+    pool = [v for v in values if v not in exclude]
+    return [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
+
+
+def _rel(rng, rels=("left of", "right of", "on")) -> str:
+    return rels[rng.integers(len(rels))]
+
+
+def _sized(rng, shape: str) -> str:
+    """The shape, with a size half of the time."""
+    return f"{_pick(rng, SIZE_NAMES)[0]} {shape}" if rng.random() < 0.5 else shape
+
+
+def _single(rng):
+    return f"a {_sized(rng, _pick(rng, SHAPES)[0])}"
+
+
+def _two(rng):
+    a, b = _pick(rng, SHAPES, 2)
+    return f"a {_sized(rng, a)} and a {_sized(rng, b)}"
+
+
+def _counting(rng):
+    n = int(rng.integers(2, 5))
+    return f"{NUMBERS[n]} {PLURAL[_pick(rng, SHAPES)[0]]}"
+
+
+def _colours(rng):
+    return f"a {_pick(rng, COLOUR_NAMES)[0]} {_pick(rng, SHAPES)[0]}"
+
+
+def _position(rng):
+    a, b = _pick(rng, SHAPES, 2)
+    return f"a {a} {_rel(rng, ('left of', 'right of', 'above', 'below'))} a {b}"
+
+
+def _binding(rng):
+    (a, b), (c, d) = _pick(rng, SHAPES, 2), _pick(rng, COLOUR_NAMES, 2)
+    return f"a {c} {a} and a {d} {b}"
+
+
+def _objects(rng):
+    n = int(rng.integers(3, 5))
+    cs = _pick(rng, COLOUR_NAMES, n)
+    parts = [f"a {c} {_pick(rng, SHAPES)[0]}" for c in cs]
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _same_shape(rng):
+    shape, cs = _pick(rng, SHAPES)[0], _pick(rng, COLOUR_NAMES, 3)
+    if rng.random() < 0.5:
+        return f"a {cs[0]} {shape} {_rel(rng, ('left of', 'right of'))} a {cs[1]} {shape}"
+    other = _pick(rng, SHAPES, exclude=(shape,))[0]
+    return f"a {cs[0]} {shape}, a {cs[1]} {shape} and a {cs[2]} {other}"
+
+
+def _size(rng):
+    sizes = list(_pick(rng, SIZE_NAMES, 2))
+    (a, b), cs = _pick(rng, SHAPES, 2) if rng.random() < 0.5 else [_pick(rng, SHAPES)[0]] * 2, _pick(rng, COLOUR_NAMES, 2)
+    return f"a {sizes[0]} {cs[0]} {a} {_rel(rng)} a {sizes[1]} {cs[1]} {b}"
+
+
+def _chain(rng):
+    cs = _pick(rng, COLOUR_NAMES, 3)
+    s = [_pick(rng, SHAPES)[0] for _ in range(3)]
+    r1, r2 = _rel(rng), _rel(rng)
+    if rng.random() < 0.5:
+        return f"a {cs[0]} {s[0]} {r1} a {cs[1]} {s[1]} {r2} a {cs[2]} {s[2]}"
+    return f"a {cs[0]} {s[0]} {r1} a {cs[1]} {s[1]} and the {cs[1]} {s[1]} {r2} a {cs[2]} {s[2]}"
+
+
+def _negation(rng):
+    n = int(rng.integers(1, 3))
+    shapes = _pick(rng, SHAPES, n + 1)
+    cs = _pick(rng, COLOUR_NAMES, n + 1)
+    if rng.random() < 0.5:  # an absent shape
+        present = [f"a {c} {s}" for c, s in zip(cs, shapes[:n])]
+        return " and ".join(present) + f" and no {PLURAL[shapes[n]] if rng.random() < 0.5 else shapes[n]}"
+    present = [f"a {s}" for s in shapes[:n]]  # an absent colour: the unnamed colours must avoid it
+    return ", ".join(present) + f", no {cs[n]} objects"
+
+
+def _counts(rng):
+    a, b = _pick(rng, SHAPES, 2)
+    ca, cb = _pick(rng, COLOUR_NAMES, 2)
+    n = int(rng.integers(2, 4))
+    m = int(rng.integers(1, 5 - n))
+    first = f"{NUMBERS[n]} {ca} {PLURAL[a]}"
+    return f"{first} and {NUMBERS[m]} {cb} {PLURAL[b]}" if m > 1 else f"{first} and a {cb} {b}"
+
+
+TIERS: Dict[str, Dict[str, Callable]] = {
+    "A": {"single": _single, "two": _two, "counting": _counting, "colours": _colours, "position": _position,
+          "binding": _binding},
+    "B": {"objects": _objects, "same_shape": _same_shape, "size": _size, "chain": _chain, "negation": _negation,
+          "counts": _counts},
+}
+
+
+def _drop(p: Prompt, rng) -> List[SceneObject]:
+    """Objects for the prompt's phrases (unnamed attributes drawn at random, avoiding the absences), placed over
+    where ``placement`` puts them (a random floor spot when it gives none) and lifted to fall into place."""
+    places = placement(p)
+    objs, lift = [], {}
+    for k, ph in enumerate(p.objects):
+        for _ in range(20):
+            o = SceneObject(ph.shape or _pick(rng, SHAPES)[0], ph.colour or _pick(rng, COLOUR_NAMES)[0],
+                            ph.size or _pick(rng, SIZE_NAMES)[0])
+            if not any(a.matches(o) for a in p.absent):
+                break
+        if places is None:
+            x, y = float(rng.uniform(-2.0, 2.0)), 0.0
+        else:
+            x, y = (float(v) for v in pixel_to_world(*places[k]))
+            x += float(rng.normal(0, 0.1))  # off centre: a stack kept must be stable, not balanced
+        half = 0.75 * SIZES[o.size] * (WEDGE_SCALE if o.shape == "wedge" else 1.0)
+        angle = float(rng.choice([0.0, math.pi / 2])) if o.shape == "wedge" else 0.0
+        objs.append(replace(o, x=x, y=y, angle=angle))
+        lift[k] = half
+    # stack bottom-up: each object starts above the top of the one below it
+    order = sorted(range(len(objs)), key=lambda k: objs[k].y)
+    tops: List[Tuple[float, float]] = []  # (x, top) of the objects placed so far
+    out = list(objs)
+    for k in order:
+        o = objs[k]
+        below = max((t for x, t in tops if abs(x - o.x) < 1.5), default=0.0)
+        out[k] = replace(o, y=below + lift[k] + 0.05)
+        tops.append((o.x, below + 2 * lift[k] + 0.1))
+    return out
+
+
+def satisfied(p: Prompt, scene: Scene, margin: float = MARGIN) -> bool:
+    """Whether a simulated scene is exactly the prompt's (its objects one to one, absences absent) with every
+    relation holding by ``margin`` beyond its threshold (so no reading of pixels can call it either way)."""
+    from .checker import one_to_one
+
+    objs = scene.objects
+    if not one_to_one(p.objects, list(objs)) or any(a.matches(o) for a in p.absent for o in objs):
+        return False
+    index = {id(o): i for i, o in enumerate(objs)}
+
+    def on(a, b):
+        return scene.on(index[id(a)], index[id(b)])
+
+    def holds_clearly(rel, a, b):
+        if rel in ("left", "right"):
+            return holds(rel, a, b, on) and abs(a.x - b.x) > 0.3 + margin
+        if rel in ("above", "below"):
+            return holds(rel, a, b, on) and abs(a.y - b.y) > 0.5 + margin
+        return holds(rel, a, b, on) and abs(a.x - b.x) < 0.5  # 'on': resting squarely, not leaning
+    for i, rel, j in p.relations:
+        if not any(holds_clearly(rel, a, b) for a in objs for b in objs
+                   if a is not b and p.objects[i].matches(a) and p.objects[j].matches(b)):
+            return False
+    return True
+
+
+def make(tier: str, category: str, rng: np.random.Generator, tries: int = 200) -> Item:
+    """One item of a category: random prompts are drawn until one's simulated scene satisfies it."""
+    build = TIERS[tier][category]
+    for _ in range(tries):
+        text = build(rng)
+        p = parse_prompt(text)
+        scene = simulate(_drop(p, rng))
+        if scene.settled and all(in_view(o) for o in scene.objects) and satisfied(p, scene):
+            return Item(tier, category, text, p, scene)
+    raise RuntimeError(f"ShapesEval {tier}/{category}: no satisfiable prompt in {tries} tries")
+
+
+def items(tiers: str = "AB", per_category: int = 8, seed: int = 0,
+          categories: Optional[List[str]] = None) -> List[Item]:
+    """``per_category`` distinct items of every category of ``tiers`` (or only ``categories``), reproducible from
+    ``seed``: each category draws from its own stream, so adding one changes no other."""
+    out = []
+    for tier in tiers:
+        for c, name in enumerate(TIERS[tier]):
+            if categories and name not in categories:
+                continue
+            rng, seen = np.random.default_rng([seed, ord(tier), c]), set()
+            for _ in range(50 * per_category):
+                if len(seen) == per_category:
+                    break
+                item = make(tier, name, rng)
+                if item.prompt not in seen:
+                    seen.add(item.prompt)
+                    out.append(item)
+            if len(seen) < per_category:
+                raise ValueError(f"ShapesEval {tier}/{name} has fewer than {per_category} distinct prompts")
+    return out
+
+
+def near_miss(item: Item, rng: np.random.Generator) -> Prompt:
+    """The item's prompt with exactly one atom made false of its witness scene: an object's colour, shape or size
+    changed, a count moved by one, a relation reversed, or an absence turned into one of the scene's objects."""
+    p = item.parsed
+    kinds = ["object"] + (["relation"] if p.relations else []) + (["absence"] if p.absent else [])
+    kind = kinds[rng.integers(len(kinds))]
+    if kind == "relation":
+        k = int(rng.integers(len(p.relations)))
+        i, rel, j = p.relations[k]
+        flip = {"left": "right", "right": "left", "above": "below", "below": "above"}
+        new = (i, flip[rel], j) if rel in flip else (j, rel, i)  # a stack read upside down
+        return Prompt(p.objects, p.relations[:k] + [new] + p.relations[k + 1:], p.absent)
+    if kind == "absence":
+        o = item.scene.objects[rng.integers(len(item.scene.objects))]
+        return Prompt(p.objects, p.relations, [Phrase(o.colour, o.shape, None)])
+    k = int(rng.integers(len(p.objects)))
+    ph = p.objects[k]
+    others = [o for m, o in enumerate(p.objects) if m != k]
+    options = [replace(ph, colour=c) for c in COLOUR_NAMES if c != ph.colour] + \
+              [replace(ph, shape=s) for s in SHAPES if s != ph.shape] + \
+              ([replace(ph, size=s) for s in SIZE_NAMES if s != ph.size] if ph.size else [])
+    options = [o for o in options if not any(o.matches(s) for s in item.scene.objects)]
+    if rng.random() < 0.3 or not options:  # a count off by one: one object fewer, or one more
+        if len(p.objects) > 1 and not any(i == k or j == k for i, _, j in p.relations) and rng.random() < 0.5:
+            return Prompt(others, [(i - (i > k), r, j - (j > k)) for i, r, j in p.relations], p.absent)
+        return Prompt(p.objects + [ph], p.relations, p.absent)
+    objects = list(p.objects)
+    objects[k] = options[rng.integers(len(options))]
+    return Prompt(objects, p.relations, p.absent)
