@@ -221,9 +221,11 @@ def _scores(product, scorers, image) -> Tuple[float, Dict[str, float]]:
 
     from .experts.known import KnownPixels
     from .experts.physics import CentroidConstraint, LayoutPotential
+    from .experts.shapes.footprint import Footprint
 
     x = image[None]
-    asked = [r for r in product.potentials if not isinstance(r, (LayoutPotential, CentroidConstraint, KnownPixels))]
+    asked = [r for r in product.potentials
+             if not isinstance(r, (LayoutPotential, CentroidConstraint, KnownPixels, Footprint))]
     reward = float(torch.stack([r.log_potential(x)[0] for r in asked]).mean()) if asked else 0.0
     metrics = {}
     for column, pots, layout in scorers:

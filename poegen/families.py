@@ -145,12 +145,13 @@ def shapes_layout(prompt: Union[str, Prompt], place: bool = True) -> Layout:
 
 def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
                    vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
-                   counts: bool = True) -> Product:
+                   counts: bool = True, footprint: bool = True) -> Product:
     """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
     or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
     and relation, the answer no to one per absent phrase and, unless it edits an image, one count per shape
-    (``count_questions``; ``counts=False`` leaves them out, an ablation), and a simulated scene's layout
-    potential and hard constraint (weights from its spec)."""
+    (``count_questions``; ``counts=False`` leaves them out, an ablation), where every object of several has a
+    place the ``Footprint`` (nothing drawn away from them; ``footprint=False`` leaves it out), and a simulated
+    scene's layout potential and hard constraint (weights from its spec)."""
     from .experts.shapes.model import load_prior
     from .experts.shapes.vlm import load_vlm
 
@@ -185,6 +186,11 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
         lambdas = [vlm_weight * m for _, m, _ in asked]
     if layout.edit is not None:  # the given image outside the edit mask; the new objects' footprints stand in
         potentials.append(layout.edit.known_pixels())  # the given image outside the edit mask
+        lambdas.append(1.0)
+    centres = [o.centre(size) for o in layout.objects]
+    if footprint and layout.edit is None and physics is None and len(centres) > 1 and None not in centres:
+        from .experts.shapes.footprint import footprint as make_footprint
+        potentials.append(make_footprint(centres, phrases, size))  # nothing drawn away from the placed objects
         lambdas.append(1.0)
     for c in physics.spec.constraints if physics is not None else ():
         potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
