@@ -57,7 +57,8 @@ def test_prompt_product_uses_composable_weights():
     assert product.names[0] == "shapes[null]"
     assert product.potential_names == ["vlm[is there a red ball?]", "vlm[is there a blue box?]",
                                        "vlm[are there one balls?]", "vlm[are there one boxes?]",
-                                       "vlm[are there zero wedges?]"]  # the counts ask for nothing else
+                                       "vlm[are there zero wedges?]",  # the counts ask for nothing else
+                                       "footprint"]  # and nothing is drawn away from the placed objects
     from poegen.experts.shapes.prompt import COUNT_WEIGHT, GUIDANCE, VLM_WEIGHT
 
     default = build_product("a red ball")
