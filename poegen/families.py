@@ -109,7 +109,7 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
         e = _with_dtype(_entry(spec, POTENTIALS, POTENTIAL_FIELDS,
                                "--potential" if isinstance(spec, str) else f"potentials[{j}]"), dtype)
         lay = from_prompt(e["prompt"]) if e.get("prompt") else layout
-        made = POTENTIALS[e["kind"]][1](e["path"], lay.texts(), lay, **e["options"])
+        made = POTENTIALS[e["kind"]][1](e["path"], lay.texts(), lay, **e["options"]) + _absences(e, lay)
         pots += made
         lams += [float(e.get("weight", lambdas))] * len(made)
     if layout.edit is not None:  # the given image outside the edit mask, on decoded pixels
@@ -118,6 +118,22 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
     decode = next((bb.decode for bb in backbones.values() if bb.decode is not None), None)
     gen, weights, masks = merge_experts(gen, weights, masks)
     return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode)
+
+
+def _absences(entry: dict, layout: Layout) -> List:
+    """A vqa entry's potentials of the layout's absences ("no box"): the VLM asked about each absent phrase and
+    answering No (against Yes). Other kinds have no way to say no: they score only what is asked for."""
+    if not layout.absent or layout.questions is not None:
+        return []
+    if entry["kind"] != "vqa":
+        log.warning("%s potentials cannot score absences (%s); a vqa potential can", entry["kind"],
+                    ", ".join(f"no {a}" for a in layout.absent))
+        return []
+    made = POTENTIALS["vqa"][1](entry["path"], layout.absent, layout, **{**entry["options"], "answer": "No",
+                                                                        "versus": "Yes"})
+    for p, text in zip(made, layout.absent):
+        p.name = f"vqa[not: {text}]"
+    return made
 
 
 # ---- the embedded shapes world -----------------------------------------------------------------------------

@@ -23,9 +23,10 @@ log = logging.getLogger("poegen.specs")
 
 def split_prompt(text: str) -> Layout:
     """A prompt split into object phrases at "and" and commas, with "X on Y", "X left of Y", ... as relations
-    (the conjunctions and relation words the shapes world parses); the background prompt stays empty."""
+    and "no X" as an absence (the conjunctions, relation words and absences the shapes world parses); the
+    background prompt stays empty."""
     objects: List[str] = []
-    relations = []
+    relations, absent = [], []
 
     def index(phrase: str) -> int:
         phrase = " ".join(phrase.split())
@@ -38,11 +39,15 @@ def split_prompt(text: str) -> Layout:
     pattern = r"\s+(" + "|".join(re.escape(r) for r in RELATIONS) + r")\s+"
     for clause in re.split(r"\s*,\s*|\s+and\s+", text.strip()):
         parts = re.split(pattern, f" {clause} ", maxsplit=1)
-        if len(parts) == 3:
+        if re.match(r"no\s+\S", clause, flags=re.IGNORECASE) and len(parts) != 3:
+            absent.append(" ".join(clause.split()[1:]))
+        elif len(parts) == 3:
             relations.append((index(parts[0]), parts[1], index(parts[2])))
         else:
             index(clause)
-    return Layout("", [LayoutObject(p) for p in objects], relations)
+    if not objects:
+        raise ValueError(f"prompt {text!r} names no object to draw, only absent ones; e.g. 'a red ball and no box'")
+    return Layout("", [LayoutObject(p) for p in objects], relations, absent=absent)
 
 
 def from_prompt(text: str, compose: bool = False, parts: Optional[Sequence[str]] = None,

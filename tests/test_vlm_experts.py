@@ -1,4 +1,5 @@
 """CLIP score on a tiny CLIP built from a config, saved and loaded back offline."""
+import pytest
 import torch
 
 from poegen.experts import cache
@@ -157,3 +158,24 @@ def test_vqa_prompt_follows_the_processors_chat_template(tmp_path):
     cache.clear()
     longer = VQAScore.from_pretrained(root, "a red ball")
     assert longer.input_ids.shape[1] == plain.input_ids.shape[1] + 2  # and a different template is followed
+
+
+def test_an_absence_in_a_named_prompt_is_the_vlm_answering_no(tmp_path):
+    """'a red ball and no box' on named models: the vqa entry asks about the box too and wants No; its potential
+    is log P(No) / (P(No) + P(Yes)), so with the same question asked for Yes the probabilities sum to one."""
+    from poegen.experts.vlm import VQAScore
+    from poegen.families import _absences
+    from poegen.specs import from_prompt
+    from helpers import tiny_vlm_folder
+
+    layout = from_prompt("a red ball and no box", compose=True)
+    assert [o.phrase for o in layout.objects] == ["a red ball"] and layout.absent == ["box"]
+    root = tiny_vlm_folder(tmp_path)
+    (no,) = _absences({"kind": "vqa", "path": root, "options": {}}, layout)
+    assert no.name == "vqa[not: box]"
+    yes = VQAScore.from_pretrained(root, "box", versus="No")
+    _, images = _uint8_images(3)
+    assert torch.allclose(no.log_potential(images).exp() + yes.log_potential(images).exp(), torch.ones(3), atol=1e-5)
+    assert _absences({"kind": "clip", "path": root, "options": {}}, layout) == []  # CLIP cannot say no
+    with pytest.raises(ValueError, match="only absent"):
+        from_prompt("no box", compose=True)
