@@ -168,12 +168,12 @@ _WORKER: dict = {}
 
 
 def _init_worker(threads: int, config: Optional[dict] = None, metrics: Sequence[str] = (),
-                 shapes: Optional[dict] = None):
+                 shapes_options: Optional[dict] = None):
     """Per-process state of a comparison worker: its thread count, the experts and built targets."""
     if threads:
         torch.set_num_threads(threads)
     config = config or {"experts": [], "potentials": []}
-    _WORKER.update(config=config, metrics=list(metrics), targets={}, shapes=dict(shapes or {}))
+    _WORKER.update(config=config, metrics=list(metrics), targets={}, shapes_options=dict(shapes_options or {}))
     if not config["experts"]:
         from .experts.shapes import load_prior, load_vlm
         _WORKER.update(prior=load_prior(), vlm=load_vlm())
@@ -202,7 +202,7 @@ def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float])
         layout = load_target(target)
         cfg = _WORKER["config"]
         shapes = not cfg["experts"]
-        extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"], **_WORKER["shapes"]) if shapes else {}
+        extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"], **_WORKER["shapes_options"]) if shapes else {}
         product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, **extra)
         verdict = (lambda x: {"present": None, "relation": None, "exact": None})
         if shapes:
@@ -258,16 +258,16 @@ def _run_task(task):
                particles=particles, metrics=metrics, **verdict(x)), x
 
 
-def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str], shapes: Optional[dict]):
+def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str], shapes_options: Optional[dict]):
     """The tasks' (row, image) results in order: here, or in ``workers`` spawned processes sharing torch's threads."""
     if workers <= 1:
-        _init_worker(0, config, metrics, shapes)
+        _init_worker(0, config, metrics, shapes_options)
         yield from map(_run_task, tasks)
         return
     import multiprocessing as mp
 
     threads = max(1, torch.get_num_threads() // workers)
-    with mp.get_context("spawn").Pool(workers, _init_worker, (threads, config, metrics, shapes)) as pool:
+    with mp.get_context("spawn").Pool(workers, _init_worker, (threads, config, metrics, shapes_options)) as pool:
         yield from pool.imap(_run_task, tasks)
 
 

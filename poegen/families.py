@@ -25,10 +25,10 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
                   vlm_weight: Optional[float] = None, dtype: str = "auto", **shapes_options):
     """The Product of a Layout in its family: the named models in ``experts`` and ``potentials`` (registry
     entries; guidance and lambdas default to 1), or the embedded shapes world when none is named (its tuned
-    defaults; ``shapes_options``: prior, vlm, schedule, and the ablations ``place`` and ``counts``). ``dtype`` (auto, float32, bfloat16): the shapes prior's
-    compute dtype (auto: bf16 only where the hardware has it natively, ``hardware.pick_dtype``), or the named
-    models' torch_dtype where an entry gives none (auto: as loaded). An edit's ``Edit`` is kept as
-    ``product.edit``."""
+    defaults; ``shapes_options``: prior, vlm, schedule, and the ablations ``place``, ``counts`` and
+    ``footprint``). ``dtype`` (auto, float32, bfloat16): the shapes prior's compute dtype (auto: bf16 only
+    where the hardware has it natively, ``hardware.pick_dtype``), or the named models' torch_dtype where an entry
+    gives none (auto: as loaded). An edit's ``Edit`` is kept as ``product.edit``."""
     if experts:
         check_relations(layout)
         product = named_product(layout, experts, potentials, 1.0 if guidance is None else guidance,

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from .vocab import NUMBERS, PLURALS, SPECIALS, WORD_TO_ID, Phrase, parse_phrase, split_words, vocabulary
+from .vocab import NUMBERS, PLURAL_OF, PLURALS, SPECIALS, WORD_TO_ID, Phrase, parse_phrase, split_words, vocabulary
 from .vlm import RELATION_WORDS
 
 PROMPT_WORDS = ("and", "no", "objects")  # "no red objects": nothing red
@@ -58,9 +58,8 @@ def count_questions(phrases: List[Phrase]) -> List[str]:
     together they ask that nothing but the named objects be drawn, no second ball, no stray box."""
     from .world import SHAPES
 
-    plural = {shape: word for word, shape in PLURALS.items()}
     counts = {shape: sum(p.shape == shape for p in phrases) for shape in SHAPES}
-    return [f"are there {NUMBERS[n]} {plural[shape]}?" for shape, n in counts.items() if n < len(NUMBERS)]
+    return [f"are there {NUMBERS[n]} {PLURAL_OF[shape]}?" for shape, n in counts.items() if n < len(NUMBERS)]
 
 
 def _short(text: str, limit: int = 60) -> str:

@@ -16,13 +16,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .prompt import Prompt, parse_prompt, placement
+from .prompt import OPPOSITE, Prompt, parse_prompt, placement
 from .render import pixel_to_world
-from .vlm import holds
-from .vocab import NUMBERS, PLURALS, Phrase
+from .vlm import THRESHOLD, holds
+from .vocab import NUMBERS, PLURAL_OF, Phrase
 from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES, SIZES, WEDGE_SCALE, Scene, SceneObject, in_view, simulate
 
-PLURAL = {shape: word for word, shape in PLURALS.items()}
 MARGIN = 0.5  # world units beyond a relation's threshold a witness keeps (the checker reads pixels, 5 per unit)
 
 
@@ -62,7 +61,7 @@ def _two(rng):
 
 def _counting(rng):
     n = int(rng.integers(2, 5))
-    return f"{NUMBERS[n]} {PLURAL[_pick(rng, SHAPES)[0]]}"
+    return f"{NUMBERS[n]} {PLURAL_OF[_pick(rng, SHAPES)[0]]}"
 
 
 def _colours(rng):
@@ -115,7 +114,7 @@ def _negation(rng):
     cs = _pick(rng, COLOUR_NAMES, n + 1)
     if rng.random() < 0.5:  # an absent shape
         present = [f"a {c} {s}" for c, s in zip(cs, shapes[:n])]
-        return " and ".join(present) + f" and no {PLURAL[shapes[n]] if rng.random() < 0.5 else shapes[n]}"
+        return " and ".join(present) + f" and no {PLURAL_OF[shapes[n]] if rng.random() < 0.5 else shapes[n]}"
     present = [f"a {s}" for s in shapes[:n]]  # an absent colour: the unnamed colours must avoid it
     return ", ".join(present) + f", no {cs[n]} objects"
 
@@ -125,8 +124,8 @@ def _counts(rng):
     ca, cb = _pick(rng, COLOUR_NAMES, 2)
     n = int(rng.integers(2, 4))
     m = int(rng.integers(1, 5 - n))
-    first = f"{NUMBERS[n]} {ca} {PLURAL[a]}"
-    return f"{first} and {NUMBERS[m]} {cb} {PLURAL[b]}" if m > 1 else f"{first} and a {cb} {b}"
+    first = f"{NUMBERS[n]} {ca} {PLURAL_OF[a]}"
+    return f"{first} and {NUMBERS[m]} {cb} {PLURAL_OF[b]}" if m > 1 else f"{first} and a {cb} {b}"
 
 
 TIERS: Dict[str, Dict[str, Callable]] = {
@@ -141,7 +140,7 @@ def _drop(p: Prompt, rng) -> List[SceneObject]:
     """Objects for the prompt's phrases (unnamed attributes drawn at random, avoiding the absences), placed over
     where ``placement`` puts them (a random floor spot when it gives none) and lifted to fall into place."""
     places = placement(p)
-    objs, lift = [], {}
+    objs, lift = [], []
     for k, ph in enumerate(p.objects):
         for _ in range(20):
             o = SceneObject(ph.shape or _pick(rng, SHAPES)[0], ph.colour or _pick(rng, COLOUR_NAMES)[0],
@@ -156,7 +155,7 @@ def _drop(p: Prompt, rng) -> List[SceneObject]:
         half = 0.75 * SIZES[o.size] * (WEDGE_SCALE if o.shape == "wedge" else 1.0)
         angle = float(rng.choice([0.0, math.pi / 2])) if o.shape == "wedge" else 0.0
         objs.append(replace(o, x=x, y=y, angle=angle))
-        lift[k] = half
+        lift.append(half)
     # stack bottom-up: each object starts above the top of the one below it
     order = sorted(range(len(objs)), key=lambda k: objs[k].y)
     tops: List[Tuple[float, float]] = []  # (x, top) of the objects placed so far
@@ -184,9 +183,9 @@ def satisfied(p: Prompt, scene: Scene, margin: float = MARGIN) -> bool:
 
     def holds_clearly(rel, a, b):
         if rel in ("left", "right"):
-            return holds(rel, a, b, on) and abs(a.x - b.x) > 0.3 + margin
+            return holds(rel, a, b, on) and abs(a.x - b.x) > THRESHOLD[rel] + margin
         if rel in ("above", "below"):
-            return holds(rel, a, b, on) and abs(a.y - b.y) > 0.5 + margin
+            return holds(rel, a, b, on) and abs(a.y - b.y) > THRESHOLD[rel] + margin
         return holds(rel, a, b, on) and abs(a.x - b.x) < 0.5  # 'on': resting squarely, not leaning
     for i, rel, j in p.relations:
         if not any(holds_clearly(rel, a, b) for a in objs for b in objs
@@ -238,8 +237,7 @@ def near_miss(item: Item, rng: np.random.Generator) -> Prompt:
     if kind == "relation":
         k = int(rng.integers(len(p.relations)))
         i, rel, j = p.relations[k]
-        flip = {"left": "right", "right": "left", "above": "below", "below": "above"}
-        new = (i, flip[rel], j) if rel in flip else (j, rel, i)  # a stack read upside down
+        new = (i, OPPOSITE[rel], j) if rel in OPPOSITE else (j, rel, i)  # a stack read upside down
         return Prompt(p.objects, p.relations[:k] + [new] + p.relations[k + 1:], p.absent)
     if kind == "absence":
         o = item.scene.objects[rng.integers(len(item.scene.objects))]

@@ -23,13 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import weights_io
-from .vocab import NUMBERS, PLURALS, Phrase, encode, parse_phrase, split_words
+from .vocab import NUMBERS, PLURAL_OF, PLURALS, Phrase, encode, parse_phrase, split_words
 from .weights_io import WEIGHTS_DIR  # noqa: F401  (re-exported for the scripts)
 from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES
 
 logger = logging.getLogger(__name__)
 
 RELATION_WORDS = ("left", "right", "on", "above", "below")
+THRESHOLD = {"left": 0.3, "right": 0.3, "above": 0.5, "below": 0.5}  # world units a positional relation needs
 
 
 # --------------------------------------------------------------------------- question language
@@ -70,15 +71,15 @@ def parse_question(text: str) -> Query:
 def holds(rel: str, a, b, on) -> bool:
     """Spatial relation between two objects with world x, y (on: callable on the pair)."""
     if rel == "left":
-        return a.x < b.x - 0.3
+        return a.x < b.x - THRESHOLD[rel]
     if rel == "right":
-        return a.x > b.x + 0.3
+        return a.x > b.x + THRESHOLD[rel]
     if rel == "on":
         return bool(on(a, b))
     if rel == "above":
-        return a.y > b.y + 0.5
+        return a.y > b.y + THRESHOLD[rel]
     if rel == "below":
-        return a.y < b.y - 0.5
+        return a.y < b.y - THRESHOLD[rel]
     raise ValueError(f"unknown relation {rel!r}; relations: {RELATION_WORDS}")
 
 
@@ -137,7 +138,7 @@ def random_question(scene, rng: np.random.Generator, want: bool, tries: int = 60
             shape = SHAPES[rng.integers(len(SHAPES))]
             true_n = sum(o.shape == shape for o in objs)
             n = true_n if want else int(np.clip(true_n + rng.choice([-2, -1, 1, 1, 2]), 0, 4))
-            q = f"are there {NUMBERS[n]} {[k for k, v in PLURALS.items() if v == shape][0]}"
+            q = f"are there {NUMBERS[n]} {PLURAL_OF[shape]}"
         else:
             if len(objs) >= 2 and rng.random() < 0.85:
                 i, j = (int(v) for v in rng.choice(len(objs), size=2, replace=False))
@@ -169,7 +170,7 @@ def _unambiguous(q: str, scene) -> bool:
         for b in scene.objects:
             if a is not b and qq.a.matches(a) and qq.b.matches(b):
                 d = a.x - b.x if qq.rel in ("left", "right") else a.y - b.y
-                margin = 0.3 if qq.rel in ("left", "right") else 0.5
+                margin = THRESHOLD.get(qq.rel, 0.5)  # 'on' (never asked here) as the vertical ones
                 if margin - 0.25 < abs(d) < margin + 0.25:
                     return False
     return True

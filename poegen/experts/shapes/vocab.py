@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES
 
 PLURALS = {"balls": "ball", "boxes": "box", "wedges": "wedge"}
+PLURAL_OF = {shape: word for word, shape in PLURALS.items()}
 NUMBERS = ("zero", "one", "two", "three", "four")
 RELATIONS = ("left", "right", "on", "above", "below")
 FUNCTION_WORDS = ("is", "are", "there", "a", "an", "the", "of")
