@@ -43,6 +43,22 @@ def current(device) -> int:
     return _status("VmRSS")
 
 
+def available():
+    """(bytes, note) this process may still take on the host: MemAvailable, or less under a soft address-space
+    limit (``ulimit -v``), whose note then says so; (inf, "") where neither can be read."""
+    import resource
+
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        free = float("inf")
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY and soft - _status("VmSize") < free:
+        return max(0, soft - _status("VmSize")), f" under the address-space limit of {soft / GB:.1f} GB (ulimit -v)"
+    return free, ""
+
+
 def reset_peak(device):
     device = torch.device(device)
     if device.type == "cuda":

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cache import cached
-from .diffusers import resolve
+from .diffusers.common import load_pretrained, resolve
 
 log = logging.getLogger("poegen.experts.vlm")
 
@@ -58,8 +58,8 @@ class ClipScore:
 
         root = resolve(path_or_id)
         model, tok = cached("clip", root, torch_dtype, None, lambda: (
-            CLIPModel.from_pretrained(root, dtype=torch_dtype),
-            CLIPTokenizer.from_pretrained(resolve(tokenizer) if tokenizer else root)), tokenizer)
+            load_pretrained(CLIPModel, root, dtype=torch_dtype),
+            load_pretrained(CLIPTokenizer, resolve(tokenizer) if tokenizer else root)), tokenizer)
         return cls(model, tok, text, **kwargs)
 
     rows_per_question = False  # micro_batch counts images: each is embedded once for every question
@@ -154,7 +154,8 @@ class VQAScore:
         root = resolve(path_or_id)
         kwargs.setdefault("name", f"vqa[{text}]")
         model, processor = cached("vqa", root, torch_dtype, None, lambda: (
-            AutoModelForImageTextToText.from_pretrained(root, dtype=torch_dtype), AutoProcessor.from_pretrained(root)))
+            load_pretrained(AutoModelForImageTextToText, root, dtype=torch_dtype),
+            load_pretrained(AutoProcessor, root)))
         return cls(model, processor, question.format(text), **kwargs)
 
     rows_per_question = True  # micro_batch counts (question, image) rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..cache import cached
-from .common import resolve
+from .common import load_pretrained, resolve
 from .sdxl import SDXLExpert
 from .unet import TextConditionedUNetExpert, unet_config
 
@@ -70,7 +70,7 @@ def load_controlnet_prompts(base: str, controlnet: str, prompts, control_image: 
         raise ValueError("a ControlNet expert needs a control image of shape (1, C, H, W) in [0, 1]")
     root = resolve(controlnet)
     net = cached("controlnet", root, torch_dtype, None,
-                 lambda: ControlNetModel.from_pretrained(root, torch_dtype=torch_dtype))
+                 lambda: load_pretrained(ControlNetModel, root, torch_dtype=torch_dtype))
     xl = unet_config(base).get("addition_embed_type") == "text_time"
     kwargs.setdefault("name", None)
     experts = (SDXLExpert if xl else TextConditionedUNetExpert).load_prompts(base, prompts, torch_dtype=torch_dtype)

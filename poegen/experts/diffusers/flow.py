@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ...schedules import flow_input, sigma_to_flow
 from ..cache import cached
-from .common import _encoded, _micro_batched, _prompt_ids, _stacked_conditioning, resolve
+from .common import _encoded, _micro_batched, _prompt_ids, _stacked_conditioning, load_pretrained, resolve
 from .vae import _vae_config, _vae_scale
 
 log = logging.getLogger("poegen.experts.diffusers")
@@ -40,7 +40,7 @@ class FlowTransformerExpert:
                         subfolder: str = "transformer", **kwargs) -> "FlowTransformerExpert":
         from diffusers import SD3Transformer2DModel
 
-        model = SD3Transformer2DModel.from_pretrained(resolve(path_or_id), subfolder=subfolder)
+        model = load_pretrained(SD3Transformer2DModel, resolve(path_or_id), subfolder)
         return cls(model, encoder_hidden_states, pooled_projections, **kwargs)
 
     @property
@@ -102,12 +102,11 @@ def _flux_parts(path_or_id: str, torch_dtype=None) -> dict:
 
         root = resolve(path_or_id)
         return {"root": root, "embeddings": {},
-                "transformer": FluxTransformer2DModel.from_pretrained(root, subfolder="transformer",
-                                                                      torch_dtype=torch_dtype),
-                "clip_tokenizer": CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
-                "clip": CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval(),
-                "t5_tokenizer": AutoTokenizer.from_pretrained(root, subfolder="tokenizer_2"),
-                "t5": T5EncoderModel.from_pretrained(root, subfolder="text_encoder_2").eval()}
+                "transformer": load_pretrained(FluxTransformer2DModel, root, "transformer", torch_dtype=torch_dtype),
+                "clip_tokenizer": load_pretrained(CLIPTokenizer, root, "tokenizer"),
+                "clip": load_pretrained(CLIPTextModel, root, "text_encoder").eval(),
+                "t5_tokenizer": load_pretrained(AutoTokenizer, root, "tokenizer_2"),
+                "t5": load_pretrained(T5EncoderModel, root, "text_encoder_2").eval()}
     return cached("flux", path_or_id, torch_dtype, None, load)
 
 

@@ -1,14 +1,13 @@
 """Stable Diffusion XL: the text-conditioned UNet expert with SDXL's two CLIP text encoders and added time ids."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..cache import cached
-from .common import _encoded, _prompt_ids, resolve
+from .common import _encoded, _prompt_ids, load_pretrained, read_config, resolve
 from .unet import TextConditionedUNetExpert
 from .vae import _vae_scale
 
@@ -70,18 +69,17 @@ def _sdxl_parts(path_or_id: str, torch_dtype=None) -> dict:
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         root = resolve(path_or_id)
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype)
+        unet = load_pretrained(UNet2DConditionModel, root, "unet", torch_dtype=torch_dtype)
         if unet.config.addition_embed_type != "text_time":
             raise ValueError(f"{path_or_id}: unet addition_embed_type is {unet.config.addition_embed_type!r}, not "
                              "'text_time'; this is not an SDXL UNet (use the `sd` expert for SD 1.x/2.x)")
-        index = Path(root) / "model_index.json"
-        index = json.loads(index.read_text()) if index.exists() else {}
+        index = read_config(Path(root) / "model_index.json", required=False)
         return {"root": root, "unet": unet, "embeddings": {},
-                "scheduler": DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
-                "encoders": [(CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
-                              CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()),
-                             (CLIPTokenizer.from_pretrained(root, subfolder="tokenizer_2"),
-                              CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder_2").eval())],
+                "scheduler": load_pretrained(DDPMScheduler, root, "scheduler"),
+                "encoders": [(load_pretrained(CLIPTokenizer, root, "tokenizer"),
+                              load_pretrained(CLIPTextModel, root, "text_encoder").eval()),
+                             (load_pretrained(CLIPTokenizer, root, "tokenizer_2"),
+                              load_pretrained(CLIPTextModelWithProjection, root, "text_encoder_2").eval())],
                 "zeros_for_empty": index.get("force_zeros_for_empty_prompt", True)}
     return cached("sdxl", path_or_id, torch_dtype, None, load)
 

@@ -4,7 +4,6 @@ text-conditioned ``UNet2DConditionModel`` on VAE latents (``TextConditionedUNetE
 Schedulers are read once as tables (``alphas_cumprod``); their ``step()`` is never called."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +12,8 @@ from torch import Tensor
 
 from ...schedules import sigma_to_vp_t, vp_input, vp_sigmas
 from ..cache import cached
-from .common import _encoded, _micro_batched, _prompt_ids, _stacked_conditioning, resolve
+from .common import (_encoded, _micro_batched, _prompt_ids, _stacked_conditioning, load_pretrained, read_config,
+                     resolve)
 
 
 class VPUNetExpert:
@@ -44,9 +44,9 @@ class VPUNetExpert:
 
         torch_dtype = kwargs.pop("torch_dtype", None)
         root = resolve(path_or_id)
-        unet = cached("unet", root, torch_dtype, None, lambda: UNet2DModel.from_pretrained(
-            root, subfolder=unet_subfolder, torch_dtype=torch_dtype), unet_subfolder)
-        scheduler = DDPMScheduler.from_pretrained(root, subfolder=scheduler_subfolder)
+        unet = cached("unet", root, torch_dtype, None, lambda: load_pretrained(
+            UNet2DModel, root, unet_subfolder, torch_dtype=torch_dtype), unet_subfolder)
+        scheduler = load_pretrained(DDPMScheduler, root, scheduler_subfolder)
         kwargs.setdefault("name", f"unet[{path_or_id}]")
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.prediction_type, **kwargs)
 
@@ -136,14 +136,13 @@ def _sd_parts(path_or_id: str, torch_dtype=None) -> dict:
 
         root = resolve(path_or_id)
         return {"root": root, "embeddings": {},
-                "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype),
-                "scheduler": DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
-                "tokenizer": CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"),
-                "encoder": CLIPTextModel.from_pretrained(root, subfolder="text_encoder").eval()}
+                "unet": load_pretrained(UNet2DConditionModel, root, "unet", torch_dtype=torch_dtype),
+                "scheduler": load_pretrained(DDPMScheduler, root, "scheduler"),
+                "tokenizer": load_pretrained(CLIPTokenizer, root, "tokenizer"),
+                "encoder": load_pretrained(CLIPTextModel, root, "text_encoder").eval()}
     return cached("sd", path_or_id, torch_dtype, None, load)
 
 
 def unet_config(path_or_id: str) -> dict:
     """The UNet config of a Stable Diffusion (or SDXL) folder, read without loading weights."""
-    config = Path(resolve(path_or_id)) / "unet" / "config.json"
-    return json.loads(config.read_text()) if config.exists() else {}
+    return read_config(Path(resolve(path_or_id)) / "unet" / "config.json", required=False)

@@ -2,19 +2,17 @@
 ``decode`` callable that lets potentials score pixels."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ..cache import cached
-from .common import resolve
+from .common import load_pretrained, read_config, resolve
 
 
 def _vae_config(root: str) -> dict:
-    config = Path(root) / "vae" / "config.json"
-    return json.loads(config.read_text()) if config.exists() else {}
+    return read_config(Path(root) / "vae" / "config.json", required=False)
 
 
 def _vae_scale(root: str) -> int:
@@ -39,7 +37,7 @@ def load_vae(root: str, subfolder: str = "vae", device=None):
     share it."""
     from diffusers import AutoencoderKL
 
-    return cached("vae", root, None, device, lambda: AutoencoderKL.from_pretrained(root, subfolder=subfolder).eval()
+    return cached("vae", root, None, device, lambda: load_pretrained(AutoencoderKL, root, subfolder).eval()
                   .to(device), subfolder)
 
 
