@@ -22,7 +22,8 @@ from torch import Tensor
 
 from .cache import cached
 from .cache import torch_dtype as _torch_dtype
-from .diffusers import FlowTransformerExpert, _encoded, resolve
+from .diffusers import FlowTransformerExpert, _Decode, _encoded, resolve
+from .diffusers.common import load_pretrained
 
 # the keyword options a config entry of kind "wan" may give ``load_wan``
 OPTIONS = ("num_frames", "height", "width", "max_sequence_length", "conditioning_scale", "micro_batch", "torch_dtype")
@@ -59,11 +60,10 @@ def _wan_parts(path_or_id: str, torch_dtype=None) -> dict:
             raise ValueError(f"{path_or_id}: transformer/ is a {kind}, not a Wan 2.1 transformer "
                              "(WanTransformer3DModel or WanVACETransformer3DModel)")
         return {"root": root, "embeddings": {},
-                "transformer": getattr(diffusers, kind).from_pretrained(root, subfolder="transformer",
-                                                                        torch_dtype=torch_dtype).eval(),
-                "tokenizer": AutoTokenizer.from_pretrained(root, subfolder="tokenizer"),
-                "text_encoder": UMT5EncoderModel.from_pretrained(root, subfolder="text_encoder",
-                                                                 torch_dtype=torch_dtype).eval()}
+                "transformer": load_pretrained(getattr(diffusers, kind), root, "transformer",
+                                               torch_dtype=torch_dtype).eval(),
+                "tokenizer": load_pretrained(AutoTokenizer, root, "tokenizer"),
+                "text_encoder": load_pretrained(UMT5EncoderModel, root, "text_encoder", torch_dtype=torch_dtype).eval()}
     return cached("wan", path_or_id, torch_dtype, None, load)
 
 
@@ -86,7 +86,7 @@ def load_wan_vae(root: str, device=None):
     from diffusers import AutoencoderKLWan
 
     return cached("wan-vae", root, None, device,
-                  lambda: AutoencoderKLWan.from_pretrained(root, subfolder="vae").eval().to(device))
+                  lambda: load_pretrained(AutoencoderKLWan, root, "vae").eval().to(device))
 
 
 def _stats(vae, like: Tensor) -> Tuple[Tensor, Tensor]:
@@ -110,15 +110,16 @@ def wan_decoder(path_or_id: str, device=None):
     """A decode(latents (N, C, F, h, w)) -> videos (N, 3, frames, H, W) in [-1, 1] callable for ``Product(decode=)``;
     ``decode.micro_batch`` clips per VAE call (all when None)."""
     vae = load_wan_vae(resolve(path_or_id), device)
+    module = _Decode(vae)
 
-    def decode(latents: Tensor) -> Tensor:
-        p = next(vae.parameters())
+    def decode(latents: Tensor) -> Tensor:  # differentiable where the caller enables grad
+        p = next(module.parameters())
         mean, inv_std = _stats(vae, latents.to(p.device, p.dtype))
         z = latents.to(p.device, p.dtype) / inv_std + mean
-        out = torch.cat([vae.decode(c).sample for c in z.split(decode.micro_batch or len(z))])
+        out = torch.cat([module(chunk) for chunk in z.split(decode.micro_batch or len(z))])
         return out.clamp(-1, 1).to(latents.device, latents.dtype)
-    decode.vae, decode.micro_batch = vae, None
-    decode.offload_modules = lambda: [vae]
+    decode.vae, decode.module, decode.micro_batch = vae, module, None  # Product.to moves the VAE
+    decode.offload_modules = lambda: [module]
     return decode
 
 
@@ -232,8 +233,8 @@ def _clip_image_tokens(root: str, image: Tensor, torch_dtype) -> Tensor:
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
     enc = cached("wan-image-encoder", root, torch_dtype, None, lambda: (
-        CLIPImageProcessor.from_pretrained(root, subfolder="image_processor"),
-        CLIPVisionModel.from_pretrained(root, subfolder="image_encoder", torch_dtype=torch_dtype).eval()))
+        CLIPImageProcessor.from_pretrained(root, subfolder="image_processor"),  # load_pretrained wants a tokenizer
+        load_pretrained(CLIPVisionModel, root, "image_encoder", torch_dtype=torch_dtype).eval()))
     pixels = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     inputs = enc[0](images=Image.fromarray(pixels), return_tensors="pt").to(enc[1].device)
     with torch.no_grad():
