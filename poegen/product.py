@@ -132,7 +132,9 @@ class Product:
                 if not math.isfinite(v):  # NaN or inf would only surface later as dead particles or a wrong hint
                     raise ValueError(f"Product: {field} of {name} is {v}, not a finite number")
         self.schedule = lambda_schedule(schedule)
-        self.decode = decode
+        # latents to pixels for the potentials: given, else the first expert's own (``poegen.from_pipeline``'s VAE)
+        self.decode = decode if decode is not None else next(
+            (e.decode for e in self.experts if callable(getattr(e, "decode", None))), None)
         self.shape = self._event_shape()
         self.nfe: Dict[str, int] = {n: 0 for n in self.names + self.potential_names}
         self.edit = None  # an edit's image and mask (poegen.edit.Edit), set by families.build_product

@@ -14,7 +14,8 @@ class GenerativeExpert(Protocol):
 
     Optional attributes the engine reads when present: ``name``, ``shape`` (event shape),
     ``sigma_min`` / ``sigma_max`` (the noise range it was trained on), and
-    ``log_density(x, sigma) -> (N,)`` (normalised, enables MALA and exact weights). Experts on one backbone
+    ``log_density(x, sigma) -> (N,)`` (normalised, enables MALA and exact weights), ``decode(latents)`` (a latent
+    model's decoder to images in [-1, 1]; a Product given no ``decode`` takes the first one). Experts on one backbone
     share a ``batch_key``; the product then calls ``type(e).denoise_batch(experts, x, sigma)`` once for all.
     """
 

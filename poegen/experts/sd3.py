@@ -102,17 +102,27 @@ class SD3Expert(FlowTransformerExpert):
 
         if isinstance(prompts, str):
             raise TypeError("prompts: expected a list of prompts, got one string; use from_pretrained for one")
-        if not 1 <= int(max_sequence_length) <= 512:
-            raise ValueError(f"max_sequence_length {max_sequence_length} must be between 1 and 512 (as "
-                             "StableDiffusion3Pipeline)")
         torch_dtype = _torch_dtype(torch_dtype)
         root = resolve(path_or_id)
         model = cached("sd3", root, torch_dtype, None, lambda: SD3Transformer2DModel.from_pretrained(
             root, subfolder="transformer", torch_dtype=torch_dtype))
-        shape = _latent_shape(model.config, _vae_scale(root), resolution)
         text = cached("sd3-text", root, torch_dtype, None,
                       lambda: {"encoders": load_text_encoders(root, torch_dtype), "embeddings": {}})
-        _check_widths(model.config, text["encoders"], path_or_id)
+        return cls.from_parts({"transformer": model, "text": text, "vae_scale": _vae_scale(root)}, prompts,
+                              resolution, max_sequence_length, micro_batch, name, where=path_or_id)
+
+    @classmethod
+    def from_parts(cls, parts: dict, prompts: Sequence[str], resolution: Optional[int] = None,
+                   max_sequence_length: int = 256, micro_batch: Optional[int] = None, name: Optional[str] = None,
+                   where: str = "sd3") -> list:
+        """One expert per prompt on already loaded parts (``transformer``, ``vae_scale`` and ``text``: the
+        ``encoders`` of ``load_text_encoders`` and an ``embeddings`` cache): a folder's or a user's pipeline's."""
+        if not 1 <= int(max_sequence_length) <= 512:
+            raise ValueError(f"max_sequence_length {max_sequence_length} must be between 1 and 512 (as "
+                             "StableDiffusion3Pipeline)")
+        model, text = parts["transformer"], parts["text"]
+        shape = _latent_shape(model.config, parts["vae_scale"], resolution)
+        _check_widths(model.config, text["encoders"], where)
         experts = []
         for prompt in prompts:
             hidden, pooled = _encoded(text, (prompt, int(max_sequence_length)), lambda key: encode_sd3_prompt(

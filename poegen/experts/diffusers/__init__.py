@@ -5,7 +5,7 @@ pipeline kind, every name re-exported here (``from poegen.experts.diffusers impo
 
     common.py      resolve (local folder or cached hub id), prompt tokenising/encoding once, micro-batched
                    backbone calls shared by experts on one model
-    vae.py         the AutoencoderKL: config and latent scale, load_vae, vae_decoder
+    vae.py         the AutoencoderKL: config and latent scale, load_vae, vae_decoder (decoder_of a loaded VAE)
     unet.py        VPUNetExpert (pixel UNet2DModel), TextConditionedUNetExpert (Stable Diffusion 1.x/2.x), unet_config
     sdxl.py        SDXLExpert and its two-encoder prompt encoding
     controlnet.py  ControlNetExpert, SDXLControlNetExpert, load_controlnet_prompts
@@ -19,5 +19,5 @@ from .controlnet import ControlNetExpert, SDXLControlNetExpert, _ControlNetMixin
 from .flow import FlowTransformerExpert, FluxExpert, _flux_parts, latent_ids, log, pack_latents, unpack_latents
 from .sdxl import SDXLExpert, _sdxl_parts, encode_sdxl_prompt
 from .unet import TextConditionedUNetExpert, VPUNetExpert, _sd_parts, unet_config
-from .vae import _Decode, _vae_config, _vae_scale, load_vae, vae_decoder
+from .vae import _Decode, _vae_config, _vae_scale, decoder_of, load_vae, vae_decoder
 

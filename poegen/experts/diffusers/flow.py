@@ -101,7 +101,8 @@ def _flux_parts(path_or_id: str, torch_dtype=None) -> dict:
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
         root = resolve(path_or_id)
-        return {"root": root, "embeddings": {},
+        return {"root": root, "embeddings": {}, "vae_scale": _vae_scale(root),
+                "sample_size": _vae_config(root).get("sample_size", 1024),
                 "transformer": load_pretrained(FluxTransformer2DModel, root, "transformer", torch_dtype=torch_dtype),
                 "clip_tokenizer": load_pretrained(CLIPTokenizer, root, "tokenizer"),
                 "clip": load_pretrained(CLIPTextModel, root, "text_encoder").eval(),
@@ -138,15 +139,23 @@ class FluxExpert(FlowTransformerExpert):
                      torch_dtype=None, **kwargs):
         """One expert per prompt on one transformer; images are ``resolution`` pixels square (default: the VAE's
         ``sample_size``, 1024 for FLUX.1), latents 2 * (resolution // (2 * vae factor)) on a side."""
-        parts = _flux_parts(path_or_id, torch_dtype)
-        root, model = parts["root"], parts["transformer"]
-        side = 2 * ((resolution or _vae_config(root).get("sample_size", 1024)) // (2 * _vae_scale(root)))
+        return cls.from_parts(_flux_parts(path_or_id, torch_dtype), prompts, resolution, max_sequence_length, **kwargs)
+
+    @classmethod
+    def from_parts(cls, parts: dict, prompts, resolution: Optional[int] = None, max_sequence_length: int = 512,
+                   **kwargs):
+        """One expert per prompt on already loaded parts (``transformer``, ``clip_tokenizer``, ``clip``,
+        ``t5_tokenizer``, ``t5``, ``vae_scale``, ``sample_size`` (default pixels) and an ``embeddings`` cache): a
+        folder's (``_flux_parts``) or a user's pipeline's (``poegen.from_pipeline``)."""
+        model = parts["transformer"]
+        side = 2 * ((resolution or parts["sample_size"]) // (2 * parts["vae_scale"]))
         shape = (model.config.in_channels // 4, side, side)
         length = min(max_sequence_length, parts["t5_tokenizer"].model_max_length)
 
         def encode(prompt):
-            return (parts["t5"](_prompt_ids(parts["t5_tokenizer"], prompt, length)).last_hidden_state,
-                    parts["clip"](_prompt_ids(parts["clip_tokenizer"], prompt)).pooler_output)
+            t5, clip = parts["t5"], parts["clip"]
+            return (t5(_prompt_ids(parts["t5_tokenizer"], prompt, length).to(t5.device)).last_hidden_state,
+                    clip(_prompt_ids(parts["clip_tokenizer"], prompt).to(clip.device)).pooler_output)
         experts = []
         for prompt in prompts:
             hidden, pooled = _encoded(parts, (prompt, length), lambda key: encode(key[0]))

@@ -36,11 +36,17 @@ class SDXLExpert(TextConditionedUNetExpert):
         """One expert per prompt, all on one UNet (so a product of them is one batched call per step).
 
         Sizes are (height, width) in pixels; both default to the UNet's sample size times the VAE factor."""
-        parts = _sdxl_parts(path_or_id, torch_dtype)
-        unet, scheduler, root = parts["unet"], parts["scheduler"], parts["root"]
+        return cls.from_parts(_sdxl_parts(path_or_id, torch_dtype), prompts, original_size, crop_top_left, target_size,
+                              **kwargs)
+
+    @classmethod
+    def from_parts(cls, parts: dict, prompts, original_size=None, crop_top_left=(0, 0), target_size=None, **kwargs):
+        """One expert per prompt on already loaded parts (``unet``, ``scheduler``, ``encoders``, ``zeros_for_empty``,
+        ``vae_scale`` and an ``embeddings`` cache): a folder's (``_sdxl_parts``) or a user's pipeline's."""
+        unet, scheduler, scale = parts["unet"], parts["scheduler"], parts["vae_scale"]
         size = unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        target = tuple(target_size or (size[0] * _vae_scale(root), size[1] * _vae_scale(root)))
+        target = tuple(target_size or (size[0] * scale, size[1] * scale))
         time_ids = torch.tensor([[*(original_size or target), *crop_top_left, *target]], dtype=torch.float32)
         experts = []
         for prompt in prompts:
@@ -74,7 +80,7 @@ def _sdxl_parts(path_or_id: str, torch_dtype=None) -> dict:
             raise ValueError(f"{path_or_id}: unet addition_embed_type is {unet.config.addition_embed_type!r}, not "
                              "'text_time'; this is not an SDXL UNet (use the `sd` expert for SD 1.x/2.x)")
         index = read_config(Path(root) / "model_index.json", required=False)
-        return {"root": root, "unet": unet, "embeddings": {},
+        return {"root": root, "unet": unet, "embeddings": {}, "vae_scale": _vae_scale(root),
                 "scheduler": load_pretrained(DDPMScheduler, root, "scheduler"),
                 "encoders": [(load_pretrained(CLIPTokenizer, root, "tokenizer"),
                               load_pretrained(CLIPTextModel, root, "text_encoder").eval()),
@@ -90,6 +96,6 @@ def encode_sdxl_prompt(encoders, prompt: str):
     penultimate layers concatenated, and the second encoder's projected embedding."""
     hidden = []
     for tokenizer, encoder in encoders:
-        out = encoder(_prompt_ids(tokenizer, prompt), output_hidden_states=True)
+        out = encoder(_prompt_ids(tokenizer, prompt).to(encoder.device), output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
     return torch.cat(hidden, dim=-1), out.text_embeds

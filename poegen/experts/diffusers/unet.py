@@ -111,10 +111,17 @@ class TextConditionedUNetExpert(VPUNetExpert):
     def load_prompts(cls, path_or_id: str, prompts, torch_dtype=None, **kwargs):
         """One expert per prompt, all on one UNet loaded once per (folder, dtype) (so a product of them is one
         call per step, whichever config entry or region asked for them)."""
-        parts = _sd_parts(path_or_id, torch_dtype)
+        return cls.from_parts(_sd_parts(path_or_id, torch_dtype), prompts, **kwargs)
+
+    @classmethod
+    def from_parts(cls, parts: dict, prompts, **kwargs):
+        """One expert per prompt on already loaded parts (``unet``, ``scheduler``, ``tokenizer``, ``encoder`` and an
+        ``embeddings`` cache): a folder's (``_sd_parts``) or a user's pipeline's (``poegen.from_pipeline``)."""
+        def encode(text):
+            encoder = parts["encoder"]
+            return encoder(_prompt_ids(parts["tokenizer"], text).to(encoder.device)).last_hidden_state
         return [cls(parts["unet"], parts["scheduler"].alphas_cumprod, parts["scheduler"].config.prediction_type,
-                    _encoded(parts, prompt, lambda text: parts["encoder"](_prompt_ids(parts["tokenizer"], text))
-                             .last_hidden_state), **dict(kwargs, name=kwargs.get("name") or f"sd[{prompt}]"))
+                    _encoded(parts, prompt, encode), **dict(kwargs, name=kwargs.get("name") or f"sd[{prompt}]"))
                 for prompt in prompts]
 
     def _conditioning(self, n: int) -> dict:

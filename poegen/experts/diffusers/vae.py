@@ -45,7 +45,12 @@ def vae_decoder(path_or_id: str, subfolder: str = "vae", device=None):
     """A decode(latents) -> images in [-1, 1] callable for ``Product(decode=...)``: potentials see pixels.
     The VAE runs on ``device`` (default CPU) in float32, ``decode.micro_batch`` latents per call (all when None);
     images come back on the latents' device."""
-    vae = load_vae(resolve(path_or_id), subfolder, device)
+    return decoder_of(load_vae(resolve(path_or_id), subfolder, device))
+
+
+def decoder_of(vae):
+    """``vae_decoder``'s callable on an ``AutoencoderKL`` already loaded (a folder's, or a user's pipeline's), on
+    the VAE's own device and dtype."""
     shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents
     module = _Decode(vae)
 
