@@ -125,7 +125,7 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
         with open(path, "a") as manifest:
             if torn:  # a crash left the last record unterminated: never glue the next one onto it
                 manifest.write("\n")
-            for job_id, job in tqdm(mine, desc=f"batch {rank}/{world}", disable=not progress):
+            for job_id, job in tqdm(mine, desc=f"batch {rank}/{world}", disable=None if progress else True):
                 fp = fingerprint(job)
                 if finished.get(job_id, "") == fp:
                     counts["skipped"] += 1
@@ -138,7 +138,7 @@ def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int =
                 _remove_stale(out, job_id, leftovers)
                 t = time.perf_counter()
                 try:
-                    files = [p.name for p in run(job, out / f"{job_id}.png")]
+                    files = [p.name for p in run(job, out / f"{job_id}.png", progress=progress)]
                     record = {"id": job_id, "status": "ok", "files": files, "fingerprint": fp}
                     counts["done"] += 1
                     _remove_replaced(out, records.get(job_id), files)

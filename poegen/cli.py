@@ -93,7 +93,7 @@ def cmd_compare(args) -> int:
                                config=config, metrics=args.metrics or (), budgets=budgets,
                                options={"reward_every": args.reward_every} if args.reward_every != 1 else None)
     summary = reports.summarise(rows, images)
-    report = reports.write(Path(args.out), rows, images, summary)
+    report = reports.write(Path(args.out), rows, images, summary, progress=not args.quiet)
     print(reports.table(summary))
     print(f"wrote {report} and CSV/JSON tables in {args.out}")
     return 0
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     v.set_defaults(fn=cmd_env)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s %(name)s: %(message)s", handlers=[_BarSafeHandler()])
     try:
         if args.command in ("generate", "edit", "batch"):
             from .hardware import configure_threads
@@ -254,12 +254,40 @@ def main(argv=None) -> int:
         print("poegen: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # every error reaches the user as one line; -v adds the traceback
+        _close_bars()
         if args.verbose:
             import traceback
             traceback.print_exc()
         code, hint = _exit_code(e)
-        print(f"poegen: error: {e}{hint}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the exception held
+        print(f"poegen: error: {message}{hint}", file=sys.stderr)
         return code
+
+
+def _bars():
+    """The progress bars drawn now (tqdm's, if it was imported at all)."""
+    std = sys.modules.get("tqdm.std")
+    return list(std.tqdm._instances) if std is not None else []
+
+
+def _close_bars():
+    """Close the bars an error left drawn, so that what follows starts at column 0: a bar that stays (batch,
+    compare) ends its line, a passing one (a stage) is cleared."""
+    for bar in _bars():
+        bar.close()
+
+
+class _BarSafeHandler(logging.StreamHandler):
+    """Log records to stderr, each on its own line even while progress bars are drawn (``tqdm.write`` clears
+    the bars, writes the line and draws them again)."""
+
+    def emit(self, record):
+        if not _bars():
+            return super().emit(record)
+        try:
+            sys.modules["tqdm.std"].tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
 
 
 def _exit_code(e: Exception):

@@ -306,8 +306,12 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
         raise ValueError(f"budgets {budgets}: expected particle counts >= 1, e.g. 1,4,16")
     tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, vlm_weight, dict(options or {}))
              for b in budgets for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
-    results = list(tqdm(_results(tasks, workers, config, metrics, shapes_options), total=len(tasks), desc="compare",
-                        disable=not progress))
+    results = []  # the first result waits for the models: the bar says so until then
+    with tqdm(total=len(tasks), desc="compare: loading models", disable=None if progress else True) as bar:
+        for result in _results(tasks, workers, config, metrics, shapes_options):
+            results.append(result)
+            bar.set_description("compare", refresh=False)
+            bar.update()
     rows, images = [r for r, _ in results], {}
     for (s, p, _, b, *_), (_, x) in zip(tasks, results):
         images.setdefault((s, p, b), []).append(x)

@@ -175,6 +175,14 @@ def save_png(image, path: Path, metadata: dict, scale: int = 1):
         raise
 
 
+def stage_bar(progress: bool, desc: str, total: int):
+    """A progress bar on stderr for one stage of a job (loading models, decoding, writing), shown when ``progress``
+    is asked and stderr is a terminal (tqdm's ``disable=None``); it is cleared when the stage ends or fails."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=None if progress else True, leave=False)
+
+
 def to_pil(x: torch.Tensor):
     """A (3, H, W) image in [-1, 1] as a PIL image."""
     from PIL import Image
@@ -207,7 +215,10 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     written, device = [], job_device(job.device)
     cfg = job_config(job)
     max_memory = job.max_memory if job.max_memory is not None else cfg["max_memory"]
-    for label, product in products(job, cfg):
+    with stage_bar(progress, "loading models", 1) as bar:
+        built = products(job, cfg)
+        bar.update()
+    for label, product in built:
         _check_particle_memory(product, job.particles, device)
         product.to(device)
         options["replace_known"] = replaces_known(product) if job.replace_known is None else job.replace_known
@@ -225,15 +236,19 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
                                     if k != "progress"},
                 "log_Z": result.log_Z, "nfe": result.nfe}
         path = out.with_name(out.stem + label + out.suffix)
-        with torch.no_grad():
-            x = (product.decode(result.x[:1])[0] if product.decode is not None else result.x[0]).float().cpu()
-        if product.edit is not None:
-            from .edit import background_mse
-            meta["background_mse"] = background_mse(x, product.edit)
-            log.info("%s: background MSE outside the mask %.2e", out, meta["background_mse"])
-        img = to_pil(x)
-        save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)
-        save_png(img, path, meta, scale)
+        with stage_bar(progress, "decoding" if product.decode is not None else "writing", 3) as bar:
+            with torch.no_grad():
+                x = (product.decode(result.x[:1])[0] if product.decode is not None else result.x[0]).float().cpu()
+            if product.edit is not None:
+                from .edit import background_mse
+                meta["background_mse"] = background_mse(x, product.edit)
+                log.info("%s: background MSE outside the mask %.2e", out, meta["background_mse"])
+            img = to_pil(x)
+            bar.update(), bar.set_description("writing")
+            save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)
+            bar.update()
+            save_png(img, path, meta, scale)
+            bar.update()
         written.append(path)
         log.info("%s: NFE %s, log Z %.3f", path, result.nfe, result.log_Z)
     if len(written) > 1:

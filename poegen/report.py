@@ -85,8 +85,19 @@ def _png_b64(fig_or_image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def write(out: Path, rows: List, images, summary: List[dict]) -> Path:
-    """samples.csv, summary.csv, summary.json and report.html (self-contained) in ``out``."""
+def write(out: Path, rows: List, images, summary: List[dict], progress: bool = False) -> Path:
+    """samples.csv, summary.csv, summary.json and report.html (self-contained) in ``out``; with ``progress``, a bar
+    on stderr where it is a terminal."""
+    from tqdm.auto import tqdm
+
+    top = max(b for _, _, b in images)
+    steps = 3 + sum(b == top for *_, b in images)  # tables, plots, one grid per sampler and target, the page
+    with tqdm(total=steps, desc="writing report", disable=None if progress else True, leave=False) as bar:
+        return _write(out, rows, images, summary, top, bar)
+
+
+def _write(out: Path, rows: List, images, summary: List[dict], top: int, bar) -> Path:
+    """``write``'s steps, each advancing ``bar``; grids of the largest budget ``top`` only."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -105,6 +116,7 @@ def write(out: Path, rows: List, images, summary: List[dict]) -> Path:
         w.writeheader()
         w.writerows(summary)
     (out / "summary.json").write_text(json.dumps({"summary": summary, "samples": [asdict(r) for r in rows]}, indent=1))
+    bar.update()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
     y = _headline(summary)
     for sampler in dict.fromkeys(s["sampler"] for s in summary):
@@ -119,10 +131,13 @@ def write(out: Path, rows: List, images, summary: List[dict]) -> Path:
     fig.tight_layout()
     plots = _png_b64(fig)
     plt.close(fig)
-    top = max(b for _, _, b in images)
-    grids = "".join(
-        f"<h3>{s} &middot; {p}</h3><img class=grid src='data:image/png;base64,"
-        f"{_png_b64(Image.fromarray(grid(v, ncol=min(8, len(v)))))}'>" for (s, p, b), v in images.items() if b == top)
+    bar.update()
+    grids = ""
+    for (s, p, b), v in images.items():
+        if b == top:
+            grids += (f"<h3>{s} &middot; {p}</h3><img class=grid src='data:image/png;base64,"
+                      f"{_png_b64(Image.fromarray(grid(v, ncol=min(8, len(v)))))}'>")
+            bar.update()
     head = "".join(f"<th>{c}</th>" for c in summary[0])
     body = "".join("<tr>" + "".join(f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{'-' if v is None else v}</td>"
                                     for v in s.values()) + "</tr>" for s in summary)
@@ -133,4 +148,5 @@ def write(out: Path, rows: List, images, summary: List[dict]) -> Path:
             f"<h2>Reward versus NFE, ESS traces</h2><img src='data:image/png;base64,{plots}'>"
             f"<h2>Samples</h2>{grids}</body></html>")
     (out / "report.html").write_text(html)
+    bar.update()
     return out / "report.html"

@@ -221,7 +221,7 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
                    float(sigmas[0]))
     diag = {k: [] for k in ("sigma", "ess", "resampled", "acceptance", "reward", "log_Z")}
 
-    for k in tqdm(range(K), desc="poegen", disable=not cfg.progress, leave=False):
+    for k in tqdm(range(K), desc="sampling", disable=None if cfg.progress else True, leave=False):
         s, s_next = sig[k], sig[k + 1]
         x, a = state.x, state.aux
         # 1. proposal to the next level
