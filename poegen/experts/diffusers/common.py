@@ -96,16 +96,20 @@ def _weight_bytes(files, dtype) -> int:
     return total
 
 
+def _size(n: float) -> str:
+    return f"{n / 2 ** 30:.1f} GB" if n >= 2 ** 30 / 10 else f"{n / 2 ** 20:.0f} MB"
+
+
 def _check_fits(cls, folder: Path, dtype):
     """Refuse, before loading, weights that would not fit in the host memory this process may still take."""
-    from ...memory import GB, available
+    from ...memory import available
 
     need = _weight_bytes([f for f in _weights(folder) if f.suffix == ".safetensors"], dtype)
     free, note = available()
     if need > free:
         small = dtype is not None and dtype.itemsize <= 2
-        raise ValueError(f"{folder}: {cls.__name__} needs about {need / GB:.1f} GB to load "
-                         f"({str(dtype or 'as stored').replace('torch.', '')}) and {free / GB:.1f} GB is available"
+        raise ValueError(f"{folder}: {cls.__name__} needs about {_size(need)} to load "
+                         f"({str(dtype or 'as stored').replace('torch.', '')}) and {_size(free)} is available"
                          f"{note}; " + ("free memory or use a smaller model" if small else
                                         "load it in bfloat16 (--dtype bfloat16, or options.torch_dtype in a config) "
                                         "or free memory"))
