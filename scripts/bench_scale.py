@@ -3,6 +3,7 @@
 
     python scripts/bench_scale.py --family sd15 --particles 4 --potential clip     # the CPU case, about 8 minutes
     python scripts/bench_scale.py --family flux --particles 4 --device cuda --dtype bf16 --potential vqa
+    python scripts/bench_scale.py --family wan --tiny --resolution 64 --steps 10   # Wan 2.1 clips, tiny model
 
 Prints:
 - engine_over_pipeline=: poegen's smc (no MCMC, no potentials) wall time per denoiser evaluation over the
@@ -153,6 +154,32 @@ def setup_flux(a, dtype, device):
                 latent=(16, side, side), scale=0.3611, shift=0.1159)
 
 
+def setup_wan(a, dtype, device):
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    from poegen.experts.wan import WanExpert
+
+    if a.potential:
+        raise SystemExit("--family wan: potentials on clips (per frame) are not wired yet; leave --potential out")
+    cfg = arch("wan_tiny" if a.tiny else "wan21_t2v_1.3b", a.shrink)
+    model = build(WanTransformer3DModel, cfg["transformer"], dtype, device)
+    vae = build(AutoencoderKLWan, cfg["vae"], dtype, device)
+    side, frames = a.resolution // 8, (a.frames - 1) // 4 + 1
+    width = cfg["transformer"]["text_dim"]  # UMT5-XXL's 4096, 512 tokens
+    emb, null = (torch.randn(1, 512, width, device=device, dtype=dtype) for _ in range(2))
+    shape = (16, frames, side, side)
+    experts = [WanExpert(model, e, shape, name=n) for e, n in ((emb, "wan[prompt]"), (null, "wan[]"))]
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=model,
+                       scheduler=FlowMatchEulerDiscreteScheduler(**cfg["scheduler"]))
+    n = a.particles  # the pipeline repeats only embeddings it computes: pass N rows, one video each
+    kwargs = dict(prompt_embeds=emb.expand(n, -1, -1), negative_prompt_embeds=null.expand(n, -1, -1),
+                  guidance_scale=a.guidance, num_frames=a.frames, num_videos_per_prompt=1)
+    stats = [torch.tensor(vae.config.latents_mean), 1.0 / torch.tensor(vae.config.latents_std)]
+    mean, inv_std = (v.view(1, 16, 1, 1, 1).to(device, dtype) for v in stats)  # z / scale + shift = z * std + mean
+    return dict(experts=experts, weights=[a.guidance, 1 - a.guidance], backbone=model, vae=vae, pipe=pipe,
+                kwargs=kwargs, latent=shape, scale=inv_std, shift=mean)
+
+
 def potential(a, dtype, device):
     """The asked potential on full-size random weights: CLIP ViT-L/14, or a Llava-1.5-7B-sized VQA scorer."""
     if a.potential == "clip":
@@ -228,11 +255,13 @@ def timed(fn, device) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=("sd15", "sdxl", "flux"), default="sd15")
+    ap.add_argument("--family", choices=("sd15", "sdxl", "flux", "wan"), default="sd15")
     ap.add_argument("--particles", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3, help="denoiser evaluations per timed run")
     ap.add_argument("--resolution", type=int, default=None, help="pixels (default: 256 on a CPU, the family's own "
                                                                   "on a GPU: 512, 1024, 1024)")
+    ap.add_argument("--frames", type=int, default=None, help="wan: frames, 4k + 1 (default 9 on a CPU, 81 on a GPU)")
+    ap.add_argument("--tiny", action="store_true", help="wan: the tests' tiny model (scripts/arch/wan_tiny.json)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     ap.add_argument("--potential", choices=("clip", "vqa"), default=None, help="add it to the poe level")
@@ -245,9 +274,11 @@ def main():
     a = ap.parse_args()
     start = time.perf_counter()
     device, dtype = torch.device(a.device), DTYPES[a.dtype]
-    a.resolution = a.resolution or (256 if device.type == "cpu" else {"sd15": 512, "sdxl": 1024, "flux": 1024}[a.family])
+    a.resolution = a.resolution or (256 if device.type == "cpu" else {"sd15": 512, "sdxl": 1024, "flux": 1024,
+                                                                      "wan": 480}[a.family])
+    a.frames = a.frames or (9 if device.type == "cpu" else 81)
     t0 = time.perf_counter()
-    s = {"sd15": setup_sd15, "sdxl": setup_sdxl, "flux": setup_flux}[a.family](a, dtype, device)
+    s = {"sd15": setup_sd15, "sdxl": setup_sdxl, "flux": setup_flux, "wan": setup_wan}[a.family](a, dtype, device)
     print(f"family={a.family} device={device} dtype={a.dtype} particles={a.particles} resolution={a.resolution} "
           f"steps={a.steps} backbone_params={params(s['backbone'])} vae_params={params(s['vae'])} "
           f"built_s={time.perf_counter() - t0:.0f}", flush=True)
@@ -262,8 +293,9 @@ def main():
 
     def pipeline_run(steps=K):
         with torch.no_grad():
-            return pipe(height=a.resolution, width=a.resolution, num_images_per_prompt=N, num_inference_steps=steps,
-                        output_type="latent", generator=torch.Generator(device).manual_seed(0), **s["kwargs"])
+            per_prompt = {} if a.family == "wan" else {"num_images_per_prompt": N}
+            return pipe(height=a.resolution, width=a.resolution, num_inference_steps=steps, output_type="latent",
+                        generator=torch.Generator(device).manual_seed(0), **per_prompt, **s["kwargs"])
 
     memory.reset_peak(device)
     engine_run(2), pipeline_run(2)  # warm-up: kernels, lazily built buffers
