@@ -2,7 +2,6 @@
 experts on its own modules, and reproduces the pipeline's output (1 particle, no potentials, the ancestral sampler
 with the deterministic proposal on the pipeline's own noise levels); ``poegen.potential`` turns a function on images
 into a potential; the README's example runs."""
-import logging
 import re
 from pathlib import Path
 
@@ -12,9 +11,8 @@ import torch
 
 import poegen
 
-from helpers import tiny_flux_folder, tiny_sd3_folder, tiny_sd_folder, tiny_sdxl_folder
+from helpers import tiny_flux_folder, tiny_sd3_folder, tiny_sd_folder, tiny_sdxl_folder, tiny_vp_folder
 
-log = logging.getLogger("tests.from_pipeline")
 PROMPT, W, SEED = "a red ball", 3.0, 0
 
 
@@ -121,6 +119,7 @@ def test_sd3_pipeline_in_memory_matches_its_own_output(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     cond, uncond = poegen.from_pipeline(pipe, [PROMPT, ""], max_sequence_length=8)
     assert cond.transformer is pipe.transformer and cond.decode.vae is pipe.vae
+    assert poegen.pipeline_sigmas(pipe, 4)[0] == pytest.approx(1000)  # its default starts at t = 1: the experts' highest level
     flow = [0.9, 0.7, 0.4, 0.2]  # explicit flow times below 1 (t = 1 is an infinite VE sigma)
     sigmas = poegen.pipeline_sigmas(pipe, len(flow), sigmas=flow)  # shifted as the pipeline shifts them
     latents, images, x_init = ours([cond, uncond], [W, 1 - W], sigmas)
@@ -157,13 +156,9 @@ def test_flux_pipeline_in_memory_matches_its_own_output(tmp_path):
 
 
 def test_unsupported_pipelines_and_prompts_say_what_is_supported(tmp_path):
-    from diffusers import DDPMPipeline
+    from diffusers import DDPMPipeline, DDPMScheduler
 
-    from helpers import tiny_vp_folder
-
-    unet = tiny_vp_folder(tmp_path)
-    from diffusers import DDPMScheduler
-    pixel = DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_pretrained(tmp_path / "scheduler"))
+    pixel = DDPMPipeline(unet=tiny_vp_folder(tmp_path), scheduler=DDPMScheduler.from_pretrained(tmp_path / "scheduler"))
     expert = poegen.from_pipeline(pixel)
     assert expert.unet is pixel.unet and not hasattr(expert, "decode")
     with pytest.raises(ValueError, match="no text conditioning"):
