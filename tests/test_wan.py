@@ -187,6 +187,10 @@ def test_sizes_kinds_and_decoding(folders):
     with pytest.raises(ValueError, match=r"image values span .* \(for a video in \[0, 1\] pass 2 \* video - 1\)"):
         load_wan(str(folders / "i2v"), [PROMPT], image=torch.full((1, 3, SIDE, SIDE), 2.0))
     small = dict(num_frames=5, height=16, width=16, max_sequence_length=L)
+    with pytest.raises(ValueError, match="conditioning_scale has 3 values; give one number or 2"):
+        load_wan(str(folders / "vace"), [PROMPT], conditioning_scale=[1, 1, 1], **small)
+    with pytest.raises(ValueError, match="this is a VACE folder"):
+        WanExpert.load_prompts(str(folders / "vace"), [PROMPT], **small)
     assert type(load_wan(str(folders / "vace"), [PROMPT], **small)[0]) is WanVACEExpert
     (i2v,) = load_wan(str(folders / "i2v"), [PROMPT], image=_frames(6, 1)[1][:, :, 0], max_sequence_length=L)
     assert type(i2v) is WanImageToVideoExpert and i2v.shape == (16, 21, 4, 4)  # the default 81 frames

@@ -55,6 +55,10 @@ def _wan_parts(path_or_id: str, torch_dtype=None) -> dict:
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         root = resolve(path_or_id)
+        index = Path(root) / "model_index.json"
+        if index.exists() and (json.loads(index.read_text()).get("transformer_2") or [None])[-1] is not None:
+            raise ValueError(f"{path_or_id}: a Wan 2.2 folder with two transformers (high and low noise) is not "
+                             "supported yet; use a Wan 2.1 folder")
         kind = _config(root, "transformer").get("_class_name", "WanTransformer3DModel")
         if kind not in ("WanTransformer3DModel", "WanVACETransformer3DModel"):
             raise ValueError(f"{path_or_id}: transformer/ is a {kind}, not a Wan 2.1 transformer "
@@ -193,6 +197,8 @@ class WanExpert(FlowTransformerExpert):
         """Text-to-video experts, one per prompt (the pipeline's defaults: 81 frames of 480 x 832, 512 tokens)."""
         root = resolve(path_or_id)
         shape = latent_shape(root, num_frames, height, width)
+        if _config(root, "transformer").get("vace_layers"):
+            raise ValueError(f"{path_or_id}: this is a VACE folder; pass a control video (WanVACEExpert)")
         if _config(root, "transformer").get("in_channels") != shape[0]:
             raise ValueError(f"{path_or_id}: transformer in_channels is not the VAE's {shape[0]} latent channels: "
                              "this is an image-to-video folder; pass image=... (WanImageToVideoExpert)")
@@ -332,9 +338,11 @@ class WanVACEExpert(WanExpert):
         layers = len(_config(root, "transformer").get("vace_layers") or ())
         if not layers:
             raise ValueError(f"{path_or_id}: transformer/ has no vace_layers; this is not a Wan VACE folder")
-        scale = torch.as_tensor(conditioning_scale, dtype=torch.float32).reshape(-1).expand(layers).clone()
-        if len(torch.as_tensor(conditioning_scale).reshape(-1)) not in (1, layers):
-            raise ValueError(f"conditioning_scale: one number or {layers} (one per VACE layer)")
+        scale = torch.as_tensor(conditioning_scale, dtype=torch.float32).reshape(-1)
+        if len(scale) not in (1, layers):
+            raise ValueError(f"conditioning_scale has {len(scale)} values; give one number or {layers} (one per "
+                             "VACE layer)")
+        scale = scale.expand(layers).clone()
         store = cached("wan-vace-control", root, None, None, dict)
         key = _digest(video, mask)
         if key not in store:
