@@ -9,30 +9,35 @@ import logging
 from typing import List, Optional, Sequence, Union
 
 from .experts.cache import cached
-from .experts.registry import (GENERATIVE, GENERATIVE_FIELDS, OPTIONS, POTENTIAL_FIELDS, POTENTIALS, TUNING, Spec,
-                               _entry)
+from .experts.registry import (GENERATIVE, GENERATIVE_FIELDS, OPTIONS, POTENTIAL_FIELDS, POTENTIALS, TUNING, VIDEO,
+                               Spec, _entry)
 from .experts.shapes.prompt import (COUNT_WEIGHT, GUIDANCE, RELATION_WEIGHT, VLM_WEIGHT, Prompt, _check_scene_prompt,
                                     count_questions, parse_prompt, placement)
 from .experts.shapes.vocab import parse_phrase
 from .layout import Layout, LayoutObject, check_relations
-from .product import Product, merge_experts
+from .product import PerFrame, Product, merge_experts
 from .specs import from_physics, from_prompt
 
 log = logging.getLogger("poegen.families")
 
 
 def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[float] = None,
-                  vlm_weight: Optional[float] = None, dtype: str = "auto", **shapes_options):
+                  vlm_weight: Optional[float] = None, dtype: str = "auto", video: bool = False,
+                  frames: Optional[int] = None, **shapes_options):
     """The Product of a Layout in its family: the named models in ``experts`` and ``potentials`` (registry
     entries; guidance and lambdas default to 1), or the embedded shapes world when none is named (its tuned
     defaults; ``shapes_options``: prior, vlm, schedule, and the ablations ``place``, ``counts`` and
     ``footprint``). ``dtype`` (auto, float32, bfloat16): the shapes prior's compute dtype (auto: bf16 only
     where the hardware has it natively, ``hardware.pick_dtype``), or the named models' torch_dtype where an entry
-    gives none (auto: as loaded). An edit's ``Edit`` is kept as ``product.edit``."""
+    gives none (auto: as loaded). An edit's ``Edit`` is kept as ``product.edit``. ``video``: clips of ``frames``
+    frames (None: the model's default) from video kinds (``registry.VIDEO``), every potential scoring each frame."""
+    if video and not experts:
+        raise ValueError("the shapes world has no video prior yet: --video needs a video model, e.g. "
+                         "--expert wan:PATH (see `poegen experts`)")
     if experts:
         check_relations(layout)
         product = named_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
-                        1.0 if vlm_weight is None else vlm_weight, dtype)
+                        1.0 if vlm_weight is None else vlm_weight, dtype, video, frames)
     elif potentials:
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
                          "(weight it with --vlm-weight)")
@@ -63,7 +68,7 @@ def _with_dtype(entry: dict, dtype: str) -> dict:
 
 
 def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guidance: float = 1.0,
-          lambdas: float = 1.0, dtype: str = "auto"):
+          lambdas: float = 1.0, dtype: str = "auto", video: bool = False, frames: Optional[int] = None):
     """The Product of named experts for a Layout (or a prompt): on each generative entry's model, the background
     prompt's expert outside the objects' regions, each located object's phrase inside its region, each unlocated
     object's phrase everywhere (composable diffusion), and the empty prompt's expert to make guidance a product;
@@ -72,13 +77,15 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
     Entries are 'kind:path' or config mappings (``kind``, ``path``, optional ``prompt`` (a fixed prompt instead of
     the layout), ``guidance``, ``weight`` (a factor on its expert weights, or its lambda) and ``options``). Entries
     on one model share it (``cache``), and equal texts share one expert. ``dtype`` float32 or bfloat16 is the
-    torch_dtype of every entry that takes one and names none (auto: each loads as its options say)."""
+    torch_dtype of every entry that takes one and names none (auto: each loads as its options say). ``video``:
+    every entry must be a video kind, given ``frames`` as its num_frames, and every potential scores each frame
+    (``PerFrame``: the sum over frames); without it a video kind is refused."""
     if not isinstance(layout, Layout):
         layout = from_prompt(layout)
     gen, weights, masks, backbones = [], [], [], {}
     for i, spec in enumerate(experts):
         where = "--expert" if isinstance(spec, str) else f"experts[{i}]"
-        e = _with_dtype(_entry(spec, GENERATIVE, GENERATIVE_FIELDS, where), dtype)
+        e = _with_frames(_with_dtype(_entry(spec, GENERATIVE, GENERATIVE_FIELDS, where), dtype), video, frames, where)
         g = float(e.get("guidance", guidance))
         key = (e["kind"], e["path"], json.dumps(e["options"], sort_keys=True, default=str), g)
         if key not in backbones:
@@ -115,9 +122,26 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
     if layout.edit is not None:  # the given image outside the edit mask, on decoded pixels
         pots.append(layout.edit.known_pixels())
         lams.append(1.0)
+    if video:
+        pots = [PerFrame(p) for p in pots]
     decode = next((bb.decode for bb in backbones.values() if bb.decode is not None), None)
     gen, weights, masks = merge_experts(gen, weights, masks)
     return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode)
+
+
+def _with_frames(entry: dict, video: bool, frames: Optional[int], where: str) -> dict:
+    """``entry`` checked against the job's output (a video kind for --video, an image kind otherwise), with
+    ``num_frames: frames`` added when the job gives frames."""
+    if video != (entry["kind"] in VIDEO):
+        raise ValueError(f"{where}: kind {entry['kind']} makes videos; write them with --video OUT.gif (or .mp4)"
+                         if not video else f"{where}: kind {entry['kind']} makes images; --video needs a video "
+                         f"kind ({', '.join(VIDEO)})")
+    if frames is None:
+        return entry
+    given = entry["options"].get("num_frames", frames)
+    if given != frames:
+        raise ValueError(f"{where}: options.num_frames {given} disagrees with --frames {frames}; give one of them")
+    return dict(entry, options={**entry["options"], "num_frames": frames})
 
 
 def _absences(entry: dict, layout: Layout) -> List:

@@ -54,6 +54,43 @@ class Evaluation:
                           torch.where(mask[None], other.bad, self.bad))
 
 
+class PerFrame:
+    """An image potential r applied to every frame of a clip: clips (N, 3, F, H, W) are folded to (N*F, 3, H, W)
+    and the frames' log-potentials summed, r(clip) = sum_f r(frame_f), the product of one expert per frame
+    (``reduce="mean"``: their average, a per-frame lambda that does not grow with F). Potentials on one scorer keep
+    sharing one batched call over all frames."""
+
+    def __init__(self, potential, reduce: str = "sum"):
+        if reduce not in ("sum", "mean"):
+            raise ValueError(f"PerFrame: reduce {reduce!r} is not sum or mean")
+        self.potential, self.reduce = potential, reduce
+        self.name = f"{expert_name(potential, 0)}/frame"
+        self.schedule = getattr(potential, "schedule", None)
+        key = getattr(potential, "batch_key", None)
+        self.batch_key = None if key is None else ("per-frame", reduce, key)
+
+    @staticmethod
+    def fold(clips: Tensor) -> Tensor:
+        """(N, C, F, H, W) clips as (N*F, C, H, W) frames, clip by clip."""
+        if clips.dim() != 5:
+            raise ValueError(f"PerFrame: expected clips (N, C, F, H, W), got shape {tuple(clips.shape)}")
+        return clips.transpose(1, 2).flatten(0, 1)
+
+    def _reduce(self, value: Tensor, n: int) -> Tensor:
+        per = value.reshape(n, -1)
+        return per.sum(1) if self.reduce == "sum" else per.mean(1)
+
+    @classmethod
+    def log_potential_batch(cls, potentials, clips: Tensor) -> List[Tensor]:
+        inner = [p.potential for p in potentials]
+        frames = cls.fold(clips)
+        values = type(inner[0]).log_potential_batch(inner, frames) if len(inner) > 1 else [inner[0].log_potential(frames)]
+        return [p._reduce(v, clips.shape[0]) for p, v in zip(potentials, values)]
+
+    def log_potential(self, clips: Tensor) -> Tensor:
+        return self.log_potential_batch([self], clips)[0]
+
+
 def _move(obj, device: torch.device, seen: set):
     """Move the modules and tensors ``obj`` holds in its attributes to ``device``, following poegen's own
     objects (a scorer inside a potential); shared modules move once."""

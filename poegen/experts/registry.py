@@ -11,7 +11,7 @@ import torch
 
 from ..validation import check_keys, read_file
 from . import detector as _detector_module, flux_fill as _flux_fill_module, inpaint as _inpaint_module
-from . import sd3 as _sd3_module  # their option names (importing them loads no model library)
+from . import sd3 as _sd3_module, wan as _wan_module  # their option names (importing them loads no model library)
 
 # kind -> (what it is, loader(path, guidance, **options) -> Backbone)
 GENERATIVE: Dict[str, Tuple[str, Callable]] = {}
@@ -137,6 +137,12 @@ def _flux_fill(path: str, guidance: float, **options):
                                                          **options), vae_decoder(path), cfg=False)
 
 
+def _wan(path: str, guidance: float, **options):
+    from .wan import load_wan, wan_decoder
+    options = _dtype(options)
+    return Backbone(lambda texts, layout: load_wan(path, texts, **options), wan_decoder(path))
+
+
 def _unet(path: str, guidance: float, **options):
     from .diffusers import VPUNetExpert
     expert = VPUNetExpert.from_pretrained(path, **_dtype(options))
@@ -172,6 +178,10 @@ GENERATIVE["sd-inpaint"] = ("Stable Diffusion inpainting folder (9-channel UNet:
                             "for `poegen edit`; guidance as for sd", _sd_inpaint)
 GENERATIVE["flux-fill"] = ("FLUX.1 Fill folder for `poegen edit` (the masked image and mask packed beside the "
                            "latents); --guidance is its embedded guidance (30 is typical)", _flux_fill)
+GENERATIVE["wan"] = ("Wan 2.1 video folder or cached id (text-to-video; image-to-video and VACE folders need their "
+                     "image or control video, not given from the command line yet): clips of --frames frames (4k + 1) "
+                     "written with --video; guidance as for sd", _wan)
+VIDEO = ("wan",)  # kinds whose samples are clips (N, C, F, h, w): they take --frames as num_frames
 GENERATIVE["unet"] = ("pixel-space UNet2DModel folder with unet/ and scheduler/ (unconditional)", _unet)
 POTENTIALS["clip"] = ("CLIP score (transformers CLIPModel folder or cached id) of the image against each question",
                       _questions("ClipScore"))
@@ -189,7 +199,8 @@ OPTIONS.update(sd=("micro_batch", "torch_dtype") + TUNING, unet=("micro_batch", 
                **{"sd-inpaint": _inpaint_module.OPTIONS + TUNING, "flux-fill": _flux_fill_module.OPTIONS + TUNING},
                clip=("tokenizer", "micro_batch", "torch_dtype"), pickscore=("tokenizer", "micro_batch", "torch_dtype"),
                vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"),
-               detector=_detector_module.OPTIONS)
+               detector=_detector_module.OPTIONS,
+               wan=_wan_module.OPTIONS)  # no TUNING: channels_last fails on the VAE's 3-D convolutions
 
 Spec = Union[str, dict]
 CONFIG_FIELDS = ("prompt", "compose", "parts", "questions", "max_memory", "experts", "potentials", "dtype")

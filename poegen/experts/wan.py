@@ -127,6 +127,12 @@ def wan_decoder(path_or_id: str, device=None):
     return decode
 
 
+def nearest_frames(n: int, step: int = 4) -> Tuple[int, ...]:
+    """The valid clip lengths (step k + 1, at least 1) nearest to n: one if n is valid, else the two around it."""
+    below = max(1, (n - 1) // step * step + 1)
+    return (below,) if below == n or n < 1 else (below, below + step)
+
+
 def latent_shape(root: str, num_frames: int, height: int, width: int) -> Tuple[int, int, int, int]:
     """(C, F, h, w) of a clip of ``num_frames`` frames of height x width pixels; short errors for sizes the
     pipelines would round."""
@@ -134,7 +140,10 @@ def latent_shape(root: str, num_frames: int, height: int, width: int) -> Tuple[i
     ft, fs = vae.get("scale_factor_temporal", 4), vae.get("scale_factor_spatial", 8)
     step = fs * tr.get("patch_size", (1, 2, 2))[1]
     if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % ft:
-        raise ValueError(f"num_frames {num_frames!r} must be {ft}k + 1 (1, {ft + 1}, {2 * ft + 1}, ..., 81)")
+        near = (f"; nearest: {' or '.join(map(str, nearest_frames(num_frames, ft)))} (set by --frames, or by "
+                "options.num_frames of a wan entry)"
+                if isinstance(num_frames, int) and not isinstance(num_frames, bool) else "")
+        raise ValueError(f"num_frames {num_frames!r} must be {ft}k + 1 (1, {ft + 1}, {2 * ft + 1}, ..., 81){near}")
     for name, v in (("height", height), ("width", width)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % step:
             raise ValueError(f"{name} {v!r} must be a positive multiple of {step} (VAE factor {fs} times patch size)")
