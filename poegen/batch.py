@@ -1,10 +1,14 @@
 """Batch jobs that lose nothing: a manifest per process, restarts skip finished items, failures are
 recorded and do not stop the batch, outputs are written atomically, and items are sharded over
 processes (``accelerate launch -m poegen batch ...`` sets RANK and WORLD_SIZE) by index, so an item's
-output never depends on sharding or order (its seed is in the job, default: its index)."""
+output never depends on sharding or order (its seed is in the job, default: its index).
+
+A job file and the manifests are streamed: a resume of 100,000 lines keeps neither file nor its jobs in memory,
+only each item's id and each finished one's fingerprint; a line that ran and has not changed is not parsed again."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -12,52 +16,89 @@ import re
 import time
 import traceback
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from tqdm.auto import tqdm
 
 from .job import Job
-from .pipeline import check_writable, run
+from .pipeline import FULL, DiskFull, check_writable, run
 from .validation import read_file, unique_keys
 
 log = logging.getLogger("poegen.batch")
 RESERVED = re.compile(r"(_raw|_f\d+)$")  # suffixes of the files an item writes besides ID.png
+READS = ("scene", "layout", "config", "image", "mask")  # job fields naming files (relative to the job file)
+# every line digest starts from Job's defaults: a changed default makes every line new again
+_DEFAULTS = hashlib.blake2b(json.dumps(vars(Job()), sort_keys=True).encode(), digest_size=8)
 
 
 def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
-    """(id, Job) pairs from a JSONL file (one object a line) or a YAML/JSON list; errors name the line or item."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"job file {path} does not exist")
-    if path.is_dir():
-        raise ValueError(f"job file {path} is a folder; give a .jsonl, .yaml or .json file of jobs")
-    items = []
-    if path.suffix.lower() == ".jsonl":
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):  # a BOM is not content
-            if line.strip():
-                try:
-                    items.append((f"{path}:{n}", json.loads(line, object_pairs_hook=unique_keys)))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-                except ValueError as e:  # a key given twice
-                    raise ValueError(f"{path}:{n}: {e}") from None
-    else:
-        try:
-            data = read_file(path, "job")
-        except ValueError:
-            lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-            if len(lines) > 1 and all(ln.lstrip().startswith("{") for ln in lines):
-                raise ValueError(f"{path}: this looks like one JSON job a line; name the file .jsonl") from None
-            raise
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a list of jobs")
-        items = [(f"{path}: item {i}", d) for i, d in enumerate(data)]
-    jobs, ids = [], {}
-    every = {}  # every job's id (given or positional), to name the job whose files a suffixed id would overwrite
-    for i, (where, d) in enumerate(items):
-        if isinstance(d, dict) and isinstance(d.get("id", ""), (str, int)) and not isinstance(d.get("id"), bool):
-            every.setdefault(str(d.get("id", f"{i:05d}")), where)
-    for i, (where, d) in enumerate(items):
+    """(id, Job) pairs of a job file, every one checked; errors name the line or item (``run_batch`` streams)."""
+    with JobFile(path) as jobs:
+        return [(job_id, job) for _, job_id, job in jobs.jobs()]
+
+
+class JobFile:
+    """A job file read one item at a time: a .jsonl file line by line through one open handle (never held whole;
+    an editor saving a new file in its place does not change what a running batch reads), a YAML or JSON list
+    (small by nature) parsed once. Errors name the line (.jsonl) or the item."""
+
+    def __init__(self, path: str | Path):
+        self.path = path = Path(path)
+        if not path.exists():
+            raise ValueError(f"job file {path} does not exist")
+        if path.is_dir():
+            raise ValueError(f"job file {path} is a folder; give a .jsonl, .yaml or .json file of jobs")
+        self.handle = self.data = None
+        self.ids = set()  # for the one-id-one-job check
+        if path.suffix.lower() == ".jsonl":
+            self.handle = open(path, encoding="utf-8-sig")  # a BOM is not content
+        else:
+            self.data = _read_list(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.close()
+
+    def where(self, n: int) -> str:
+        return f"{self.path}:{n}" if self.data is None else f"{self.path}: item {n}"
+
+    def lines(self, only=None) -> Iterator[Tuple[int, int, object]]:
+        """(index, line or item number, the line's text or the parsed item) of every job whose index ``only``
+        accepts (default: all); blank lines hold no job, and lines not asked for are not parsed."""
+        if self.data is not None:
+            yield from ((i, i, d) for i, d in enumerate(self.data) if only is None or only(i))
+            return
+        self.handle.seek(0)
+        i = -1
+        for n, text in enumerate(self.handle, 1):
+            if text.strip():
+                i += 1
+                if only is None or only(i):
+                    yield i, n, text
+
+    def jobs(self, only=None) -> Iterator[Tuple[int, str, Job]]:
+        """(index, id, Job) of every job (``only``: of those it accepts), checked as read; a full pass also checks
+        that no id is given twice."""
+        for i, n, item in self.lines(only):
+            job_id, job = self.job(i, n, item)
+            if only is None:
+                self.claim(job_id, n)
+            yield i, job_id, job
+
+    def claim(self, job_id: str, n: int):
+        """Note that line ``n`` holds job ``job_id``; refuse an id given twice (naming the first line with it)."""
+        if job_id in self.ids:
+            raise ValueError(f"{self.where(n)}: id {job_id[:40]!r} is also the id of {self.find(job_id)}; "
+                             "give each job its own")
+        self.ids.add(job_id)
+
+    def job(self, i: int, n: int, item) -> Tuple[str, Job]:
+        """(id, Job) of the job at index ``i``, line (or item) ``n``, checked field by field."""
+        where = self.where(n)
+        d = _parse(item, where) if self.data is None else item
         if not isinstance(d, dict):
             raise ValueError(f"{where}: a job is a mapping like {{\"prompt\": \"a red ball\"}}")
         d = dict(d)
@@ -69,28 +110,73 @@ def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
             raise ValueError(f"{where}: id is empty; give it a name (it names the item's files) or leave id out")
         if "/" in job_id or RESERVED.search(job_id):
             stem = RESERVED.sub("", job_id)
-            clash = f", so its files would overwrite those of id {stem[:40]!r} ({every[stem]})" if stem in every else ""
+            other = self.find(stem)
+            clash = f", so its files would overwrite those of id {stem[:40]!r} ({other})" if other else ""
             raise ValueError(f"{where}: id {job_id[:40]!r} contains '/' or ends like a file poegen adds (_raw, _f00)"
                              f"{clash}; rename it")
-        if job_id in ids:
-            raise ValueError(f"{where}: id {job_id[:40]!r} is also the id of {ids[job_id]}; give each job its own")
-        ids[job_id] = where
-        for key in ("scene", "layout", "config", "image", "mask"):  # relative to the job file's folder
+        for key in READS:  # relative to the job file's folder
             if isinstance(d.get(key), str) and not Path(d[key]).is_absolute():
-                resolved = path.parent / d[key]
+                resolved = self.path.parent / d[key]
                 if not resolved.exists():
                     raise ValueError(f"{where}: {key} {d[key]!r} not found (looked for {resolved})")
                 d[key] = str(resolved)
         d.setdefault("seed", i)
-        jobs.append((job_id, Job.from_dict(d, where)))
-    return jobs
+        return job_id, Job.from_dict(d, where)
+
+    def find(self, job_id: str) -> Optional[str]:
+        """Where the job of id ``job_id`` (given, or positional) is, for an error message; reads the file again."""
+        for i, n, item in self.lines():
+            d = _loose(item) if self.data is None else item
+            given = d.get("id", f"{i:05d}") if isinstance(d, dict) else None
+            if isinstance(given, (str, int)) and not isinstance(given, bool) and str(given) == job_id:
+                return self.where(n)
+        return None
 
 
-def read_manifest(out: Path) -> Dict[str, dict]:
-    """The last record of every item over all processes' manifests (a torn last line is ignored)."""
-    records = {}
-    for f in sorted(out.glob("manifest*.jsonl")):
-        for line in f.read_text().splitlines():
+def _read_list(path: Path) -> list:
+    """The jobs of a YAML or JSON file (a list)."""
+    try:
+        data = read_file(path, "job")
+    except ValueError:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        if len(lines) > 1 and all(ln.lstrip().startswith("{") for ln in lines):
+            raise ValueError(f"{path}: this looks like one JSON job a line; name the file .jsonl") from None
+        raise
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a list of jobs")
+    return data
+
+
+def _parse(text: str, where: str):
+    """One JSONL line, a key given twice refused."""
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:  # a key given twice
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _loose(text: str):
+    """A JSONL line parsed without checks (None if it is not JSON)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def line_digest(i: int, text: str) -> str:
+    """What a job line at index ``i`` says, with Job's defaults: equal digests, equal jobs (for a job that reads
+    no file; one that does is fingerprinted with the file's bytes)."""
+    h = _DEFAULTS.copy()
+    h.update(f"\n{i}\n{text.strip()}".encode())
+    return h.hexdigest()
+
+
+def _records(f: Path) -> Iterator[dict]:
+    """The records of one manifest, line by line; a torn last line and a hand-edited or foreign line are ignored."""
+    with open(f, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
             try:
                 r = json.loads(line)
             except json.JSONDecodeError:
@@ -98,76 +184,194 @@ def read_manifest(out: Path) -> Dict[str, dict]:
             if not (isinstance(r, dict) and isinstance(r.get("id"), str) and "status" in r):
                 log.warning("%s: a line that is not a record of poegen's is ignored: %s", f.name, line[:60])
                 continue  # a hand-edited or foreign line: ignored like a torn one, never a crash
-            records[r["id"]] = r
-    return records
+            yield r
+
+
+def read_manifest(out: Path) -> Dict[str, dict]:
+    """The last record of every item over all processes' manifests (a torn last line is ignored)."""
+    return {r["id"]: r for f in sorted(Path(out).glob("manifest*.jsonl")) for r in _records(f)}
+
+
+def _scan(out: Path) -> Tuple[List[Path], List[str]]:
+    """The folder's manifests (every process's) and temporary files (of a killed run), in one pass over it."""
+    manifests, leftovers = [], []
+    with os.scandir(out) as entries:
+        for e in entries:
+            if e.name.endswith(".tmp"):
+                leftovers.append(e.name)
+            elif e.name.startswith("manifest") and e.name.endswith(".jsonl"):
+                manifests.append(out / e.name)
+    return sorted(manifests), leftovers
+
+
+def _finished(manifests: List[Path]) -> Dict[str, object]:
+    """Every item whose last record is ok: "fingerprint line-digest", or that and its files where they are not the
+    usual ID.png (kept small: a resume of 100,000 items holds 100,000 of these)."""
+    done = {}
+    for f in manifests:
+        for r in _records(f):
+            files = r.get("files")
+            if r["status"] != "ok" or not (isinstance(files, list) and all(isinstance(s, str) for s in files)):
+                done.pop(r["id"], None)
+                continue
+            key = f"{r.get('fingerprint')} {r.get('line')}"
+            done[r["id"]] = key if files == [r["id"] + ".png"] else (key, tuple(files))
+    return done
+
+
+def _unpack(old) -> Tuple[str, str, Optional[tuple]]:
+    """(fingerprint, line digest, files or None) of a ``_finished`` entry."""
+    key, files = (old, None) if isinstance(old, str) else old
+    fp, line = key.split(" ")
+    return fp, line, files
+
+
+def _plan(jobs: JobFile, out: Path, done: Dict[str, object], rank: int, world: int):
+    """Check every job and find this process's unfinished ones: (their indices, warnings and old files of those
+    that ran before, how many are finished). A line the manifest says ran, unchanged, is not checked again."""
+    pending, stale, skipped, cache = [], {}, 0, {}
+    jobs.ids.clear()
+    for i, n, item in jobs.lines():
+        job = None
+        job_id, old = _quick(done, i, item) if done and jobs.data is None else (None, None)
+        if job_id is None:
+            job_id, job = jobs.job(i, n, item)
+            old = done.get(job_id)
+        jobs.claim(job_id, n)
+        if i % world != rank:
+            continue
+        if old is not None:
+            fp, _, files = _unpack(old)
+            if not _present(out, job_id, files):
+                stale[job_id] = ("item %s: a file it wrote is missing; running it again", files)
+            elif job is None or fp == fingerprint(job, cache):
+                skipped += 1
+                continue
+            else:
+                stale[job_id] = ("item %s changed since it was run (its job or a file it reads); running it again",
+                                 files)
+        pending.append(i)
+    return pending, stale, skipped
+
+
+_ID = re.compile(r'"id"\s*:\s*(?:"([^"\\]*)"|(-?\d+)\b)')
+
+
+def _quick(done: Dict[str, object], i: int, text: str):
+    """(id, manifest entry) of a line that ran unchanged, else (None, None): found without parsing the line. The id
+    is a guess (the index, or what follows "id"), sound because only a record of this very line (index and text)
+    carries its digest, and that record's id is the line's."""
+    if '"id"' in text:
+        m = _ID.search(text)
+        if m is None:
+            return None, None
+        job_id = m.group(1) if m.group(1) is not None else m.group(2)
+    else:
+        job_id = f"{i:05d}"
+    old = done.get(job_id)
+    if old is None or _unpack(old)[1] != line_digest(i, text):
+        return None, None
+    return job_id, old
 
 
 def run_batch(job_file: str | Path, out: str | Path, rank: int = 0, world: int = 1, progress: bool = True) -> Dict[str, int]:
     """Run this process's share of the jobs; returns counts of done, skipped and failed items."""
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"RANK={rank} and WORLD_SIZE={world}: need WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
-    jobs = read_jobs(job_file)  # a malformed file is refused before any work
-    out = Path(out)
-    try:
-        check_writable(out)
-    except OSError as e:
-        raise ValueError(f"output folder {out} is not writable: {e}") from None
-    lock = _lock(out, rank)  # held while this batch runs: a second one on this rank is refused
-    records = read_manifest(out)
-    # an item is finished when its record is ok and its files are still there (a deleted image is made again)
-    finished = {k: r.get("fingerprint") for k, r in records.items() if r["status"] == "ok" and _present(out, r)}
-    mine = [(k, j) for i, (k, j) in enumerate(jobs) if i % world == rank]
-    leftovers = [n for n in os.listdir(out) if n.endswith(".tmp")]  # temporary files of a killed run
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    try:
-        path = out / f"manifest.{rank}.jsonl"
-        torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        with open(path, "a") as manifest:
-            if torn:  # a crash left the last record unterminated: never glue the next one onto it
-                manifest.write("\n")
-            for job_id, job in tqdm(mine, desc=f"batch {rank}/{world}", disable=None if progress else True):
-                fp = fingerprint(job)
-                if finished.get(job_id, "") == fp:
-                    counts["skipped"] += 1
-                    continue
-                if job_id in finished:
-                    log.warning("item %s changed since it was run (its job or a file it reads); running it again",
-                                job_id)
-                elif records.get(job_id, {}).get("status") == "ok":
-                    log.warning("item %s: a file it wrote is missing; running it again", job_id)
-                _remove_stale(out, job_id, leftovers)
-                t = time.perf_counter()
-                try:
-                    files = [p.name for p in run(job, out / f"{job_id}.png", progress=progress)]
-                    record = {"id": job_id, "status": "ok", "files": files, "fingerprint": fp}
-                    counts["done"] += 1
-                    _remove_replaced(out, records.get(job_id), files)
-                except Exception as e:  # one item's failure is recorded, the batch goes on
-                    full = isinstance(e, OSError) and e.errno == errno.ENOSPC
-                    log.warning("item %s failed: %s", job_id, e)
-                    record = {"id": job_id, "status": "failed", "trace": traceback.format_exc(limit=3),
-                              "error": "no space left on device" if full else f"{type(e).__name__}: {e}"}
-                    counts["failed"] += 1
-                    if full:  # later items would fail the same way: record this one, then stop
-                        _append(manifest, record, t)
-                        raise ValueError(f"no space left on device in {out}; item {job_id} is recorded as failed and "
-                                         "the batch stops (free space and run it again: finished items are kept)") from None
-                _append(manifest, record, t)
-    finally:
-        lock.close()
+    out, lock = Path(out), None
+    with JobFile(job_file) as jobs:
+        try:
+            manifests, leftovers = [], []
+            if out.is_dir():  # a resume: lock first, so that the manifests read are not being written on this rank
+                lock = _lock(_writable(out), rank)
+                manifests, leftovers = _scan(out)
+            # a malformed file is refused before any work (and before a new folder is made)
+            pending, stale, skipped = _plan(jobs, out, _finished(manifests), rank, world)
+            if lock is None:
+                lock = _lock(_writable(out), rank)
+                manifests, leftovers = _scan(out)
+                if manifests:  # another run made the folder meanwhile
+                    pending, stale, skipped = _plan(jobs, out, _finished(manifests), rank, world)
+            counts = {"done": 0, "skipped": skipped, "failed": 0}
+            _run(jobs, out, rank, world, set(pending), stale, leftovers, counts, progress)
+        except OSError as e:
+            if e.errno not in FULL or isinstance(e, DiskFull):
+                raise
+            raise DiskFull(e.errno, f"{os.strerror(e.errno).lower()} in {out}; free space there and run it again "
+                                    "(finished items are kept)") from None
+        finally:
+            if lock is not None:
+                lock.close()
     return counts
 
 
-def fingerprint(job: Job) -> str:
-    """A hash of everything an item's output depends on: every job field and the bytes of the files it reads."""
-    import hashlib
-    from dataclasses import asdict
+def _writable(out: Path) -> Path:
+    try:
+        check_writable(out)
+    except OSError as e:
+        if e.errno in FULL:  # said as a full disk by run_batch
+            raise
+        raise ValueError(f"output folder {out} is not writable: {e}") from None
+    return out
 
-    h = hashlib.sha256(json.dumps(asdict(job), sort_keys=True).encode())
-    for key in ("scene", "layout", "config", "image", "mask"):
+
+def _run(jobs: JobFile, out: Path, rank: int, world: int, pending: set, stale: dict, leftovers: List[str],
+         counts: dict, progress: bool):
+    """Run the pending items in order, each recorded in this rank's manifest as it ends."""
+    fd = os.open(out / f"manifest.{rank}.jsonl", os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        if end and os.pread(fd, 1, end - 1) != b"\n":  # a crash left the last record unterminated: never glue
+            os.write(fd, b"\n")  # the next one onto it
+        items = jobs.lines(pending.__contains__) if pending else iter(())
+        for i, n, item in tqdm(items, total=len(pending), desc=f"batch {rank}/{world}",
+                               disable=None if progress else True):
+            job_id, job = jobs.job(i, n, item)
+            fp = fingerprint(job)
+            message, old_files = stale.get(job_id, (None, None))
+            if message:
+                log.warning(message, job_id)
+            _remove_stale(out, job_id, leftovers)
+            t = time.perf_counter()
+            try:
+                files = [p.name for p in run(job, out / f"{job_id}.png", progress=progress)]
+                record = {"id": job_id, "status": "ok", "files": files, "fingerprint": fp}
+                if jobs.data is None and not any(getattr(job, k) for k in READS):
+                    record["line"] = line_digest(i, item)
+                counts["done"] += 1
+                if message:
+                    _remove_replaced(out, job_id, old_files, files)
+            except Exception as e:  # one item's failure is recorded, the batch goes on
+                full = isinstance(e, OSError) and e.errno in FULL
+                if not full:  # a full disk stops the batch with its own message
+                    log.warning("item %s failed: %s", job_id, e)
+                reason = os.strerror(e.errno).lower() if full else f"{type(e).__name__}: {e}"
+                record = {"id": job_id, "status": "failed", "trace": traceback.format_exc(limit=3), "error": reason}
+                counts["failed"] += 1
+                if full:  # later items would fail the same way: record this one if there is room, then stop
+                    said = "recorded as failed" if _append(fd, record, t) else "not recorded"
+                    raise DiskFull(e.errno, f"{reason} in {out}; item {job_id} is {said} and the batch stops (free "
+                                            "space there and run it again: finished items are kept)") from None
+            if not _append(fd, record, t):
+                raise DiskFull(errno.ENOSPC, f"no space left on device in {out}; item {job_id} is not recorded and the "
+                                             "batch stops (free space there and run it again: finished items are kept)")
+    finally:
+        os.close(fd)
+
+
+def fingerprint(job: Job, cache: Optional[dict] = None) -> str:
+    """A hash of everything an item's output depends on: every job field and the bytes of the files it reads
+    (``cache``: path -> bytes of the small ones, for a pass over many jobs reading the same spec)."""
+    h = hashlib.sha256(json.dumps(vars(job), sort_keys=True).encode())  # vars: asdict's fields, 4x faster
+    for key in READS:
         value = getattr(job, key)
         if value and Path(value).is_file():
-            h.update(Path(value).read_bytes())
+            data = cache.get(value) if cache is not None else None
+            if data is None:
+                data = Path(value).read_bytes()
+                if cache is not None and len(data) <= 1 << 16:
+                    cache[value] = data
+            h.update(data)
     return h.hexdigest()[:16]
 
 
@@ -181,37 +385,50 @@ def _outputs(files) -> set:
     return names
 
 
-def _present(out: Path, record: dict) -> bool:
-    """Whether every file of an ok record is still in the folder."""
-    return all((out / name).is_file() for name in _outputs(record.get("files")))
+def _present(out: Path, job_id: str, files: Optional[tuple]) -> bool:
+    """Whether every file of an ok record (``files`` None: the usual ID.png) is still in the folder."""
+    base = f"{out}{os.sep}"
+    if files is None:  # the usual case, fast: a resume checks every finished item
+        return os.path.isfile(f"{base}{job_id}.png") and os.path.isfile(f"{base}{job_id}_raw.png")
+    return all(os.path.isfile(base + name) for name in _outputs(files))
 
 
-def _remove_replaced(out: Path, old: dict | None, files: List[str]):
-    """After an item ran again, remove the files its previous ok run wrote that this run did not (frames 3 -> 1
-    leaves no x_f00.png or x.gif of the old job beside the new x.png)."""
-    if not old or old.get("status") != "ok":
-        return
-    for name in _outputs(old.get("files")) - _outputs(files):
+def _remove_replaced(out: Path, job_id: str, old: Optional[tuple], files: List[str]):
+    """After an item ran again, remove the files its previous ok run wrote (``old``; None: the usual ID.png)
+    that this run did not (frames 3 -> 1 leaves no x_f00.png or x.gif of the old job beside the new x.png)."""
+    for name in _outputs(old or [f"{job_id}.png"]) - _outputs(files):
         if "/" not in name and (out / name).is_file():
             (out / name).unlink()
             log.warning("removed %s, written by this item's previous run", name)
 
 
 def _remove_stale(out: Path, job_id: str, leftovers: List[str]):
-    """Remove the temporary files (of ``leftovers``) a killed run left for this item: ``save_png``'s
-    ``.ID[_fNN][_raw].png.*.tmp`` and the GIF's ``ID.gif.tmp``; only this rank runs the item, so none is being written."""
-    stale = re.compile(rf"\.{re.escape(job_id)}(_f\d+)?(_raw)?\.png\.[^./]*\.tmp|{re.escape(job_id)}\.gif\.tmp", re.S)
+    """Remove the temporary files (of ``leftovers``) a killed run left for this item: ``write_atomic``'s
+    ``.ID[_fNN][_raw].png.*.tmp`` and ``.ID.gif.*.tmp`` (and ``ID.gif.tmp`` of older versions); only this rank runs
+    the item, so none is being written."""
+    own = re.escape(job_id)
+    stale = re.compile(rf"\.{own}((_f\d+)?(_raw)?\.png|\.gif|\.mp4)\.[^./]*\.tmp|{own}\.gif\.tmp", re.S)
     for name in leftovers:
         if stale.fullmatch(name) and not (out / name).is_dir():
             (out / name).unlink(missing_ok=True)
 
 
-def _append(manifest, record: dict, started: float):
-    """One record, fsynced, with the item's seconds."""
+def _append(fd: int, record: dict, started: float) -> bool:
+    """Append one record whole, with the item's seconds, in one write, fsynced; False when the disk had no room
+    for it (then nothing of it stays: a manifest never holds a torn record)."""
     record["seconds"] = round(time.perf_counter() - started, 2)
-    manifest.write(json.dumps(record) + "\n")
-    manifest.flush()
-    os.fsync(manifest.fileno())
+    data = (json.dumps(record) + "\n").encode()
+    end = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        if os.write(fd, data) != len(data):  # a short write: the disk (or the file-size limit) is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError as e:
+        os.ftruncate(fd, end)
+        if e.errno in FULL:
+            return False
+        raise
+    os.fsync(fd)
+    return True
 
 
 def _lock(out: Path, rank: int):

@@ -245,14 +245,16 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", handlers=[_BarSafeHandler()])
+    restore = _raise_on_sigterm() if args.command in ("generate", "edit", "batch") else None
     try:
         if args.command in ("generate", "edit", "batch"):
             from .hardware import configure_threads
             configure_threads(args.threads)
         return args.fn(args)
-    except KeyboardInterrupt:
-        print("poegen: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: temporary files and locks were cleared on the way out
+        terminated = isinstance(e, Terminated)
+        print("poegen: terminated" if terminated else "poegen: interrupted", file=sys.stderr)
+        return 143 if terminated else 130  # 128 + the signal's number, as a shell reports a killed command
     except Exception as e:  # every error reaches the user as one line; -v adds the traceback
         _close_bars()
         if args.verbose:
@@ -262,6 +264,31 @@ def main(argv=None) -> int:
         message = " ".join(str(e).split())  # one line, whatever the exception held
         print(f"poegen: error: {message}{hint}", file=sys.stderr)
         return code
+    finally:
+        if restore is not None:
+            restore()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, accelerate stopping its workers), raised where Python next runs, like Ctrl-C,
+    so the same cleanup runs on the way out: no half-written file stays, the batch manifest ends on a whole record."""
+
+
+def _raise_on_sigterm():
+    """Make the first SIGTERM raise Terminated (a second is ignored, so it cannot cut the cleanup short); returns
+    a function that puts the previous handler back. Only the main thread may set handlers: elsewhere, nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _bars():

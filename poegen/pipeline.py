@@ -3,6 +3,7 @@ Layouts (``specs``), each turned into a Product (``families``), sampled, decoded
 (one per frame of a scene, and a GIF)."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -164,14 +165,40 @@ def save_png(image, path: Path, metadata: dict, scale: int = 1):
     info.add_text("poegen", json.dumps(metadata, sort_keys=True))
     if scale != 1:
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL: never a link
+    write_atomic(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, over quota, over the file-size limit (ulimit -f)
+_UMASK = os.umask(0o022)  # read once (reading it means setting it), at import, before any thread runs
+os.umask(_UMASK)
+
+
+class DiskFull(OSError):
+    """An output that did not fit (an errno of ``FULL``); the message names the folder and says to free space."""
+
+    def __str__(self):
+        return self.strerror
+
+
+def write_atomic(path: Path, write):
+    """``write(file)`` into a fresh temporary file beside ``path``, fsynced, then renamed over ``path``: an
+    interrupt, a kill or a full disk leaves the old file or the whole new one, never a part (the temporary file
+    is removed, or left for a resumed batch to clear after a kill); a full disk raises DiskFull."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL: never a link
+        os.fchmod(fd, 0o666 & ~_UMASK)  # the mode of a file written plainly, not mkstemp's owner-only 0600
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)  # replaces a planted link itself, never what it points to
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)  # no 0-byte or torn temporary file stays behind (a full disk, an interrupt)
+        if isinstance(e, OSError) and e.errno in FULL and not isinstance(e, DiskFull):
+            raise DiskFull(e.errno, f"{os.strerror(e.errno).lower()} in {path.parent}, writing {path.name}; free "
+                                    "space there and run again") from None
         raise
 
 
@@ -255,8 +282,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
         from PIL import Image
         frames = [Image.open(p) for p in written]
         gif = out.with_suffix(".gif")
-        tmp = gif.with_name(gif.name + ".tmp")
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=250, loop=0)
-        os.replace(tmp, gif)
+        write_atomic(gif, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                                                   duration=250, loop=0))
         written.append(gif)
     return written

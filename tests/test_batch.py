@@ -189,7 +189,7 @@ def test_a_full_disk_records_the_item_leaves_no_temporary_file_and_stops(tmp_pat
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(PILImage.Image, "save", full)
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="no space left on device in .*item a is recorded as failed"):
+    with pytest.raises(OSError, match="no space left on device in .*item a is recorded as failed"):  # exit 4
         run_batch(_two_jobs(tmp_path), out, progress=False)
     records = read_manifest(out)
     assert records == {"a": {**records["a"], "status": "failed", "error": "no space left on device"}}

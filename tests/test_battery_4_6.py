@@ -219,7 +219,7 @@ def _row_disk_full(tmp, capsys, monkeypatch):
         return real(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(PILImage.Image, "save", full)
-    Case(BATCH, 2, "no space left on device in {tmp}/o; item b is recorded as failed and the batch stops",
+    Case(BATCH, 4, "no space left on device in {tmp}/o; item b is recorded as failed and the batch stops",
          files={"j.jsonl": jsonl(job(id="a"), job("a blue box", id="b"), job("a cyan box", id="c"))}).run(
         tmp, capsys, monkeypatch)
     r = last(tmp / "o")
