@@ -200,7 +200,7 @@ OPTIONS.update(sd=("micro_batch", "torch_dtype") + TUNING, unet=("micro_batch", 
                clip=("tokenizer", "micro_batch", "torch_dtype"), pickscore=("tokenizer", "micro_batch", "torch_dtype"),
                vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"),
                detector=_detector_module.OPTIONS,
-               wan=_wan_module.OPTIONS)  # no TUNING: channels_last fails on the VAE's 3-D convolutions
+               wan=_wan_module.OPTIONS + ("compile",))  # no channels_last: 4-D only, and Wan's convolutions are 3-D
 
 Spec = Union[str, dict]
 CONFIG_FIELDS = ("prompt", "compose", "parts", "questions", "max_memory", "experts", "potentials", "dtype")
