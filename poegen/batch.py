@@ -334,7 +334,7 @@ def _run(jobs: JobFile, out: Path, rank: int, world: int, pending: set, stale: d
             _remove_stale(out, job_id, leftovers)
             t = time.perf_counter()
             try:
-                files = [p.name for p in run(job, out / f"{job_id}.png", progress=progress)]
+                files = [p.name for p in run(job, out / f"{job_id}.{job.video or 'png'}", progress=progress)]
                 record = {"id": job_id, "status": "ok", "files": files, "fingerprint": fp}
                 if jobs.data is None and not any(getattr(job, k) for k in READS):
                     record["line"] = line_digest(i, item)

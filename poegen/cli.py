@@ -20,11 +20,19 @@ def cmd_generate(args) -> int:
     from .pipeline import run
     from .job import Job
 
-    job = Job.from_dict({f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(Job)}, "generate")
+    values = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(Job)}
+    out = Path(args.video_out or args.out)
+    if args.video_out:
+        values["video"] = out.suffix.lower().lstrip(".")
+        if values["video"] not in ("gif", "mp4"):
+            raise ValueError(f"--video {out}: name a .gif or .mp4 file")
+    job = Job.from_dict(values, "generate")
     t = time.perf_counter()
-    written = run(job, Path(args.out), progress=not args.quiet)
+    written = run(job, out, progress=not args.quiet)
     elapsed = time.perf_counter() - t
-    if len(written) > 1:
+    if job.video:
+        print(f"wrote {written[0]} in {elapsed:.1f} s")
+    elif len(written) > 1:
         print(f"wrote {len(written) - 1} frames {written[0]} .. {written[-2]} and {written[-1]} in {elapsed:.1f} s")
     else:
         out = written[0]
@@ -185,7 +193,14 @@ def main(argv=None) -> int:
                    help="an object phrase (repeatable), instead of splitting the prompt")
     g.add_argument("--question", dest="questions", action="append", default=None, metavar="TEXT",
                    help="what every potential asks (repeatable; default: each object and relation)")
-    g.add_argument("--frames", type=int, default=1, help="with --scene: simulate N time points, one image each, and a GIF")
+    g.add_argument("--frames", type=int, default=None,
+                   help="with --scene: simulate N time points, one image each, and a GIF; with --video: frames per "
+                        "clip (Wan: 4k + 1, default 81)")
+    g.add_argument("--video", dest="video_out", default=None, metavar="PATH",
+                   help="a video model's clip (--expert wan:PATH), written as .gif, or .mp4 with the video extra "
+                        "(pip install 'poegen[video]'); instead of --out")
+    g.add_argument("--fps", type=float, default=None,
+                   help="frames per second of --video (default 16) or of a scene's GIF (default 4)")
     g.set_defaults(fn=cmd_generate)
     ed = sub.add_parser("edit", parents=[common], help="insert objects into a given image, placed by a mask or by "
                                                        "physics (--scene), with the background kept")

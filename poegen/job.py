@@ -27,7 +27,10 @@ class Job:
     compose: bool = False                    # named models: split the prompt into objects ("and", commas)
     parts: Optional[List[str]] = None        # object phrases, listed instead of split from the prompt
     questions: Optional[List[str]] = None    # what every potential asks (default: each object and relation)
-    frames: int = 1
+    frames: Optional[int] = None             # a scene: time points, one image each (default 1); a video: frames
+    #                                          per clip (default: the model's, 81 for Wan)
+    video: Optional[str] = None              # "gif" or "mp4": write a clip of a video model (registry.VIDEO)
+    fps: Optional[float] = None              # frames per second of a video (default 16) or a scene's GIF (4)
     sampler: str = "poe"
     particles: int = 8                       # issue 21: 8 x 1 move as exact as 16 x 2 (tuning seeds)
     steps: int = 20                          # levels (issue 15: 20 kept the shapes world's exact rates at 2/3 the time)
@@ -70,10 +73,9 @@ class Job:
             torch.device(job.device)
         except (RuntimeError, TypeError):
             raise ValueError(f"{where}: device {job.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-        if job.frames < 1 or job.particles < 1 or job.steps < 1:
+        if (job.frames is not None and job.frames < 1) or job.particles < 1 or job.steps < 1:
             raise ValueError(f"{where}: frames, particles and steps must be >= 1")
-        if job.frames > 1 and (job.scene is None or job.image is not None):
-            raise ValueError(f"{where}: frames {job.frames} needs a scene to simulate (--scene, not an edit)")
+        _check_video(job, where)
         if job.margin < 0:
             raise ValueError(f"{where}: margin {job.margin}: expected pixels >= 0 around the new objects")
         if job.dtype is not None:
@@ -83,9 +85,26 @@ class Job:
         return job
 
 
-_TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "select", "device", "dtype")
+def _check_video(job: Job, where: str):
+    """A video's format, what it may be made from, and the frames and fps of videos and scenes."""
+    if job.video is not None:
+        if job.video not in ("gif", "mp4"):
+            raise ValueError(f"{where}: video {job.video!r}: expected gif or mp4")
+        if job.image is not None or job.scene is not None:
+            raise ValueError(f"{where}: a video is made from a prompt or a layout; physics over time (a scene) and "
+                             "edits are not wired to video models yet (--scene --frames N writes a GIF of N images)")
+    elif (job.frames or 1) > 1 and (job.scene is None or job.image is not None):
+        raise ValueError(f"{where}: frames {job.frames} needs a scene to simulate (--scene, not an edit) or a video "
+                         "model (--video)")
+    if job.fps is not None and job.fps <= 0:
+        raise ValueError(f"{where}: fps {job.fps!r}: expected a positive number of frames per second")
+    if job.fps is not None and job.video is None and (job.frames or 1) == 1:
+        raise ValueError(f"{where}: fps is for a video (--video) or a scene's frames (--frames N)")
+
+
+_TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "select", "device", "dtype", "video")
 _WHOLE = ("frames", "particles", "steps", "mcmc_steps", "seed", "reward_every", "margin")
-_REAL = ("guidance", "vlm_weight", "grad_guidance", "max_memory")
+_REAL = ("guidance", "vlm_weight", "grad_guidance", "max_memory", "fps")
 _FLAG = ("compose", "resize", "replace_known")
 _TEXTS = ("parts", "questions", "experts", "potentials")
 

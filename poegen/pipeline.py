@@ -45,7 +45,7 @@ def products(job: Job, cfg: Optional[dict] = None):
         from .experts.physics import PhysicsExpert
         from .scene import load_scene, refuse_new
 
-        spec, n = load_scene(job.scene), job.frames
+        spec, n = load_scene(job.scene), job.frames or 1
         refuse_new(spec, job.scene)
         times = [spec.physics.duration * i / (n - 1) for i in range(n)] if n > 1 else [None]
         layouts = [(f"_f{i:02d}" if n > 1 else "", from_physics(PhysicsExpert(spec, until=t))) for i, t in enumerate(times)]
@@ -61,7 +61,8 @@ def products(job: Job, cfg: Optional[dict] = None):
     for _, layout in layouts:
         if questions is not None:
             layout.questions = list(questions)
-    return [(label, build_product(layout, experts, potentials, job.guidance, job.vlm_weight, job_dtype(job, cfg)))
+    return [(label, build_product(layout, experts, potentials, job.guidance, job.vlm_weight, job_dtype(job, cfg),
+                                  video=job.video is not None, frames=job.frames if job.video else None))
             for label, layout in layouts]
 
 
@@ -202,6 +203,29 @@ def write_atomic(path: Path, write):
         raise
 
 
+VIDEO_FPS = 16  # Wan 2.1's frame rate
+
+
+def write_video(clip: torch.Tensor, path: Path, metadata: dict, fps: float):
+    """Write a (3, F, H, W) clip in [-1, 1] atomically as a GIF (PIL; the metadata in its comment) or an MP4
+    (imageio with ffmpeg, the ``video`` extra; the metadata as its comment tag), by ``path``'s suffix."""
+    from .experts.shapes.render import to_uint8
+    from .images import mp4_writer
+
+    if clip.dim() != 4 or clip.shape[0] != 3:
+        raise ValueError(f"{path}: expected a clip (3, frames, H, W), got shape {tuple(clip.shape)}")
+    frames = [to_uint8(clip[:, f]) for f in range(clip.shape[1])]
+    text = json.dumps(metadata, sort_keys=True)
+    if path.suffix.lower() == ".gif":
+        from PIL import Image
+        images = [Image.fromarray(f) for f in frames]
+        write_atomic(path, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                                                    duration=round(1000 / fps), loop=0, comment=text))
+    else:
+        data = mp4_writer()(frames, fps, text)
+        write_atomic(path, lambda f: f.write(data))
+
+
 def stage_bar(progress: bool, desc: str, total: int):
     """A progress bar on stderr for one stage of a job (loading models, decoding, writing), shown when ``progress``
     is asked and stderr is a terminal (tqdm's ``disable=None``); it is cleared when the stage ends or fails."""
@@ -220,11 +244,18 @@ def to_pil(x: torch.Tensor):
 
 def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Path]:
     """Sample the job and write out (upscaled) and out_raw (native) per frame, plus a GIF for several
-    frames; every frame uses the same seed, so shared noise keeps the appearance consistent."""
+    frames; every frame uses the same seed, so shared noise keeps the appearance consistent. A video job
+    (``job.video``) writes its clip to out (.gif or .mp4, ``write_video``)."""
     out = Path(out)
     if out.is_dir():  # first: `--out folder/` is a folder, whatever its name
         raise ValueError(f"--out {out} is a folder; name a .png file")
-    if out.suffix.lower() != ".png":
+    if job.video is not None:
+        if out.suffix.lower() != "." + job.video:
+            raise ValueError(f"--video {out}: a {job.video} video is written to a .{job.video} file")
+        if job.video == "mp4":
+            from .images import mp4_writer
+            mp4_writer()  # a missing extra fails before any sampling
+    elif out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: poegen writes PNG (with its metadata); name the file .png")
     for key in ("image", "mask", "scene", "layout", "config"):  # never write over what the job reads
         given = getattr(job, key)
@@ -270,11 +301,14 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
                 from .edit import background_mse
                 meta["background_mse"] = background_mse(x, product.edit)
                 log.info("%s: background MSE outside the mask %.2e", out, meta["background_mse"])
-            img = to_pil(x)
             bar.update(), bar.set_description("writing")
-            save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)
-            bar.update()
-            save_png(img, path, meta, scale)
+            if job.video is not None:  # a clip (3, F, H, W): one file, its metadata inside
+                write_video(x, path, meta, job.fps or VIDEO_FPS)
+            else:
+                img = to_pil(x)
+                save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)
+                bar.update()
+                save_png(img, path, meta, scale)
             bar.update()
         written.append(path)
         log.info("%s: NFE %s, log Z %.3f", path, result.nfe, result.log_Z)
@@ -283,6 +317,6 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
         frames = [Image.open(p) for p in written]
         gif = out.with_suffix(".gif")
         write_atomic(gif, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
-                                                   duration=250, loop=0))
+                                                   duration=round(1000 / (job.fps or 4)), loop=0))
         written.append(gif)
     return written
