@@ -318,7 +318,7 @@ def _writable(out: Path) -> Path:
 def _run(jobs: JobFile, out: Path, rank: int, world: int, pending: set, stale: dict, leftovers: List[str],
          counts: dict, progress: bool):
     """Run the pending items in order, each recorded in this rank's manifest as it ends."""
-    fd = os.open(out / f"manifest.{rank}.jsonl", os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(out / f"manifest.{rank}.jsonl", os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)  # less the umask
     try:
         end = os.lseek(fd, 0, os.SEEK_END)
         if end and os.pread(fd, 1, end - 1) != b"\n":  # a crash left the last record unterminated: never glue
