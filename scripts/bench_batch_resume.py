@@ -99,7 +99,7 @@ def main():
                   f"start-up {fig['startup_s']:.2f} s to the first item ({fig['cpu_s']:.2f} s CPU), "
                   f"peak RSS {fig['peak_rss_mib']:.0f} MiB "
                   f"({fig['imports_rss_mib']:.0f} MiB after imports, "
-                  f"+{fig['peak_rss_mib'] - fig['imports_rss_mib']:.0f} MiB for the batch)")
+                  f"+{max(0.0, fig['peak_rss_mib'] - fig['imports_rss_mib']):.0f} MiB for the batch)")
 
 
 if __name__ == "__main__":
