@@ -223,3 +223,32 @@ def test_bars_on_a_terminal_and_none_with_quiet_or_in_a_pipe(command, tmp_path):
     for kind, quiet in (("tty", ["--quiet"]), ("pipe", [])):
         code, raw = run_in(kind, make(_fresh(tmp_path / kind)) + quiet)
         assert code == 0 and BAR not in raw and b"\r" not in raw, (kind, raw[-300:])
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def test_readme_quotes_the_figures_scripts_readme_figures_wrote():
+    """README's demo time, compare table and both images are those of docs/readme_figures.json (rerun
+    scripts/readme_figures.py and copy its figures when the code changes them)."""
+    import hashlib
+    import re
+
+    from poegen.report import table
+
+    figures = json.loads((ROOT / "docs" / "readme_figures.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    demo, compare = figures["demo"], figures["compare"]
+    quoted = re.search(r"about ([\d.]+) seconds on (\d+) CPU cores \(([^,]+), ([^,]+), (\w+)\)", readme)
+    assert quoted, "README's demo sentence: 'about S seconds on N CPU cores (CPU, CAPABILITY, DTYPE)'"
+    m = demo["machine"]
+    assert quoted.groups() == (f"{demo['seconds']:.1f}", str(m["cores"]), m["cpu"], m["capability"],
+                               m["dtype_auto"].replace("torch.", ""))
+    assert table(compare["summary"]) == compare["table"]  # today's report code prints the recorded summary so
+    block = "\n".join("    " + line for line in compare["table"].splitlines())
+    assert block + "\n" in readme, "README's compare table differs from docs/readme_figures.json"
+    assert "exact" in compare["table"].splitlines()[0] and "predates" not in readme
+    for part in (demo, compare):
+        assert hashlib.sha256((ROOT / part["image"]).read_bytes()).hexdigest() == part["sha256"], part["image"]
+        assert f"]({part['image']})" in readme
+    assert compare["command"].split(" --workers")[0].replace("poegen compare ", "") in " ".join(readme.split())
