@@ -360,9 +360,12 @@ def _run(jobs: JobFile, out: Path, rank: int, world: int, pending: set, stale: d
 
 
 def fingerprint(job: Job, cache: Optional[dict] = None) -> str:
-    """A hash of everything an item's output depends on: every job field and the bytes of the files it reads
-    (``cache``: path -> bytes of the small ones, for a pass over many jobs reading the same spec)."""
-    h = hashlib.sha256(json.dumps(vars(job), sort_keys=True).encode())  # vars: asdict's fields, 4x faster
+    """A hash of everything an item's output depends on: the job's fields (those left None are not asked for and
+    left out, so a field added to Job later with default None leaves finished items finished; a changed default
+    changes the hash) and the bytes of the files it reads (``cache``: path -> bytes of the small ones, for a pass
+    over many jobs reading the same spec)."""
+    asked = {k: v for k, v in vars(job).items() if v is not None}  # vars: asdict's fields, 4x faster
+    h = hashlib.sha256(json.dumps(asked, sort_keys=True).encode())
     for key in READS:
         value = getattr(job, key)
         if value and Path(value).is_file():
