@@ -268,6 +268,7 @@ def main(argv=None) -> int:
         return args.fn(args)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: temporary files and locks were cleared on the way out
         terminated = isinstance(e, Terminated)
+        _close_bars()
         print("poegen: terminated" if terminated else "poegen: interrupted", file=sys.stderr)
         return 143 if terminated else 130  # 128 + the signal's number, as a shell reports a killed command
     except Exception as e:  # every error reaches the user as one line; -v adds the traceback

@@ -252,3 +252,13 @@ def test_readme_quotes_the_figures_scripts_readme_figures_wrote():
         assert hashlib.sha256((ROOT / part["image"]).read_bytes()).hexdigest() == part["sha256"], part["image"]
         assert f"]({part['image']})" in readme
     assert compare["command"].split(" --workers")[0].replace("poegen compare ", "") in " ".join(readme.split())
+
+
+def test_the_simulator_prints_nothing():
+    """pybullet's C code prints its build time on import; a command's output and bars must not carry it."""
+    import subprocess
+    import sys
+
+    code = "from poegen.experts.shapes.world import _Sim; _Sim.get(); print('done')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout == "done\n" and out.stderr == "", (out.stdout, out.stderr)

@@ -137,11 +137,32 @@ class _Sim:
     @classmethod
     def get(cls):
         """Return (pybullet module, client id)."""
-        import pybullet as p
+        import importlib
 
+        p = _quietly(importlib.import_module, "pybullet")
         if cls.client is None or not p.isConnected(cls.client):
-            cls.client = p.connect(p.DIRECT)
+            cls.client = _quietly(p.connect, p.DIRECT)
         return p, cls.client
+
+
+def _quietly(fn, *args):
+    """fn(*args) with the process's stdout and stderr closed: pybullet's C code prints its build time on import,
+    which would land in the middle of a progress bar or a command's output."""
+    import ctypes
+    import os
+    import sys
+
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1), os.dup2(null, 2)
+        return fn(*args)
+    finally:
+        ctypes.CDLL(None).fflush(None)  # C stdio buffers what it printed: let it go to the null device
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        for fd in saved + [null]:
+            os.close(fd)
 
 
 def _quat_y(p, angle: float):
