@@ -228,7 +228,7 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
         potentials.append(layout.edit.known_pixels())  # the given image outside the edit mask
         lambdas.append(1.0)
     centres = [o.centre(size) for o in layout.objects]
-    if footprint and layout.edit is None and physics is None and len(centres) > 1 and None not in centres:
+    if footprint and layout.edit is None and physics is None and centres and None not in centres:
         from .experts.shapes.footprint import footprint as make_footprint
         potentials.append(make_footprint(centres, phrases, size))  # nothing drawn away from the placed objects
         lambdas.append(1.0)

@@ -34,7 +34,8 @@ def test_two_shards_equal_one_process(tmp_path):
     assert outputs(tmp_path / "one") == outputs(tmp_path / "two") and len(outputs(tmp_path / "one")) == 12
     assert len(read_manifest(tmp_path / "two")) == 6 and len(list((tmp_path / "two").glob("manifest.*.jsonl"))) == 2
     meta = json.loads(Image.open(tmp_path / "one" / "00002.png").text["poegen"])
-    assert meta["job"]["prompt"] == "a green wedge" and meta["job"]["seed"] == 2 and "shapes[green wedge]" in meta["experts"]
+    assert meta["job"]["prompt"] == "a green wedge" and meta["job"]["seed"] == 2
+    assert "shapes[green wedge at (16.0, 27.0)]" in meta["experts"]  # one object is placed mid-floor
 
 
 def test_restart_skips_finished_and_failures_are_recorded(tmp_path):
@@ -238,3 +239,19 @@ def test_a_resume_removes_only_its_own_items_temporary_files(tmp_path):
         (tmp_path / n).write_bytes(b"")
     _remove_stale(tmp_path, "x", names)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[4:])
+
+
+def test_fingerprint_leaves_out_fields_left_none():
+    """A field added to Job later (default None) must not make finished items of older manifests run again; a
+    field's value, default or not, is part of the hash."""
+    import dataclasses
+    import hashlib
+
+    from poegen.batch import fingerprint
+    from poegen.job import Job
+
+    job = Job(prompt="a red ball", seed=3)
+    asked = {k: v for k, v in dataclasses.asdict(job).items() if v is not None}
+    assert "seed" in asked and "video" not in asked
+    assert fingerprint(job) == hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:16]
+    assert fingerprint(Job(prompt="a red ball", steps=7)) != fingerprint(Job(prompt="a red ball"))

@@ -63,7 +63,8 @@ def test_prompt_product_uses_composable_weights():
 
     default = build_product("a red ball")
     assert default.weights == [1 - GUIDANCE, GUIDANCE]
-    assert default.lambdas == [VLM_WEIGHT] + [VLM_WEIGHT * COUNT_WEIGHT] * 3
+    assert default.lambdas == [VLM_WEIGHT] + [VLM_WEIGHT * COUNT_WEIGHT] * 3 + [1.0]  # one object is placed too
+    assert default.potential_names[-1] == "footprint" and default.names[-1] == "shapes[red ball at (16.0, 27.0)]"
 
 
 def test_phrase_experts_share_one_forward_and_match_separate_calls():
@@ -153,7 +154,7 @@ def test_placement_puts_objects_apart_and_keeps_the_relations():
     from poegen.experts.shapes.prompt import FLOOR_ROW, RELATION_WEIGHT, Prompt, parse_prompt, placement
     from poegen.families import shapes_prompt_product as build_product
 
-    assert placement(parse_prompt("a red ball")) is None  # one object goes where the prior puts it
+    assert placement(parse_prompt("a red ball")) == [(16.0, FLOOR_ROW)]  # one object: the middle of the floor
     (c0, r0), (c1, r1) = placement(parse_prompt("a green wedge right of a yellow box"))
     assert c0 > c1 + 8 and r0 == r1 == FLOOR_ROW
     (c0, r0), (c1, r1) = placement(parse_prompt("a red ball on a blue box"))

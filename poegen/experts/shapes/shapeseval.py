@@ -1,8 +1,8 @@
 """ShapesEval: benchmark prompts of the shapes world, each drawn with a simulated scene that satisfies it.
 
 Two tiers of categories. Tier A follows GenEval's six (one object, two objects, counting, colours, position,
-colour attribution) in the shapes world's words; tier B asks what composition is for: three and four objects,
-same-shape binding, size binding, chained relations, absences and mixed counts. A category's prompt is built
+colour attribution) in the shapes world's words; tier B asks what composition is for: four objects (half of the
+time one on another), same-shape binding, size binding, two or three chained relations, absences and mixed counts. A category's prompt is built
 from random words, then its objects are dropped where ``placement`` puts them and simulated with pybullet; the
 prompt is kept only when the settled scene satisfies it by the simulation's own truth (every object in view,
 exactly the asked objects, each relation and absence holding with a margin), so every prompt is physically
@@ -79,9 +79,11 @@ def _binding(rng):
 
 
 def _objects(rng):
-    n = int(rng.integers(3, 5))
-    cs = _pick(rng, COLOUR_NAMES, n)
+    """Four objects, each with its colour; half of the time the first stands on the second."""
+    cs = _pick(rng, COLOUR_NAMES, 4)
     parts = [f"a {c} {_pick(rng, SHAPES)[0]}" for c in cs]
+    if rng.random() < 0.5:
+        parts[:2] = [f"{parts[0]} on {parts[1]}"]
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
@@ -100,12 +102,15 @@ def _size(rng):
 
 
 def _chain(rng):
-    cs = _pick(rng, COLOUR_NAMES, 3)
-    s = [_pick(rng, SHAPES)[0] for _ in range(3)]
-    r1, r2 = _rel(rng), _rel(rng)
+    """Two or three relations chained over three or four coloured objects."""
+    n = int(rng.integers(3, 5))
+    cs = _pick(rng, COLOUR_NAMES, n)
+    names = [f"{cs[k]} {_pick(rng, SHAPES)[0]}" for k in range(n)]
+    rels = [_rel(rng) for _ in range(n - 1)]
     if rng.random() < 0.5:
-        return f"a {cs[0]} {s[0]} {r1} a {cs[1]} {s[1]} {r2} a {cs[2]} {s[2]}"
-    return f"a {cs[0]} {s[0]} {r1} a {cs[1]} {s[1]} and the {cs[1]} {s[1]} {r2} a {cs[2]} {s[2]}"
+        return f"a {names[0]} " + " ".join(f"{r} a {b}" for r, b in zip(rels, names[1:]))
+    return f"a {names[0]} {rels[0]} a {names[1]}" + "".join(
+        f" and the {a} {r} a {b}" for a, r, b in zip(names[1:-1], rels[1:], names[2:]))
 
 
 def _negation(rng):
