@@ -15,6 +15,7 @@ from torch import Tensor
 from .cache import cached
 from .cache import torch_dtype as _torch_dtype
 from .diffusers import resolve
+from .diffusers.common import load_pretrained
 from .vlm import _normalise
 
 log = logging.getLogger("poegen.experts.detector")
@@ -74,7 +75,7 @@ class DetectorScorer:
         else:
             from transformers import OwlViTForObjectDetection as Detector
         model, processor = cached("detector", root, _torch_dtype(torch_dtype), None, lambda: (
-            Detector.from_pretrained(root, dtype=_torch_dtype(torch_dtype)), AutoProcessor.from_pretrained(root)))
+            load_pretrained(Detector, root, dtype=_torch_dtype(torch_dtype)), load_pretrained(AutoProcessor, root)))
         ip = processor.image_processor
         return cls(model, processor.tokenizer, ip.image_mean, ip.image_std, micro_batch=micro_batch)
 

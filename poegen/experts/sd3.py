@@ -17,6 +17,7 @@ from torch import Tensor
 from .cache import cached
 from .cache import torch_dtype as _torch_dtype
 from .diffusers import FlowTransformerExpert, _encoded, _prompt_ids, _vae_scale, resolve, vae_decoder
+from .diffusers.common import load_pretrained
 
 log = logging.getLogger("poegen.experts.sd3")
 
@@ -29,12 +30,12 @@ def load_text_encoders(root: str, torch_dtype=None) -> list:
     None when the folder has no text_encoder_3/ (SD3 without T5: its tokens are zeros)."""
     from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel
 
-    encoders = [(CLIPTokenizer.from_pretrained(root, subfolder=tok),
-                 CLIPTextModelWithProjection.from_pretrained(root, subfolder=enc, torch_dtype=torch_dtype).eval())
+    encoders = [(load_pretrained(CLIPTokenizer, root, tok),
+                 load_pretrained(CLIPTextModelWithProjection, root, enc, torch_dtype=torch_dtype).eval())
                 for tok, enc in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))]
     if (Path(root) / "text_encoder_3").is_dir():
-        t5 = T5EncoderModel.from_pretrained(root, subfolder="text_encoder_3", torch_dtype=torch_dtype).eval()
-        encoders.append((AutoTokenizer.from_pretrained(root, subfolder="tokenizer_3"), t5))
+        t5 = load_pretrained(T5EncoderModel, root, "text_encoder_3", torch_dtype=torch_dtype).eval()
+        encoders.append((load_pretrained(AutoTokenizer, root, "tokenizer_3"), t5))
     else:
         log.info("%s has no text_encoder_3/: the T5 tokens are zeros (as StableDiffusion3Pipeline without T5)", root)
         encoders.append(None)
@@ -104,8 +105,8 @@ class SD3Expert(FlowTransformerExpert):
             raise TypeError("prompts: expected a list of prompts, got one string; use from_pretrained for one")
         torch_dtype = _torch_dtype(torch_dtype)
         root = resolve(path_or_id)
-        model = cached("sd3", root, torch_dtype, None, lambda: SD3Transformer2DModel.from_pretrained(
-            root, subfolder="transformer", torch_dtype=torch_dtype))
+        model = cached("sd3", root, torch_dtype, None, lambda: load_pretrained(
+            SD3Transformer2DModel, root, "transformer", torch_dtype=torch_dtype))
         text = cached("sd3-text", root, torch_dtype, None,
                       lambda: {"encoders": load_text_encoders(root, torch_dtype), "embeddings": {}})
         return cls.from_parts({"transformer": model, "text": text, "vae_scale": _vae_scale(root)}, prompts,

@@ -248,7 +248,7 @@ def _clip_image_tokens(root: str, image: Tensor, torch_dtype) -> Tensor:
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
     enc = cached("wan-image-encoder", root, torch_dtype, None, lambda: (
-        CLIPImageProcessor.from_pretrained(root, subfolder="image_processor"),  # load_pretrained wants a tokenizer
+        load_pretrained(CLIPImageProcessor, root, "image_processor"),
         load_pretrained(CLIPVisionModel, root, "image_encoder", torch_dtype=torch_dtype).eval()))
     pixels = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     inputs = enc[0](images=Image.fromarray(pixels), return_tensors="pt").to(enc[1].device)

@@ -154,7 +154,10 @@ def load_pretrained(cls, root: str, subfolder: Optional[str] = None, **kwargs):
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is missing: the {cls.__name__} is looked for there; {REFETCH}")
     name, config = cls.__name__, None
-    if "Tokenizer" in name or "Processor" in name:
+    if "ImageProcessor" in name:
+        if not (folder / "preprocessor_config.json").exists():
+            raise FileNotFoundError(f"no preprocessor_config.json in {folder}; {REFETCH}")
+    elif "Tokenizer" in name or "Processor" in name:
         if not any((folder / f).exists() for f in TOKENIZER_FILES):
             raise FileNotFoundError(f"no tokenizer in {folder} (looked for {', '.join(TOKENIZER_FILES)}); {REFETCH}")
     else:
