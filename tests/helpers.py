@@ -152,6 +152,22 @@ def tiny_flux_folder(tmp_path: Path, guidance_embeds: bool = True):
     return tmp_path
 
 
+def tiny_flux_pipeline(root: Path):
+    """A FluxPipeline on a ``tiny_flux_folder``'s components, each loaded from its subfolder, without progress bars."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
+
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler"),
+                        vae=AutoencoderKL.from_pretrained(root / "vae"),
+                        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
+                        tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
+                        text_encoder_2=T5EncoderModel.from_pretrained(root / "text_encoder_2"),
+                        tokenizer_2=AutoTokenizer.from_pretrained(root / "tokenizer_2"),
+                        transformer=FluxTransformer2DModel.from_pretrained(root / "transformer"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def tiny_vlm_folder(tmp_path: Path):
     """A Llava-shaped image-text-to-text VLM with random weights in one folder: a CLIP vision tower (16x16
     images, 4x4 patches: 16 image tokens), a 2-layer Llama, and a LlavaProcessor over a word tokenizer

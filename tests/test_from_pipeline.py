@@ -11,7 +11,7 @@ import torch
 
 import poegen
 
-from helpers import tiny_flux_folder, tiny_sd3_folder, tiny_sd_folder, tiny_sdxl_folder, tiny_vp_folder
+from helpers import tiny_flux_folder, tiny_flux_pipeline, tiny_sd3_folder, tiny_sd_folder, tiny_sdxl_folder, tiny_vp_folder
 
 PROMPT, W, SEED = "a red ball", 3.0, 0
 
@@ -128,30 +128,19 @@ def test_sd3_pipeline_in_memory_matches_its_own_output(tmp_path):
 
 
 def test_flux_pipeline_in_memory_matches_its_own_output(tmp_path):
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
-
-    root = tiny_flux_folder(tmp_path)
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler"),
-                        vae=AutoencoderKL.from_pretrained(root / "vae"),
-                        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
-                        tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
-                        text_encoder_2=T5EncoderModel.from_pretrained(root / "text_encoder_2"),
-                        tokenizer_2=AutoTokenizer.from_pretrained(root / "tokenizer_2"),
-                        transformer=FluxTransformer2DModel.from_pretrained(root / "transformer"))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_flux_pipeline(tiny_flux_folder(tmp_path))
     expert = poegen.from_pipeline(pipe, PROMPT, resolution=16, guidance=3.5, max_sequence_length=8)
     assert expert.transformer is pipe.transformer and expert.shape == (4, 8, 8)
     flow = [0.8, 0.75, 0.5, 0.2]  # the pipeline's sigmas as given (no shift in the tiny scheduler's config)
     sigmas = poegen.pipeline_sigmas(pipe, len(flow), sigmas=flow, mu=0.5)
     latents, images, x_init = ours([expert], [1.0], sigmas)
-    packed = FluxPipeline._pack_latents(x_init / (1 + sigmas[0]), 1, 4, 8, 8)
+    packed = type(pipe)._pack_latents(x_init / (1 + sigmas[0]), 1, 4, 8, 8)
     with torch.no_grad():
         out = pipe(PROMPT, height=16, width=16, sigmas=flow, guidance_scale=3.5, latents=packed,
                    max_sequence_length=8, output_type="latent").images
         theirs_images = pipe(PROMPT, height=16, width=16, sigmas=flow, guidance_scale=3.5, latents=packed,
                              max_sequence_length=8, output_type="pt").images
-    check_parity("flux", latents, FluxPipeline._unpack_latents(out, 16, 16, pipe.vae_scale_factor), images,
+    check_parity("flux", latents, type(pipe)._unpack_latents(out, 16, 16, pipe.vae_scale_factor), images,
                  theirs_images)
 
 

@@ -10,7 +10,7 @@ import torch
 
 import poegen
 
-from helpers import tiny_controlnet_folder, tiny_flux_folder, tiny_sd_folder, tiny_sdxl_folder
+from helpers import tiny_controlnet_folder, tiny_flux_folder, tiny_flux_pipeline, tiny_sd_folder, tiny_sdxl_folder
 
 PROMPT, W, SEED = "a red ball", 3.0, 0
 
@@ -117,31 +117,21 @@ def test_sdxl_with_cfg_matches_the_euler_pipeline(tmp_path):
 
 
 def test_flux_with_embedded_guidance_matches_the_flow_match_pipeline(tmp_path):
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel)
-    from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
-
     from poegen.experts.diffusers import FluxExpert
 
     root = tiny_flux_folder(tmp_path)
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler"),
-                        vae=AutoencoderKL.from_pretrained(root / "vae"),
-                        text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder"),
-                        tokenizer=CLIPTokenizer.from_pretrained(root / "tokenizer"),
-                        text_encoder_2=T5EncoderModel.from_pretrained(root / "text_encoder_2"),
-                        tokenizer_2=AutoTokenizer.from_pretrained(root / "tokenizer_2"),
-                        transformer=FluxTransformer2DModel.from_pretrained(root / "transformer"))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_flux_pipeline(root)
     # flow times below 1 (t = 1 is an infinite VE sigma) whose VE sigmas t / (1 - t) round-trip exactly in float32
     flow = [0.8, 0.75, 0.5, 0.2]
     sigmas = torch.tensor(flow, dtype=torch.float64) / (1 - torch.tensor(flow, dtype=torch.float64))
     (expert,) = FluxExpert.load_prompts(str(root), [PROMPT], guidance=3.5)
     c, h, w = expert.shape
     ours, x_init = engine_sample([expert], [1.0], sigmas)
-    latents = FluxPipeline._pack_latents(x_init / (1 + sigmas[0]).float(), 1, c, h, w)  # x_flow = x_ve / (1 + sigma)
+    latents = type(pipe)._pack_latents(x_init / (1 + sigmas[0]).float(), 1, c, h, w)  # x_flow = x_ve / (1 + sigma)
     with torch.no_grad():
         out = pipe(PROMPT, height=16, width=16, sigmas=flow, num_inference_steps=len(flow), guidance_scale=3.5,
                    latents=latents, max_sequence_length=8, output_type="latent").images
-    theirs = FluxPipeline._unpack_latents(out, 16, 16, pipe.vae_scale_factor)
+    theirs = type(pipe)._unpack_latents(out, 16, 16, pipe.vae_scale_factor)
     assert_parity(ours, theirs, "flux")
 
 

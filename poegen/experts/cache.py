@@ -2,6 +2,7 @@
 shares one backbone, whichever config entry, region or frame asked for it."""
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Callable, Dict, Hashable, Tuple
@@ -23,6 +24,15 @@ def cached(kind: str, path: str, dtype, device, load: Callable[[], object], extr
         log.info("loading %s from %s", kind, path)
         _MODELS[key] = load()
     return _MODELS[key]
+
+
+def digest(*tensors) -> str:
+    """A key for conditioning tensors (an image, a mask, a control video): their shapes, dtypes and values."""
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def torch_dtype(value):

@@ -6,7 +6,6 @@ flow -> VE conversion and the batched call are ``FluxExpert``'s.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .cache import cached
+from .cache import cached, digest
 from .cache import torch_dtype as _torch_dtype
 from .diffusers import (FlowTransformerExpert, FluxExpert, _encoded, _flux_parts, _prompt_ids, _vae_config,
                         _vae_scale, latent_ids, load_vae, pack_latents, resolve, unpack_latents)
@@ -59,14 +58,6 @@ def _check_inputs(image: Tensor, mask: Tensor, f: int, resolution: Optional[int]
         raise ValueError(f"image is {H}x{W} pixels but resolution is {resolution}; resize the image and mask to "
                          f"{resolution}x{resolution} or leave resolution out")
     return mask
-
-
-def _digest(*tensors: Tensor) -> str:
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(str((tuple(t.shape), t.dtype)).encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -136,7 +127,7 @@ class FluxFillExpert(FluxExpert):
         model = parts["transformer"]
         if masked_image_latents is None:
             store = cached("flux-fill-conditioning", root, None, None, dict)
-            key = _digest(image, mask)
+            key = digest(image, mask)
             if key not in store:
                 store[key] = fill_conditioning(root, image, mask)
             fill = store[key]

@@ -10,7 +10,6 @@ repeated per row, so particles run batched where a reference pipeline runs at ba
 """
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import re
@@ -20,7 +19,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .cache import cached
+from .cache import cached, digest
 from .cache import torch_dtype as _torch_dtype
 from .diffusers import FlowTransformerExpert, _Decode, _encoded, resolve
 from .diffusers.common import load_pretrained
@@ -150,14 +149,6 @@ def latent_shape(root: str, num_frames: int, height: int, width: int) -> Tuple[i
     return (vae.get("z_dim", 16), (num_frames - 1) // ft + 1, height // fs, width // fs)
 
 
-def _digest(*tensors: Tensor) -> str:
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(str((tuple(t.shape), t.dtype)).encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _check_video(video: Tensor, name: str, channels: int, lo: float) -> Tensor:
     """``video`` as (1, channels, frames, H, W) after checking its rank and range."""
     video = video[None] if video.dim() == 4 else video
@@ -282,7 +273,7 @@ class WanImageToVideoExpert(WanExpert):
         shape = latent_shape(root, num_frames, image.shape[-2], image.shape[-1])
         dtype = _torch_dtype(torch_dtype)
         store = cached("wan-first-frame", root, dtype, None, dict)
-        key = (_digest(image), num_frames)
+        key = (digest(image), num_frames)
         if key not in store:
             with_clip = _config(root, "transformer").get("image_dim") is not None
             store[key] = (first_frame_condition(load_wan_vae(root), image, num_frames),
@@ -353,7 +344,7 @@ class WanVACEExpert(WanExpert):
                              "VACE layer)")
         scale = scale.expand(layers).clone()
         store = cached("wan-vace-control", root, None, None, dict)
-        key = _digest(video, mask)
+        key = digest(video, mask)
         if key not in store:
             store[key] = vace_control(load_wan_vae(root), video, mask, shape[1])
         control = store[key]
