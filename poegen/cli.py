@@ -260,6 +260,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", handlers=[_BarSafeHandler()])
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        _quiet_libraries()
     restore = _raise_on_sigterm() if args.command in ("generate", "edit", "batch") else None
     try:
         if args.command in ("generate", "edit", "batch"):
@@ -311,6 +313,17 @@ def _bars():
     """The progress bars drawn now (tqdm's, if it was imported at all)."""
     std = sys.modules.get("tqdm.std")
     return list(std.tqdm._instances) if std is not None else []
+
+
+def _quiet_libraries():
+    """No progress bars from transformers and diffusers either (their "Loading weights" bars), as ours: --quiet,
+    or stderr not a terminal. The environment variable reaches them when imported later, the call when already."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for name in ("transformers", "diffusers"):
+        if name in sys.modules:
+            sys.modules[name].utils.logging.disable_progress_bar()
 
 
 def _close_bars():
