@@ -211,9 +211,10 @@ def _check_geometry(spec: SceneSpec):
                              "(x within about +-3.2, y within 0..6); move it inside")
 
 
-def simulate_scene(spec: SceneSpec, until: Optional[float] = None):
+def simulate_scene(spec: SceneSpec, until: Optional[float] = None, observe=None):
     """Simulate the spec (to ``until`` seconds, default the full duration) and return the final shapes Scene.
-    Objects that leave the view or do not settle are logged as warnings."""
+    Objects that leave the view or do not settle are logged as warnings. ``observe(step, poses)`` sees the
+    objects' (x, y, angle) at every time step (``shapes.world.simulate``)."""
     from .experts.shapes.world import in_view, simulate
 
     duration = spec.physics.duration if until is None else min(until, spec.physics.duration)
@@ -221,7 +222,7 @@ def simulate_scene(spec: SceneSpec, until: Optional[float] = None):
     vel = [(o.velocity[0], o.velocity[1], math.radians(o.spin)) for o in spec.objects]
     editing = any(o.new for o in spec.objects)  # an edit: the objects already in the image stay put
     scene = simulate(world_objects(spec), steps=steps, dt=spec.physics.time_step, gravity=spec.physics.gravity,
-                     velocities=vel, static=[not o.new for o in spec.objects] if editing else None)
+                     velocities=vel, static=[not o.new for o in spec.objects] if editing else None, observe=observe)
     if until is None and not scene.settled:
         log.warning("scene did not settle within %.1f s of simulation; the last state is used", duration)
     for o, final in zip(spec.objects, scene.objects):

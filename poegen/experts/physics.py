@@ -35,10 +35,22 @@ def colour_membership(images: Tensor, colours: Tensor, temperature: float = 0.3)
 
 
 def dice_agreement(images: Tensor, masks: Tensor, colours: Tensor) -> Tensor:
-    """Soft Dice overlap (N, K) between each simulated mask and the pixels of that object's colour."""
+    """Soft Dice overlap (N, K) between each simulated mask and the pixels of that object's colour; masks are
+    (K, H, W), or (N, K, H, W) for one set per image (a clip's frames)."""
     m = colour_membership(images, colours)
-    inter = (m * masks[None]).flatten(2).sum(-1)
-    return 2 * inter / (m.flatten(2).sum(-1) + masks.flatten(1).sum(-1)[None] + 1e-6)
+    inter = (m * masks).flatten(-2).sum(-1)
+    return 2 * inter / (m.flatten(-2).sum(-1) + masks.flatten(-2).sum(-1) + 1e-6)
+
+
+def colour_centroids(images: Tensor, colours: Tensor):
+    """Each object's colour-segmented centroid (N, K, 2) in pixel (col, row) and its soft pixel mass (N, K)."""
+    m = colour_membership(images, colours)
+    H, W = m.shape[-2:]
+    rows, cols = torch.meshgrid(torch.arange(H, device=images.device), torch.arange(W, device=images.device),
+                                indexing="ij")
+    mass = m.flatten(2).sum(-1)
+    c = torch.stack([(m * cols).flatten(2).sum(-1), (m * rows).flatten(2).sum(-1)], -1) / (mass[..., None] + 1e-6)
+    return c, mass
 
 
 class LayoutPotential:
@@ -66,13 +78,30 @@ class CentroidConstraint:
 
     def log_potential(self, x0: Tensor) -> Tensor:
         images = x0.float().clamp(-1, 1)
-        m = colour_membership(images if self.size is None else at_size(images, self.size), self.colours.to(x0.device))
-        H, W = m.shape[-2:]
-        rows, cols = torch.meshgrid(torch.arange(H, device=x0.device), torch.arange(W, device=x0.device), indexing="ij")
-        mass = m.flatten(2).sum(-1)
-        c = torch.stack([(m * cols).flatten(2).sum(-1), (m * rows).flatten(2).sum(-1)], -1) / (mass[..., None] + 1e-6)
+        c, mass = colour_centroids(images if self.size is None else at_size(images, self.size), self.colours.to(x0.device))
         ok = ((c - self.positions.to(x0.device)).norm(dim=-1) <= self.tolerance) & (mass >= 2.0)
         return torch.where(ok.all(1), 0.0, -math.inf).to(x0.dtype)
+
+
+def depth_map(scene, masks: Tensor, size: int) -> Tensor:
+    """(H, W) nearness map in [0, 1] of the orthographic side view (1 = nearest) of a shapes Scene with its rendered
+    masks, the control image for a depth ControlNet: prisms show their flat front face, balls their spherical bulge."""
+    from .shapes.render import world_to_pixel
+
+    H = W = size
+    near = torch.zeros(H, W)
+    near[round(H * (1 - FLOOR_FRACTION)):] = 0.2  # the floor strip
+    rows, cols = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    for o, m in zip(scene.objects, masks):
+        if o.shape == "ball":
+            c, r = world_to_pixel(o.x, o.y, H)
+            radius = o.extent / 2 * W / VIEW_WIDTH
+            bulge = (1 - ((cols - float(c)) ** 2 + (rows - float(r)) ** 2) / radius ** 2).clamp(min=0).sqrt()
+            value = 0.8 + 0.2 * bulge
+        else:
+            value = torch.full((H, W), 0.8)
+        near = torch.where(m > 0.5, value, near)
+    return near
 
 
 class PhysicsExpert:
@@ -91,24 +120,8 @@ class PhysicsExpert:
         self.colours = torch.from_numpy(np.stack([to_unit(COLOURS[o.colour]) for o in self.scene.objects]))
 
     def depth(self) -> Tensor:
-        """(H, W) nearness map in [0, 1] of the orthographic side view (1 = nearest), the control image
-        for a depth ControlNet: prisms show their flat front face, balls their spherical bulge."""
-        from .shapes.render import world_to_pixel
-
-        H = W = self.spec.camera.resolution
-        near = torch.zeros(H, W)
-        near[round(H * (1 - FLOOR_FRACTION)):] = 0.2  # the floor strip
-        rows, cols = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
-        for o, m in zip(self.scene.objects, self.masks):
-            if o.shape == "ball":
-                c, r = world_to_pixel(o.x, o.y, H)
-                radius = o.extent / 2 * W / VIEW_WIDTH
-                bulge = (1 - ((cols - float(c)) ** 2 + (rows - float(r)) ** 2) / radius ** 2).clamp(min=0).sqrt()
-                value = 0.8 + 0.2 * bulge
-            else:
-                value = torch.full((H, W), 0.8)
-            near = torch.where(m > 0.5, value, near)
-        return near
+        """(H, W) nearness map in [0, 1] of the simulated scene (``depth_map``)."""
+        return depth_map(self.scene, self.masks, self.spec.camera.resolution)
 
     def layout_potential(self, comparator: Comparator = dice_agreement) -> LayoutPotential:
         return LayoutPotential(self.masks, self.colours, comparator)

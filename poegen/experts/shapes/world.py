@@ -198,9 +198,11 @@ def _make_body(p, cid: int, o: SceneObject, static: bool = False) -> int:
 
 
 def simulate(objects: list[SceneObject], steps: int = 360, dt: float = 1.0 / 120.0, gravity: float = 9.81,
-             velocities: list[tuple[float, float, float]] | None = None, static: list[bool] | None = None) -> Scene:
+             velocities: list[tuple[float, float, float]] | None = None, static: list[bool] | None = None,
+             observe=None) -> Scene:
     """Simulate the objects from their poses (and optional (vx, vy, spin) velocities) for a fixed number
-    of steps in the x-z plane, under gravity pointing down; ``static`` objects stay where they are."""
+    of steps in the x-z plane, under gravity pointing down; ``static`` objects stay where they are.
+    ``observe(step, poses)``, when given, sees every object's (x, y, angle) at step 0 and after each step."""
     p, cid = _Sim.get()
     p.resetSimulation(physicsClientId=cid)
     p.setGravity(0, 0, -gravity, physicsClientId=cid)
@@ -211,14 +213,20 @@ def simulate(objects: list[SceneObject], steps: int = 360, dt: float = 1.0 / 120
     bodies = [_make_body(p, cid, o, bool(static and static[k])) for k, o in enumerate(objects)]
     for b, (vx, vy, spin) in zip(bodies, velocities or []):
         p.resetBaseVelocity(b, [vx, 0.0, vy], [0.0, -spin, 0.0], physicsClientId=cid)  # CCW spin is -y
-    for _ in range(steps):  # fixed step count: never hangs
+    if observe is not None:
+        observe(0, [(o.x, o.y, o.angle) for o in objects])
+    for step in range(steps):  # fixed step count: never hangs
         p.stepSimulation(physicsClientId=cid)
+        poses = []
         for b in bodies:  # planar constraint: project the state back onto the x-z plane
             pos, q = p.getBasePositionAndOrientation(b, physicsClientId=cid)
             lin, ang = p.getBaseVelocity(b, physicsClientId=cid)
-            p.resetBasePositionAndOrientation(b, [pos[0], 0.0, pos[2]], _quat_y(p, _angle_from_quat(p, q)),
-                                              physicsClientId=cid)
+            angle = _angle_from_quat(p, q)
+            p.resetBasePositionAndOrientation(b, [pos[0], 0.0, pos[2]], _quat_y(p, angle), physicsClientId=cid)
             p.resetBaseVelocity(b, [lin[0], 0.0, lin[2]], [0.0, ang[1], 0.0], physicsClientId=cid)
+            poses.append((float(pos[0]), float(pos[2]), angle))
+        if observe is not None:
+            observe(step + 1, poses)
     p.performCollisionDetection(physicsClientId=cid)
     out, supports, speed = [], [], 0.0
     for o, b in zip(objects, bodies):
