@@ -96,3 +96,14 @@ def test_regional_potential_prefers_the_rendered_clip_to_a_recoloured_one(traj):
     assert v[0] > v[2] + 5
     mean = RegionalMotionPotential(traj, reduce="mean").log_potential(clip)
     assert float(mean) == pytest.approx(float(v[0]) / FRAMES, rel=1e-5)
+
+
+def test_potentials_move_with_a_product_and_score_the_same_there(traj):
+    from poegen.experts.analytic import Gaussian
+    from poegen.product import Product
+
+    potentials = [RegionalMotionPotential(traj), TrajectoryPotential(traj)]
+    clip = traj.clip()[None]
+    before = [float(p.log_potential(clip)) for p in potentials]
+    product = Product([Gaussian(torch.zeros(2), torch.eye(2))], potentials=potentials).to("cpu")  # walks into traj
+    assert [float(p.log_potential(clip.double())) for p in product.potentials] == pytest.approx(before, abs=1e-6)

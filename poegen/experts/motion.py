@@ -25,9 +25,10 @@ from ..scene import SceneError, SceneSpec, simulate_scene
 from .physics import PhysicsExpert, at_size, colour_centroids, depth_map, dice_agreement
 
 
-@dataclass(frozen=True)
+@dataclass
 class Trajectory:
-    """A simulated scene at F frame times: per-frame shapes Scenes and their renders at ``resolution`` pixels."""
+    """A simulated scene at F frame times: per-frame shapes Scenes and their renders at ``resolution`` pixels.
+    (Not frozen: ``Product.to(device)`` moves its tensors with the potentials that hold it.)"""
 
     times: Tensor            # (F,) seconds
     poses: Tensor            # (F, K, 3) world x, y, angle (radians)
