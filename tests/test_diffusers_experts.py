@@ -144,7 +144,7 @@ def test_generate_with_named_local_experts(tmp_path, capsys):
                  "--steps", "2", "--particles", "2", "--quiet", "--out", str(out)]) == 0
     assert Image.open(tmp_path / "img_raw.png").size == (16, 16)  # decoded by the VAE: pixels, not latents
     assert main(["generate", "a red ball", "--expert", f"sd15:{sd}"]) == 2
-    assert "KIND one of sd, sdxl, sd3, flux, controlnet, sd-inpaint, flux-fill, unet" in capsys.readouterr().err
+    assert "KIND one of sd, sdxl, sd3, flux, controlnet, sd-inpaint, flux-fill, wan, unet" in capsys.readouterr().err
     assert main(["experts"]) == 0 and "clip" in capsys.readouterr().out
 
 
