@@ -163,3 +163,19 @@ class TrajectoryPotential:
         target = self.traj.centroids.to(x0.device).nan_to_num(0.0)
         d2 = ((c.reshape(n, F, -1, 2) - target) ** 2).sum(-1) * self.traj.visible.to(x0.device)
         return (-d2.sum((1, 2)) / (2 * self.tolerance ** 2)).to(x0.dtype)
+
+
+def foreground_iou(clips: Tensor, traj: Trajectory, threshold: float = 0.5) -> Tensor:
+    """(N, F) intersection over union, frame by frame, of each clip's foreground (pixels farther than ``threshold``
+    (RGB distance in [-1, 1] units) from the empty scene's render: background and floor) with the simulation's
+    (some object's mask over half a pixel). A frame whose both foregrounds are empty scores 1."""
+    from .shapes.render import render
+    from .shapes.world import Scene
+
+    frames = _frames(clips, traj, "foreground_iou")
+    n, F = clips.shape[0], clips.shape[2]
+    empty = torch.from_numpy(render(Scene(()), traj.masks.shape[-1])[0]).to(frames.device)
+    drawn = ((frames - empty) ** 2).sum(1).sqrt().reshape(n, F, *frames.shape[-2:]) > threshold
+    truth = (traj.masks.to(frames.device).sum(1) > 0.5)[None]
+    inter, union = (drawn & truth).flatten(2).sum(-1), (drawn | truth).flatten(2).sum(-1)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float32)).float()

@@ -1,0 +1,75 @@
+"""The shapes world in motion without a video model: a clip's expert is the image prior applied to every frame.
+
+``ClipExpert(net, phrase, track)`` denoises clips x (N, 3, F, H, W) by folding the frames into the batch and giving
+frame f the phrase expert at ``track[f]`` (pixel (col, row) of the object's centre at that frame, e.g. a simulated
+centroid from ``motion.trajectory``; NaN: anywhere); where ``visible[f]`` is False (out of view) frame f gets the
+unconditional prior.
+So a simulator drives the motion and the prior draws each frame. Experts of one network share one forward per
+evaluation (``batch_key`` / ``denoise_batch``): E experts, N clips and F frames in one batch of E*N*F images.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ...hardware import check_dtype, pick_dtype
+from .model import ShapesDenoiser, phrase_ids, position_map
+from .vocab import Phrase, parse_phrase
+
+
+class ClipExpert:
+    """Generative expert p(clip | phrase, track) = prod_f p_prior(frame_f | phrase, track[f]) (frames independent
+    given the track), in the engine's VE convention on clips (3, F, H, W)."""
+
+    def __init__(self, net: ShapesDenoiser, phrase: Phrase | str | None, track: Tensor,
+                 visible: Optional[Tensor] = None, dtype: str = "auto", name: Optional[str] = None):
+        if isinstance(phrase, str):
+            phrase = parse_phrase(phrase)
+        track = torch.as_tensor(track, dtype=torch.float32)
+        if track.dim() != 2 or track.shape[1] != 2 or len(track) < 1:
+            raise ValueError(f"ClipExpert: track must be (frames, 2) pixel positions, got shape {tuple(track.shape)}")
+        self.net, self.phrase, self.track = net, phrase, track
+        self.dtype = check_dtype(dtype)
+        self.sigma_min, self.sigma_max = float(net.config["sigma_min"]), float(net.config["sigma_max"])
+        size, F = net.config["image_size"], len(track)
+        self.shape = (3, F, size, size)
+        seen = torch.ones(F, dtype=torch.bool) if visible is None else torch.as_tensor(visible, dtype=torch.bool)
+        if seen.shape != (F,):
+            raise ValueError(f"ClipExpert: visible has shape {tuple(seen.shape)} for a track of {F} frames")
+        self.ids = torch.tensor([phrase_ids(phrase if v else None) for v in seen.tolist()], dtype=torch.long)
+        self.pos_map = position_map([p if v else None for p, v in zip(track.tolist(), seen.tolist())], size,
+                                    net.config["blob_sigma_px"])  # (F, 1, H, W); NaN rows give no position
+        self.name = name or f"shapes-clip[{phrase if phrase is not None else 'null'}]"
+
+    @property
+    def batch_key(self):
+        return (type(self), id(self.net), self.dtype, self.shape)
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        return self.denoise_batch([self], x, sigma)[0]
+
+    @classmethod
+    def denoise_batch(cls, experts, x: Tensor, sigma: Tensor):
+        """x0_hat of several clip experts in one forward of the prior: clips (N, 3, F, H, W) folded to frames."""
+        first = experts[0]
+        n, F = x.shape[0], x.shape[2]
+        if x.dim() != 5 or F != first.shape[1]:
+            raise ValueError(f"{first.name}: expected clips (N, 3, {first.shape[1]}, H, W), got {tuple(x.shape)}")
+        dev = next(first.net.parameters()).device
+        frames = x.to(dev, torch.float32).transpose(1, 2).flatten(0, 1)  # (N*F, 3, H, W), clip by clip
+        E = len(experts)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=dev).reshape(-1).expand(n)
+        sigma = sigma.repeat_interleave(F).repeat(E)
+        ids = torch.cat([e.ids.to(dev).repeat(n, 1) for e in experts])
+        pos = torch.cat([e.pos_map.to(dev).repeat(n, 1, 1, 1) for e in experts])
+        dtype = pick_dtype(first.dtype, dev)[0]
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = first.net(frames.repeat(E, 1, 1, 1), sigma, ids, pos).float().clamp(-1, 1)
+        out = out.reshape(E, n, F, *out.shape[1:]).transpose(2, 3)  # (E, N, 3, F, H, W)
+        return list(out.to(x.device, x.dtype).unbind(0))
+
+    def __repr__(self) -> str:
+        return f"ClipExpert({self.name}, {self.shape[1]} frames)"
+
