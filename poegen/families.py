@@ -31,10 +31,11 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
     where the hardware has it natively, ``hardware.pick_dtype``), or the named models' torch_dtype where an entry
     gives none (auto: as loaded). An edit's ``Edit`` is kept as ``product.edit``. ``video``: clips of ``frames``
     frames (None: the model's default) from video kinds (``registry.VIDEO``), every potential scoring each frame."""
-    if video and not experts:
-        raise ValueError("the shapes world has no video prior yet: --video needs a video model, e.g. "
-                         "--expert wan:PATH (see `poegen experts`)")
-    if experts:
+    if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
+        shapes_options.pop("place", None)
+        product = shapes_clip_product(layout, frames, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype,
+                                      **shapes_options)
+    elif experts:
         check_relations(layout)
         product = named_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
                         1.0 if vlm_weight is None else vlm_weight, dtype, video, frames)
@@ -236,6 +237,71 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
         potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
         lambdas.append(c.weight)
     return Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
+
+
+SHAPES_FRAMES = 9  # a shapes-world clip's default frames: `poegen generate ... --video` in < 60 s on 2 CPU cores
+TRAJECTORY_WEIGHT = 0.05  # lambda of the centroid-tracking potential, late in the schedule (early x0 are blurry)
+
+
+def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optional[float] = None, prior=None,
+                        vlm=None, guidance: Optional[float] = None, vlm_weight: Optional[float] = None,
+                        schedule="linear", dtype: str = "auto", trajectory_weight: float = TRAJECTORY_WEIGHT,
+                        **_ablations) -> Product:
+    """The shapes world in motion without a video model: clips (3, F, H, W) whose frames the image prior draws.
+
+    The motion comes from a simulation: the Layout's scene (``layout.physics``) or the scene of a motion prompt
+    ("a red ball rolls off a blue box", ``specs.motion_scene``), recorded at F = ``frames`` times (fps: the given
+    one, else the frames spread over the simulated duration; kept as ``product.fps``). Each object's ``ClipExpert``
+    puts its phrase at its simulated centroid frame by frame (the unconditional prior where it is out of view),
+    over the divided-out prior; potentials: the per-frame VLM question of every object in view throughout
+    (``PerFrame``, mean over frames), the regions' agreement with the simulated masks (``RegionalMotionPotential``,
+    mean over frames) and the centroids' (``TrajectoryPotential``, lambda ``trajectory_weight``, exponential
+    schedule). A prompt without a motion verb gives a still clip: its placed objects in every frame."""
+    import math
+
+    import torch
+    from .experts.motion import RegionalMotionPotential, TrajectoryPotential, trajectory
+    from .experts.shapes.clip import ClipExpert
+    from .experts.shapes.model import load_prior
+    from .experts.shapes.vlm import load_vlm
+    from .product import lambda_schedule
+    from .specs import motion_scene
+
+    frames = frames or SHAPES_FRAMES
+    guidance = GUIDANCE if guidance is None else guidance
+    vlm_weight = VLM_WEIGHT if vlm_weight is None else vlm_weight
+    prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
+    size = prior.config["image_size"]
+    spec = layout.physics.spec if layout.physics is not None else motion_scene(layout.prompt)
+    potentials, lambdas = [], []
+    if spec is not None:
+        fps = fps or ((frames - 1) / spec.physics.duration if frames > 1 else 1.0)
+        traj = trajectory(spec, frames, fps, resolution=size)
+        phrases = [parse_phrase(f"{o.size} {o.colour} {o.shape}") for o in spec.objects]
+        tracks, visible = list(traj.centroids.transpose(0, 1)), list(traj.visible.T)
+        steady = [p for p, v in zip(phrases, visible) if bool(v.all())]
+        follow = TrajectoryPotential(traj)
+        follow.schedule = lambda_schedule("exponential", 8.0)
+        weight = next((c.weight for c in spec.constraints if c.type == "layout"), 1.0)
+        potentials, lambdas = [RegionalMotionPotential(traj, reduce="mean"), follow], [weight, trajectory_weight]
+    else:
+        still = shapes_layout(layout.prompt if layout.text is None else layout.text)
+        phrases = [parse_phrase(o.phrase) for o in still.objects]
+        tracks = [torch.tensor([o.centre(size) or (math.nan, math.nan)] * frames) for o in still.objects]
+        visible, steady, fps = [None] * len(phrases), phrases, fps or 1.0
+    experts = [ClipExpert(prior.net, p, t, v, dtype) for p, t, v in zip(phrases, tracks, visible)]
+    weights = [guidance] * len(experts)
+    if 1.0 - sum(weights) != 0:
+        experts = [ClipExpert(prior.net, None, torch.full((frames, 2), math.nan), None, dtype)] + experts
+        weights = [1.0 - sum(weights)] + weights
+    questions = Prompt(steady, []).object_questions()
+    if vlm_weight and questions:
+        scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
+        potentials += [PerFrame(scorer.expert(q), reduce="mean") for q in questions]
+        lambdas += [vlm_weight] * len(questions)
+    product = Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
+    product.fps = fps
+    return product
 
 
 def shapes_prompt_product(prompt: Union[str, Prompt], prior=None, vlm=None, guidance: Optional[float] = None,

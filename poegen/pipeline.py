@@ -47,6 +47,8 @@ def products(job: Job, cfg: Optional[dict] = None):
 
         spec, n = load_scene(job.scene), job.frames or 1
         refuse_new(spec, job.scene)
+        if job.video is not None:  # one clip of the whole simulation (the shapes world's ClipExperts)
+            n = 1
         times = [spec.physics.duration * i / (n - 1) for i in range(n)] if n > 1 else [None]
         layouts = [(f"_f{i:02d}" if n > 1 else "", from_physics(PhysicsExpert(spec, until=t))) for i, t in enumerate(times)]
     elif job.layout is not None:
@@ -62,7 +64,8 @@ def products(job: Job, cfg: Optional[dict] = None):
         if questions is not None:
             layout.questions = list(questions)
     return [(label, build_product(layout, experts, potentials, job.guidance, job.vlm_weight, job_dtype(job, cfg),
-                                  video=job.video is not None, frames=job.frames if job.video else None))
+                                  video=job.video is not None, frames=job.frames if job.video else None,
+                                  **({"fps": job.fps} if job.video and job.fps else {})))
             for label, layout in layouts]
 
 
@@ -303,7 +306,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
                 log.info("%s: background MSE outside the mask %.2e", out, meta["background_mse"])
             bar.update(), bar.set_description("writing")
             if job.video is not None:  # a clip (3, F, H, W): one file, its metadata inside
-                write_video(x, path, meta, job.fps or VIDEO_FPS)
+                write_video(x, path, meta, job.fps or getattr(product, "fps", None) or VIDEO_FPS)
             else:
                 img = to_pil(x)
                 save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)

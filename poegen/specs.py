@@ -154,6 +154,37 @@ def from_physics(physics) -> Layout:
     return Layout(physics.spec.prompt, objects, relations, depth=physics.depth(), physics=physics)
 
 
+MOTION_VERBS = ("rolls", "slides", "falls")
+PUSH = 2.5  # world units / s: enough to carry a small ball off a large box's edge
+
+
+def motion_scene(text: str):
+    """The scene spec of a shapes-world motion prompt "X rolls|slides|falls off Y" (None when the prompt has no
+    motion verb): Y on the floor left of centre, X on Y's top at its left edge, pushed to the right, simulated
+    4 s. X and Y are shapes-world phrases (size defaults: X small, Y large); the prompt's errors name any other word."""
+    from .experts.shapes.prompt import parse_prompt
+    from .experts.shapes.world import SIZES
+    from .scene import parse_scene
+
+    m = re.fullmatch(rf"\s*(.+?)\s+({'|'.join(MOTION_VERBS)})\s+off\s+(.+?)\s*", text, flags=re.IGNORECASE)
+    if m is None:
+        return None
+    mover, support = (parse_prompt(part) for part in (m.group(1), m.group(3)))
+    if len(mover.objects) != 1 or len(support.objects) != 1 or mover.relations or support.relations:
+        raise ValueError(f"prompt {text[:60]!r}: '{m.group(2)} off' takes one object on each side, e.g. "
+                         "'a red ball rolls off a blue box'")
+    (a,), (b,) = mover.objects, support.objects
+    if b.shape != "box" or a.shape is None or a.colour is None or b.colour is None:
+        raise ValueError(f"prompt {text[:60]!r}: name the moving object's colour and shape and a coloured box "
+                         "beneath it, e.g. 'a red ball rolls off a blue box'")
+    sa, sb = SIZES[a.size or "small"], SIZES[b.size or "large"]
+    x = -1.2
+    return parse_scene({"objects": [
+        {"name": "support", "shape": "box", "colour": b.colour, "size": b.size or "large", "position": [x, sb / 2]},
+        {"name": "mover", "shape": a.shape, "colour": a.colour, "size": a.size or "small",
+         "position": [x - sb / 2 + sa / 2, sb + sa / 2 + 0.01], "velocity": [PUSH, 0.0]}],
+        "physics": {"duration": 4.0}})
+
 # ---- edit specs ------------------------------------------------------------------------------------------
 
 def edit_layout(image: Tensor, prompt: str = "", mask: Optional[Tensor] = None, scene=None, margin: int = 2,
