@@ -239,7 +239,7 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     return Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
 
 
-SHAPES_FRAMES = 9  # a shapes-world clip's default frames: `poegen generate ... --video` in < 60 s on 2 CPU cores
+SHAPES_FRAMES = 5  # a shapes-world clip's default frames: `poegen generate ... --video` in < 60 s on 2 CPU cores
 TRAJECTORY_WEIGHT = 0.05  # lambda of the centroid-tracking potential, late in the schedule (early x0 are blurry)
 
 
@@ -253,8 +253,8 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
     ("a red ball rolls off a blue box", ``specs.motion_scene``), recorded at F = ``frames`` times (fps: the given
     one, else the frames spread over the simulated duration; kept as ``product.fps``). Each object's ``ClipExpert``
     puts its phrase at its simulated centroid frame by frame (the unconditional prior where it is out of view),
-    over the divided-out prior; potentials: the per-frame VLM question of every object in view throughout
-    (``PerFrame``, mean over frames), the regions' agreement with the simulated masks (``RegionalMotionPotential``,
+    over the divided-out prior; potentials: the per-frame VLM question of every object in view throughout and,
+    when all are, the count questions (``PerFrame``, mean over frames), the regions' agreement with the simulated masks (``RegionalMotionPotential``,
     mean over frames) and the centroids' (``TrajectoryPotential``, lambda ``trajectory_weight``, exponential
     schedule). A prompt without a motion verb gives a still clip: its placed objects in every frame."""
     import math
@@ -294,11 +294,13 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
     if 1.0 - sum(weights) != 0:
         experts = [ClipExpert(prior.net, None, torch.full((frames, 2), math.nan), None, dtype)] + experts
         weights = [1.0 - sum(weights)] + weights
-    questions = Prompt(steady, []).object_questions()
-    if vlm_weight and questions:
+    asked = [(q, 1.0) for q in Prompt(steady, []).object_questions()]
+    if len(steady) == len(phrases):  # every object in every frame: nothing else drawn in any
+        asked += [(q, COUNT_WEIGHT) for q in count_questions(phrases)]
+    if vlm_weight and asked:
         scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
-        potentials += [PerFrame(scorer.expert(q), reduce="mean") for q in questions]
-        lambdas += [vlm_weight] * len(questions)
+        potentials += [PerFrame(scorer.expert(q), reduce="mean") for q, _ in asked]
+        lambdas += [vlm_weight * m for _, m in asked]
     product = Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
     product.fps = fps
     return product
