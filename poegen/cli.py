@@ -197,10 +197,13 @@ def main(argv=None) -> int:
                    help="with --scene: simulate N time points, one image each, and a GIF; with --video: frames per "
                         "clip (Wan: 4k + 1, default 81)")
     g.add_argument("--video", dest="video_out", default=None, metavar="PATH",
-                   help="a video model's clip (--expert wan:PATH), written as .gif, or .mp4 with the video extra "
+                   help="a clip: the shapes world's (a --scene or a motion prompt, 'a red ball rolls off a blue "
+                        "box', default 5 frames) or a video model's (--expert wan:PATH), written as .gif, or .mp4 "
+                        "with the video extra "
                         "(pip install 'poegen[video]'); instead of --out")
     g.add_argument("--fps", type=float, default=None,
-                   help="frames per second of --video (default 16) or of a scene's GIF (default 4)")
+                   help="frames per second of --video (default 16; the shapes world: the frames over the simulated "
+                        "time) or of a scene's GIF (default 4)")
     g.set_defaults(fn=cmd_generate)
     ed = sub.add_parser("edit", parents=[common], help="insert objects into a given image, placed by a mask or by "
                                                        "physics (--scene), with the background kept")

@@ -101,7 +101,6 @@ def test_bad_video_options_are_one_line_errors(wan, tmp_path, capsys, monkeypatc
 def test_video_kinds_and_image_kinds_do_not_mix(wan, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cases = [
-        (["a red ball", "--video", "v.gif"], "the shapes world has no video prior yet"),
         (["a red ball", "--expert", "sd:/no/such/sd", "--video", "v.gif"], "kind sd makes images; --video needs"),
         (["a red ball", "--expert", f"wan:{wan / 't2v'}"], "kind wan makes videos; write them with --video"),
         (["--scene", str(ROOT / "examples" / "roll_off.yaml"), "--expert", f"wan:{wan / 't2v'}", "--video",
