@@ -155,7 +155,7 @@ def from_physics(physics) -> Layout:
 
 
 MOTION_VERBS = ("rolls", "slides", "falls")
-PUSH = 2.5  # world units / s: enough to carry a small ball off a large box's edge
+PUSH = {"ball": 2.5, "box": 6.5, "wedge": 6.5}  # world units / s: enough to carry it off a large box's edge
 
 
 def motion_scene(text: str):
@@ -182,7 +182,7 @@ def motion_scene(text: str):
     return parse_scene({"objects": [
         {"name": "support", "shape": "box", "colour": b.colour, "size": b.size or "large", "position": [x, sb / 2]},
         {"name": "mover", "shape": a.shape, "colour": a.colour, "size": a.size or "small",
-         "position": [x - sb / 2 + sa / 2, sb + sa / 2 + 0.01], "velocity": [PUSH, 0.0]}],
+         "position": [x - sb / 2 + sa / 2, sb + sa / 2 + 0.01], "velocity": [PUSH[a.shape], 0.0]}],
         "physics": {"duration": 4.0}})
 
 # ---- edit specs ------------------------------------------------------------------------------------------
