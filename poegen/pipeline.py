@@ -109,29 +109,12 @@ def _check_particle_memory(product, particles: int, device):
     """Refuse a particle count whose own tensors alone would not fit in the memory available, before allocating."""
     import math
 
-    from .memory import STATE_COPIES
+    from .memory import STATE_COPIES, available
     need = STATE_COPIES * particles * math.prod(product.shape or (1,)) * 4
-    if device.type == "cuda":
-        free, limit = torch.cuda.mem_get_info(device)[0], ""
-    else:
-        with open("/proc/meminfo") as f:
-            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-        free, limit = min((free, ""), _address_space_left(), key=lambda pair: pair[0])
+    free, limit = (torch.cuda.mem_get_info(device)[0], "") if device.type == "cuda" else available()
     if need > free:
         raise ValueError(f"--particles {particles}: the particles alone need about {need / 2 ** 30:.1f} GB and "
                          f"{free / 2 ** 30:.1f} GB is available{limit}; use fewer particles")
-
-
-def _address_space_left():
-    """(bytes, note) this process may still map under its soft address-space limit (``ulimit -v``), else
-    (inf, "")."""
-    import resource
-
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft == resource.RLIM_INFINITY:
-        return float("inf"), ""
-    from .memory import _status
-    return max(0, soft - _status("VmSize")), f" under the address-space limit of {soft / 2 ** 30:.1f} GB (ulimit -v)"
 
 
 def check_writable(folder: Path):
