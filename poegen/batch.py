@@ -26,9 +26,12 @@ from .validation import read_file, unique_keys
 
 log = logging.getLogger("poegen.batch")
 RESERVED = re.compile(r"(_raw|_f\d+)$")  # suffixes of the files an item writes besides ID.png
-READS = ("scene", "layout", "config", "image", "mask")  # job fields naming files (relative to the job file)
-# every line digest starts from Job's defaults: a changed default makes every line new again
-_DEFAULTS = hashlib.blake2b(json.dumps(vars(Job()), sort_keys=True).encode(), digest_size=8)
+READS = ("scene", "layout", "config", "image", "mask", "first_frame", "control")  # job fields naming files (relative
+#                                                       to the job file); control may be a folder of PNG frames
+# every line digest starts from Job's defaults: a changed default makes every line new again (those left None are
+# left out, as in ``fingerprint``: a field added later with default None keeps finished lines known by their digest)
+_DEFAULTS = hashlib.blake2b(json.dumps({k: v for k, v in vars(Job()).items() if v is not None},
+                                       sort_keys=True).encode(), digest_size=8)
 
 
 def read_jobs(path: str | Path) -> List[Tuple[str, Job]]:
@@ -368,13 +371,18 @@ def fingerprint(job: Job, cache: Optional[dict] = None) -> str:
     h = hashlib.sha256(json.dumps(asked, sort_keys=True).encode())
     for key in READS:
         value = getattr(job, key)
-        if value and Path(value).is_file():
-            data = cache.get(value) if cache is not None else None
+        if not value:
+            continue
+        folder = Path(value).is_dir()  # a control video's PNG frames: their names and bytes
+        for f in sorted(p for p in Path(value).iterdir() if p.suffix.lower() == ".png") if folder else [Path(value)]:
+            if not f.is_file():
+                continue
+            data = cache.get(str(f)) if cache is not None else None
             if data is None:
-                data = Path(value).read_bytes()
+                data = f.read_bytes()
                 if cache is not None and len(data) <= 1 << 16:
-                    cache[value] = data
-            h.update(data)
+                    cache[str(f)] = data
+            h.update(f.name.encode() + data if folder else data)
     return h.hexdigest()[:16]
 
 

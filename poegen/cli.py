@@ -201,6 +201,12 @@ def main(argv=None) -> int:
                         "box', default 5 frames) or a video model's (--expert wan:PATH), written as .gif, or .mp4 "
                         "with the video extra "
                         "(pip install 'poegen[video]'); instead of --out")
+    g.add_argument("--first-frame", default=None, metavar="IMAGE",
+                   help="with --video: the clip's first frame, for a Wan image-to-video folder (its size is the "
+                        "clip's)")
+    g.add_argument("--control", default=None, metavar="VIDEO",
+                   help="with --video: a control video (depth, pose; .gif, .mp4 with the video extra, or a folder of "
+                        "PNG frames) steering a Wan VACE folder (its frames and size are the clip's)")
     g.add_argument("--fps", type=float, default=None,
                    help="frames per second of --video (default 16; the shapes world: the frames over the simulated "
                         "time) or of a scene's GIF (default 4)")

@@ -23,14 +23,15 @@ log = logging.getLogger("poegen.families")
 
 def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[float] = None,
                   vlm_weight: Optional[float] = None, dtype: str = "auto", video: bool = False,
-                  frames: Optional[int] = None, **shapes_options):
+                  frames: Optional[int] = None, video_inputs: Optional[dict] = None, **shapes_options):
     """The Product of a Layout in its family: the named models in ``experts`` and ``potentials`` (registry
     entries; guidance and lambdas default to 1), or the embedded shapes world when none is named (its tuned
     defaults; ``shapes_options``: prior, vlm, schedule, and the ablations ``place``, ``counts`` and
     ``footprint``). ``dtype`` (auto, float32, bfloat16): the shapes prior's compute dtype (auto: bf16 only
     where the hardware has it natively, ``hardware.pick_dtype``), or the named models' torch_dtype where an entry
     gives none (auto: as loaded). An edit's ``Edit`` is kept as ``product.edit``. ``video``: clips of ``frames``
-    frames (None: the model's default) from video kinds (``registry.VIDEO``), every potential scoring each frame."""
+    frames (None: the model's default) from video kinds (``registry.VIDEO``), every potential scoring each frame;
+    ``video_inputs``: files every video entry takes as its options (first_frame, control)."""
     if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
         shapes_options.pop("place", None)
         product = shapes_clip_product(layout, frames, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype,
@@ -38,7 +39,7 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
     elif experts:
         check_relations(layout)
         product = named_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
-                        1.0 if vlm_weight is None else vlm_weight, dtype, video, frames)
+                        1.0 if vlm_weight is None else vlm_weight, dtype, video, frames, video_inputs)
     elif potentials:
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
                          "(weight it with --vlm-weight)")
@@ -69,7 +70,8 @@ def _with_dtype(entry: dict, dtype: str) -> dict:
 
 
 def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guidance: float = 1.0,
-          lambdas: float = 1.0, dtype: str = "auto", video: bool = False, frames: Optional[int] = None):
+          lambdas: float = 1.0, dtype: str = "auto", video: bool = False, frames: Optional[int] = None,
+          video_inputs: Optional[dict] = None):
     """The Product of named experts for a Layout (or a prompt): on each generative entry's model, the background
     prompt's expert outside the objects' regions, each located object's phrase inside its region, each unlocated
     object's phrase everywhere (composable diffusion), and the empty prompt's expert to make guidance a product;
@@ -80,13 +82,15 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
     on one model share it (``cache``), and equal texts share one expert. ``dtype`` float32 or bfloat16 is the
     torch_dtype of every entry that takes one and names none (auto: each loads as its options say). ``video``:
     every entry must be a video kind, given ``frames`` as its num_frames, and every potential scores each frame
-    (``PerFrame``: the sum over frames); without it a video kind is refused."""
+    (``PerFrame``: the sum over frames); without it a video kind is refused. ``video_inputs`` (first_frame,
+    control: files) become options of every video entry, as ``frames`` does."""
     if not isinstance(layout, Layout):
         layout = from_prompt(layout)
     gen, weights, masks, backbones = [], [], [], {}
     for i, spec in enumerate(experts):
         where = "--expert" if isinstance(spec, str) else f"experts[{i}]"
-        e = _with_frames(_with_dtype(_entry(spec, GENERATIVE, GENERATIVE_FIELDS, where), dtype), video, frames, where)
+        e = _with_frames(_with_dtype(_entry(spec, GENERATIVE, GENERATIVE_FIELDS, where), dtype), video, frames, where,
+                         video_inputs)
         g = float(e.get("guidance", guidance))
         key = (e["kind"], e["path"], json.dumps(e["options"], sort_keys=True, default=str), g)
         if key not in backbones:
@@ -130,19 +134,20 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
     return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode)
 
 
-def _with_frames(entry: dict, video: bool, frames: Optional[int], where: str) -> dict:
+def _with_frames(entry: dict, video: bool, frames: Optional[int], where: str, inputs: Optional[dict] = None) -> dict:
     """``entry`` checked against the job's output (a video kind for --video, an image kind otherwise), with
-    ``num_frames: frames`` added when the job gives frames."""
+    ``num_frames: frames`` added when the job gives frames, and the job's video ``inputs`` (first_frame, control)."""
     if video != (entry["kind"] in VIDEO):
         raise ValueError(f"{where}: kind {entry['kind']} makes videos; write them with --video OUT.gif (or .mp4)"
                          if not video else f"{where}: kind {entry['kind']} makes images; --video needs a video "
                          f"kind ({', '.join(VIDEO)})")
-    if frames is None:
-        return entry
-    given = entry["options"].get("num_frames", frames)
-    if given != frames:
-        raise ValueError(f"{where}: options.num_frames {given} disagrees with --frames {frames}; give one of them")
-    return dict(entry, options={**entry["options"], "num_frames": frames})
+    added = {**({"num_frames": frames} if frames is not None else {}), **(inputs or {})}
+    for name, value in added.items():
+        given = entry["options"].get(name, value)
+        if given != value:
+            flag = "--frames" if name == "num_frames" else "--" + name.replace("_", "-")
+            raise ValueError(f"{where}: options.{name} {given} disagrees with {flag} {value}; give one of them")
+    return dict(entry, options={**entry["options"], **added}) if added else entry
 
 
 def _absences(entry: dict, layout: Layout) -> List:

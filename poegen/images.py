@@ -1,6 +1,8 @@
 """Image and mask helpers shared by the core, the experts and the editing route (torch only)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -35,3 +37,64 @@ def mp4_writer():
         return iio.imwrite("<bytes>", np.stack(frames), extension=".mp4", plugin="FFMPEG", fps=fps,
                            output_params=["-metadata", f"comment={comment}"] if comment else None)
     return encode
+
+
+def _looked(path, what: str):
+    """FileNotFoundError naming what was asked for and the absolute path looked at."""
+    return FileNotFoundError(f"{what} {path}: no such file (looked for {Path(path).absolute()})")
+
+
+def _pixels(array) -> Tensor:
+    """(H, W, 3) or (F, H, W, 3) uint8 as channels-first floats in [-1, 1]."""
+    import torch
+    x = torch.tensor(array).float() / 127.5 - 1  # a copy: PIL's arrays are read-only
+    return x.permute(2, 0, 1) if x.dim() == 3 else x.permute(3, 0, 1, 2)
+
+
+def read_image(path, what: str = "image") -> Tensor:
+    """An RGB image file as (3, H, W) in [-1, 1]; errors name ``what`` and the file."""
+    import numpy as np
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise _looked(path, what)
+    try:
+        with Image.open(path) as im:
+            return _pixels(np.asarray(im.convert("RGB")))
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot read it as an image ({type(e).__name__})") from None
+
+
+def read_video(path, what: str = "video") -> Tensor:
+    """A clip as (3, F, H, W) in [-1, 1]: a GIF, an MP4 (imageio with ffmpeg, the ``video`` extra) or a folder of
+    PNG frames in name order; errors name ``what`` and the file."""
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() == ".png")
+        if not files:
+            raise ValueError(f"{what} {path}: the folder has no .png frames; give a folder of PNG frames (name order), "
+                             "a .gif or an .mp4")
+        frames = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        sizes = sorted({f.shape[1::-1] for f in frames})
+        if len(sizes) > 1:
+            raise ValueError(f"{what} {path}: frames of different sizes ({', '.join(f'{w}x{h}' for w, h in sizes)}); "
+                             "give frames of one size")
+        return _pixels(np.stack(frames))
+    if not p.is_file():
+        raise _looked(path, what)
+    suffix = p.suffix.lower()
+    if suffix == ".gif":
+        with Image.open(p) as im:
+            return _pixels(np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]))
+    if suffix == ".mp4":
+        try:
+            import imageio.v3 as iio
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError as e:
+            raise ValueError(f"{what} {path}: reading .mp4 needs imageio with ffmpeg ({e.name} is not installed): pip "
+                             "install 'poegen[video]', or give a .gif or a folder of PNG frames") from None
+        return _pixels(np.ascontiguousarray(iio.imread(p, plugin="FFMPEG")[..., :3]))
+    raise ValueError(f"{what} {path}: expected a .gif, an .mp4 or a folder of PNG frames")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import List, Optional
 
 from .hardware import check_dtype
@@ -31,6 +32,8 @@ class Job:
     #                                          per clip (default: the model's, 81 for Wan)
     video: Optional[str] = None              # "gif" or "mp4": write a clip of a video model (registry.VIDEO)
     fps: Optional[float] = None              # frames per second of a video (default 16) or a scene's GIF (4)
+    first_frame: Optional[str] = None        # a video's first frame (an image file): Wan image-to-video folders
+    control: Optional[str] = None            # a control video (.gif, .mp4, folder of PNG frames): Wan VACE folders
     sampler: str = "poe"
     particles: int = 8                       # issue 21: 8 x 1 move as exact as 16 x 2 (tuning seeds)
     steps: int = 20                          # levels (issue 15: 20 kept the shapes world's exact rates at 2/3 the time)
@@ -96,13 +99,26 @@ def _check_video(job: Job, where: str):
     elif (job.frames or 1) > 1 and (job.scene is None or job.image is not None):
         raise ValueError(f"{where}: frames {job.frames} needs a scene to simulate (--scene, not an edit) or a video "
                          "model (--video)")
+    for name, folder in (("first_frame", "an image-to-video"), ("control", "a VACE")):
+        value, flag = getattr(job, name), "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if job.video is None or not (job.experts or job.config):
+            raise ValueError(f"{where}: {name} ({flag}) is for a video model: {folder} Wan folder (--expert wan:PATH) "
+                             "with --video OUT.gif")
+        if not Path(value).exists():
+            raise FileNotFoundError(f"{where}: {name} {value} ({flag}): no such file (looked for "
+                                    f"{Path(value).absolute()})")
+    if job.first_frame is not None and job.control is not None:
+        raise ValueError(f"{where}: give first_frame (an image-to-video folder) or control (a VACE folder), not both")
     if job.fps is not None and job.fps <= 0:
         raise ValueError(f"{where}: fps {job.fps!r}: expected a positive number of frames per second")
     if job.fps is not None and job.video is None and (job.frames or 1) == 1:
         raise ValueError(f"{where}: fps is for a video (--video) or a scene's frames (--frames N)")
 
 
-_TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "select", "device", "dtype", "video")
+_TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "select", "device", "dtype", "video",
+         "first_frame", "control")
 _WHOLE = ("frames", "particles", "steps", "mcmc_steps", "seed", "reward_every", "margin")
 _REAL = ("guidance", "vlm_weight", "grad_guidance", "max_memory", "fps")
 _FLAG = ("compose", "resize", "replace_known")

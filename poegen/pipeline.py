@@ -60,12 +60,13 @@ def products(job: Job, cfg: Optional[dict] = None):
         layouts = [("", from_prompt(prompt, job.compose or cfg["compose"], job.parts or cfg["parts"],
                                     job.questions if job.questions is not None else cfg["questions"]))]
     questions = job.questions if job.questions is not None else cfg["questions"]
+    inputs = {k: getattr(job, k) for k in ("first_frame", "control") if getattr(job, k) is not None}
     for _, layout in layouts:
         if questions is not None:
             layout.questions = list(questions)
     return [(label, build_product(layout, experts, potentials, job.guidance, job.vlm_weight, job_dtype(job, cfg),
                                   video=job.video is not None, frames=job.frames if job.video else None,
-                                  **({"fps": job.fps} if job.video and job.fps else {})))
+                                  video_inputs=inputs, **({"fps": job.fps} if job.video and job.fps else {})))
             for label, layout in layouts]
 
 
@@ -243,7 +244,8 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
             mp4_writer()  # a missing extra fails before any sampling
     elif out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: poegen writes PNG (with its metadata); name the file .png")
-    for key in ("image", "mask", "scene", "layout", "config"):  # never write over what the job reads
+    # never write over what the job reads
+    for key in ("image", "mask", "scene", "layout", "config", "first_frame", "control"):
         given = getattr(job, key)
         if given and Path(given).exists() and any(
                 p.exists() and p.resolve() == Path(given).resolve()

@@ -241,9 +241,10 @@ def test_a_resume_removes_only_its_own_items_temporary_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[4:])
 
 
-def test_fingerprint_leaves_out_fields_left_none():
-    """A field added to Job later (default None) must not make finished items of older manifests run again; a
-    field's value, default or not, is part of the hash."""
+def test_fingerprint_leaves_out_fields_left_none(tmp_path):
+    """A field added to Job later (default None: video, first_frame, control) must not make finished items of older
+    manifests run again; a field's value, default or not, is part of the hash, and so are the bytes of the files it
+    names, a control video's folder of PNG frames included."""
     import dataclasses
     import hashlib
 
@@ -252,6 +253,14 @@ def test_fingerprint_leaves_out_fields_left_none():
 
     job = Job(prompt="a red ball", seed=3)
     asked = {k: v for k, v in dataclasses.asdict(job).items() if v is not None}
-    assert "seed" in asked and "video" not in asked
+    assert "seed" in asked and not {"video", "first_frame", "control"} & set(asked)
     assert fingerprint(job) == hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:16]
     assert fingerprint(Job(prompt="a red ball", steps=7)) != fingerprint(Job(prompt="a red ball"))
+    frames = tmp_path / "control"
+    frames.mkdir()
+    for name in ("000.png", "001.png"):
+        (frames / name).write_bytes(b"frame " + name.encode())
+    clip = Job(prompt="a red ball", video="gif", control=str(frames))
+    before = fingerprint(clip)
+    (frames / "001.png").write_bytes(b"another frame")
+    assert fingerprint(clip) != before

@@ -34,28 +34,36 @@ def _common():
     return dict(tokenizer=tok, text_encoder=text, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """Three folders saved by WanPipeline, WanImageToVideoPipeline (with a CLIP image encoder) and WanVACEPipeline."""
+def save_folders(root, kinds=("t2v", "i2v", "vace")):
+    """Folders root/KIND saved by WanPipeline (t2v), WanImageToVideoPipeline (i2v, with a CLIP image encoder) and
+    WanVACEPipeline (vace); each kind's weights are the same whichever others are built."""
     from diffusers import (WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel, WanVACEPipeline,
                            WanVACETransformer3DModel)
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-    root = tmp_path_factory.mktemp("wan")
-    torch.manual_seed(0)
-    WanPipeline(transformer=WanTransformer3DModel(in_channels=16, num_layers=2, **TINY), **_common()
-                ).save_pretrained(root / "t2v")
-    torch.manual_seed(1)
-    clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                                            intermediate_size=16, patch_size=8))
-    WanImageToVideoPipeline(transformer=WanTransformer3DModel(in_channels=36, num_layers=2, image_dim=8, **TINY),
-                            image_encoder=clip, image_processor=CLIPImageProcessor(crop_size=32, size=32),
-                            **_common()).save_pretrained(root / "i2v")
-    torch.manual_seed(2)
-    WanVACEPipeline(transformer=WanVACETransformer3DModel(in_channels=16, num_layers=3, vace_layers=[0, 2],
-                                                          vace_in_channels=96, **TINY), **_common()
-                    ).save_pretrained(root / "vace")
+    if "t2v" in kinds:
+        torch.manual_seed(0)
+        WanPipeline(transformer=WanTransformer3DModel(in_channels=16, num_layers=2, **TINY), **_common()
+                    ).save_pretrained(root / "t2v")
+    if "i2v" in kinds:
+        torch.manual_seed(1)
+        clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                                image_size=32, intermediate_size=16, patch_size=8))
+        WanImageToVideoPipeline(transformer=WanTransformer3DModel(in_channels=36, num_layers=2, image_dim=8, **TINY),
+                                image_encoder=clip, image_processor=CLIPImageProcessor(crop_size=32, size=32),
+                                **_common()).save_pretrained(root / "i2v")
+    if "vace" in kinds:
+        torch.manual_seed(2)
+        WanVACEPipeline(transformer=WanVACETransformer3DModel(in_channels=16, num_layers=3, vace_layers=[0, 2],
+                                                              vace_in_channels=96, **TINY), **_common()
+                        ).save_pretrained(root / "vace")
     return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Three folders saved by WanPipeline, WanImageToVideoPipeline (with a CLIP image encoder) and WanVACEPipeline."""
+    return save_folders(tmp_path_factory.mktemp("wan"))
 
 
 @pytest.fixture(autouse=True)

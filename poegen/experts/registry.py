@@ -137,10 +137,11 @@ def _flux_fill(path: str, guidance: float, **options):
                                                          **options), vae_decoder(path), cfg=False)
 
 
-def _wan(path: str, guidance: float, **options):
+def _wan(path: str, guidance: float, first_frame: Optional[str] = None, control: Optional[str] = None, **options):
     from .wan import load_wan, wan_decoder
     options = _dtype(options)
-    return Backbone(lambda texts, layout: load_wan(path, texts, **options), wan_decoder(path))
+    return Backbone(lambda texts, layout: load_wan(path, texts, image=first_frame, video=control, **options),
+                    wan_decoder(path))
 
 
 def _unet(path: str, guidance: float, **options):
@@ -178,9 +179,9 @@ GENERATIVE["sd-inpaint"] = ("Stable Diffusion inpainting folder (9-channel UNet:
                             "for `poegen edit`; guidance as for sd", _sd_inpaint)
 GENERATIVE["flux-fill"] = ("FLUX.1 Fill folder for `poegen edit` (the masked image and mask packed beside the "
                            "latents); --guidance is its embedded guidance (30 is typical)", _flux_fill)
-GENERATIVE["wan"] = ("Wan 2.1 video folder or cached id (text-to-video; image-to-video and VACE folders need their "
-                     "image or control video, not given from the command line yet): clips of --frames frames (4k + 1) "
-                     "written with --video; guidance as for sd", _wan)
+GENERATIVE["wan"] = ("Wan 2.1 video folder or cached id: text-to-video, image-to-video from --first-frame FILE, or "
+                     "VACE steered by --control VIDEO (a .gif, .mp4 or folder of PNG frames); clips of --frames "
+                     "frames (4k + 1) written with --video; guidance as for sd", _wan)
 VIDEO = ("wan",)  # kinds whose samples are clips (N, C, F, h, w): they take --frames as num_frames
 GENERATIVE["unet"] = ("pixel-space UNet2DModel folder with unet/ and scheduler/ (unconditional)", _unet)
 POTENTIALS["clip"] = ("CLIP score (transformers CLIPModel folder or cached id) of the image against each question",
@@ -200,7 +201,8 @@ OPTIONS.update(sd=("micro_batch", "torch_dtype") + TUNING, unet=("micro_batch", 
                clip=("tokenizer", "micro_batch", "torch_dtype"), pickscore=("tokenizer", "micro_batch", "torch_dtype"),
                vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"),
                detector=_detector_module.OPTIONS,
-               wan=_wan_module.OPTIONS + ("compile",))  # no channels_last: 4-D only, and Wan's convolutions are 3-D
+               # the files a job may also give (--first-frame, --control); no channels_last: Wan's convolutions are 3-D
+               wan=_wan_module.OPTIONS + ("first_frame", "control", "compile"))
 
 Spec = Union[str, dict]
 CONFIG_FIELDS = ("prompt", "compose", "parts", "questions", "max_memory", "experts", "potentials", "dtype")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -23,6 +24,8 @@ from .cache import cached, digest
 from .cache import torch_dtype as _torch_dtype
 from .diffusers import FlowTransformerExpert, _Decode, _encoded, resolve
 from .diffusers.common import load_pretrained
+
+log = logging.getLogger("poegen.experts.wan")
 
 # the keyword options a config entry of kind "wan" may give ``load_wan``
 OPTIONS = ("num_frames", "height", "width", "max_sequence_length", "conditioning_scale", "micro_batch", "torch_dtype")
@@ -365,25 +368,83 @@ class WanVACEExpert(WanExpert):
         return super()._forward(x_t, t, control_hidden_states_scale=self.scale.to(x_t), **cond)
 
 
-def load_wan(path: str, texts: Sequence[str], image: Optional[Tensor] = None, video: Optional[Tensor] = None,
-             mask: Optional[Tensor] = None, **options) -> list:
+def _given(value, what: str, reader) -> Tuple[Optional[Tensor], str]:
+    """(tensor with a batch axis, its name for messages) of an input given as a tensor or as a file (``reader``)."""
+    if value is None or isinstance(value, Tensor):
+        return value, what
+    if isinstance(value, (str, Path)):
+        return reader(value, what)[None], f"{what} {value}"
+    raise ValueError(f"{what}: expected a file path or a tensor, got {type(value).__name__}")
+
+
+def _sized(clip: Tensor, name: str, root: str, height: Optional[int] = None, width: Optional[int] = None) -> Tensor:
+    """A (1, 3, F, H, W) clip resized to height x width where either is given (with a warning), else checked: sides
+    that are multiples of the folder's step (VAE factor times patch size), or a short error with the fix."""
+    H, W = clip.shape[-2:]
+    if height is not None or width is not None:
+        size = (height or H, width or W)
+        if size != (H, W):
+            log.warning("%s is %dx%d pixels; resized to %dx%d (options height, width)", name, W, H, size[1], size[0])
+            frames = torch.nn.functional.interpolate(clip[0].transpose(0, 1).float(), size=size, mode="bilinear",
+                                                     antialias=True, align_corners=False)
+            clip = frames.transpose(0, 1)[None].clamp(-1, 1)
+        return clip
+    step = _config(root, "vae").get("scale_factor_spatial", 8) * _config(root, "transformer").get(
+        "patch_size", (1, 2, 2))[1]
+    if H % step or W % step:
+        near = [max(step, round(v / step) * step) for v in (W, H)]
+        raise ValueError(f"{name} is {W}x{H} pixels; Wan needs sides that are multiples of {step}: resize it (e.g. to "
+                         f"{near[0]}x{near[1]}), or set options height and width of the wan entry (--config) to have "
+                         "it resized")
+    return clip
+
+
+def _frames_of(video: Tensor, name: str, root: str, options: dict):
+    """Check a control video's frame count: 4k + 1, and options num_frames (--frames) if given (then dropped)."""
+    n, ft = video.shape[2], _config(root, "vae").get("scale_factor_temporal", 4)
+    if (n - 1) % ft:
+        raise ValueError(f"{name} has {n} frames; Wan needs {ft}k + 1 (nearest: "
+                         f"{' or '.join(map(str, nearest_frames(n, ft)))}): trim or extend the clip")
+    asked = options.pop("num_frames", None)
+    if asked is not None and asked != n:
+        raise ValueError(f"{name} has {n} frames but num_frames (--frames) is {asked}: give a clip of {asked} frames, "
+                         "or leave --frames out (the clip sets the length)")
+
+
+def load_wan(path: str, texts: Sequence[str], image=None, video=None, mask: Optional[Tensor] = None,
+             **options) -> list:
     """Registry loader: one expert per text; the folder's transformer picks the kind (VACE with ``video``/``mask``,
-    image-to-video when it reads more channels than the VAE gives, with ``image``; else text-to-video)."""
+    image-to-video when it reads more channels than the VAE gives, with ``image``; else text-to-video). ``image``
+    (1, 3, H, W) and ``video`` (1, 3, F, H, W) in [-1, 1] may also be files (``images.read_image``/``read_video``);
+    options height and width resize them, else their size is the clip's."""
+    from ..images import read_image, read_video
+
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"wan options {unknown} are not among {', '.join(OPTIONS)}")
     root = resolve(path)
     config = _config(root, "transformer")
+    image_to_video = config.get("in_channels") != _config(root, "vae").get("z_dim", 16)
+    kind = "a VACE" if config.get("vace_layers") else "an image-to-video" if image_to_video else "a text-to-video"
+    if image is not None and (config.get("vace_layers") or not image_to_video):
+        raise ValueError(f"wan {path}: a first frame (--first-frame) needs an image-to-video folder (transformer "
+                         f"in_channels 36); this is {kind} folder" + (", which takes a control video (--control)"
+                                                                      if config.get("vace_layers") else ""))
     if config.get("vace_layers"):
+        video, name = _given(video, "control video", read_video)
+        if video is not None:
+            _frames_of(video, name, root, options)
+            video = _sized(video, name, root, options.get("height"), options.get("width"))
         return WanVACEExpert.load_prompts(path, list(texts), video, mask, **options)
     scale = options.pop("conditioning_scale", None)
     if video is not None or mask is not None or scale is not None:
-        raise ValueError(f"wan {path}: a control video, mask or conditioning_scale needs a VACE folder")
-    if config.get("in_channels") != _config(root, "vae").get("z_dim", 16):
-        for k in ("height", "width"):
-            if options.pop(k, None) is not None:
-                raise ValueError(f"wan {path}: image-to-video takes the image's size; leave {k} out")
-        return WanImageToVideoExpert.load_prompts(path, list(texts), image, **options)
-    if image is not None:
-        raise ValueError(f"wan {path}: an image needs an image-to-video folder (transformer in_channels 36)")
+        raise ValueError(f"wan {path}: a control video (--control), mask or conditioning_scale needs a VACE folder "
+                         f"(transformer with vace_layers); this is {kind} folder")
+    if image_to_video:
+        if image is None:
+            raise ValueError(f"wan {path}: an image-to-video folder needs the clip's first frame (--first-frame FILE, "
+                             "or options.first_frame of its entry)")
+        image, name = _given(image, "first frame", read_image)
+        image = _sized(image[:, :, None], name, root, options.pop("height", None), options.pop("width", None))
+        return WanImageToVideoExpert.load_prompts(path, list(texts), image[:, :, 0], **options)
     return WanExpert.load_prompts(path, list(texts), **options)
