@@ -368,3 +368,47 @@ def test_ancestral_marks_a_nan_particle_dead_and_best_never_returns_it():
     assert r.log_w[0] == -math.inf and torch.isfinite(r.log_w[1:]).all()  # marked, as the weighted samplers do
     best = poegen.sample(product, sampler="ancestral", num_particles=4, num_steps=3, generator=gen(), select="best")
     assert torch.isfinite(best.x).all()
+
+
+@pytest.mark.parametrize("sampler", ["smc", "poe"])
+def test_tempering_keeps_the_posterior(sampler):
+    product, (mean, cov, log_Z) = _posterior_problem()
+    r = poegen.sample(product, sampler=sampler, num_particles=2000, num_steps=50, generator=gen(), dtype=F64,
+                      tempering=0.3)
+    assert max(errors_in_se(r.x, r.log_w, mean, cov)) < 4
+    assert abs(r.log_Z - float(log_Z)) < 0.15
+
+
+def test_tempering_holds_the_ess_on_a_sharp_likelihood():
+    # a likelihood 1000 times sharper than the prior: untempered, the increments collapse the weights to one particle
+    m, C = torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64)
+    y, R = torch.tensor([2.0, -1.0], dtype=F64), 0.001 * torch.eye(2, dtype=F64)
+    product = poegen.Product([Gaussian(m, C)], potentials=[GaussianLikelihood(y, R)], schedule="linear")
+    runs = {t: poegen.sample(product, sampler="smc", num_particles=256, num_steps=30, generator=gen(), dtype=F64,
+                             tempering=t) for t in (0.0, 0.3)}
+    low = {t: min(r.diagnostics["ess"][:-1]) for t, r in runs.items()}
+    assert low[0.0] < 2 and low[0.3] >= 0.3 * 256 * 0.999
+    final = runs[0.3].particles  # the last level's potentials are at full strength: the target is unchanged
+    assert torch.allclose(final.aux["f"], product.log_potentials(final.x, 1.0)[0])
+
+
+def test_tempered_takes_the_largest_fraction_that_keeps_the_ess():
+    from poegen.resampling import ess
+    from poegen.samplers.engine import tempered
+
+    log_w = torch.zeros(64, dtype=F64)
+    delta = 10 * torch.randn(64, generator=gen(3), dtype=F64)
+    step = tempered(log_w, delta, 32.0)
+    tau = float((step / delta).mean())
+    assert torch.allclose(step, tau * delta) and 0 < tau < 1
+    assert float(ess(log_w + step)) >= 32 * 0.999 and float(ess(log_w + (tau + 1 / 32) * delta)) < 32
+    assert torch.equal(tempered(log_w, torch.zeros(64, dtype=F64), 32.0), torch.zeros(64, dtype=F64))
+    assert torch.equal(tempered(log_w, torch.ones(64, dtype=F64), 32.0), torch.ones(64, dtype=F64))  # ESS unchanged
+    skewed = torch.cat([torch.zeros(1, dtype=F64), torch.full((63,), -3.0, dtype=F64)])  # ESS 14.8 < 32 already:
+    boost = torch.zeros(64, dtype=F64)
+    boost[0] = 5.0
+    assert torch.equal(tempered(skewed, boost, 32.0), torch.zeros(64, dtype=F64))  # no lower
+    assert torch.equal(tempered(skewed, -boost, 32.0), -boost)  # a step that lifts the ESS is taken whole
+    hard = delta.clone()
+    hard[5] = -math.inf  # a hard constraint's -inf is never softened
+    assert tempered(log_w, hard, 32.0)[5] == -math.inf

@@ -47,6 +47,9 @@ class SamplerConfig:
     ess_threshold: float = 0.5         # resample when ESS < threshold * N (0 never, 1 always)
     select: str = "all"                # "all" particles with weights, the "best" (highest final reward among the
     #                                    live particles, weight breaking ties), or a weighted "draw"
+    tempering: float = 0.0             # > 0: adaptive tempering; a level's potentials increment is cut to the largest
+    #                                    fraction that keeps the ESS >= tempering * N (the cut part carries over;
+    #                                    the last level always reaches full strength, so the target is unchanged)
     grad_guidance: float = 0.0         # > 0: the stochastic proposal follows this times the potentials' gradient
     #                                    (a twisted proposal; its ratio enters the weights, the target stays)
     reward_every: int = 1              # evaluate the potentials at every k-th level (and always at the last); the
@@ -69,8 +72,10 @@ class SamplerConfig:
             if getattr(cfg, name) not in allowed:
                 raise ValueError(f"{name}={getattr(cfg, name)!r} is not one of {allowed}")
         resampling.get(cfg.resample)
-        if cfg.mcmc_steps < 0 or cfg.step_scale <= 0 or not 0 <= cfg.ess_threshold <= 1 or cfg.grad_guidance < 0:
-            raise ValueError("need mcmc_steps >= 0, step_scale > 0, 0 <= ess_threshold <= 1 and grad_guidance >= 0")
+        if cfg.mcmc_steps < 0 or cfg.step_scale <= 0 or not 0 <= cfg.ess_threshold <= 1 or cfg.grad_guidance < 0 \
+                or not 0 <= cfg.tempering <= 1:
+            raise ValueError("need mcmc_steps >= 0, step_scale > 0, 0 <= ess_threshold <= 1, 0 <= tempering <= 1 "
+                             "and grad_guidance >= 0")
         if isinstance(cfg.reward_every, bool) or not isinstance(cfg.reward_every, int) or cfg.reward_every < 1:
             raise ValueError(f"reward_every={cfg.reward_every!r}: expected a whole number of levels >= 1")
         if not cfg.rho > 0 or cfg.rho == float("inf"):
@@ -215,6 +220,8 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         x = r.paste(x, sig[0], generator)
     ev = evaluate(x, sig[0])
     f, per = rewards(ev, 0.0)
+    if cfg.tempering > 0:
+        f = tempered(torch.zeros_like(f), f, cfg.tempering * N)
     g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, torch.zeros_like(x), var0) if exact else 0.0)
     zeros = torch.zeros(N, device=device, dtype=dtype)
     state = settle(x, Particles(x, zeros, torch.zeros((), device=device, dtype=dtype)), g, ev, ev.bad, f, per,
@@ -254,6 +261,8 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         # 3. reweight by the change in annealed potentials (at every reward_every-th level and the last)
         if (k + 1) % cfg.reward_every == 0 or k + 1 == K:
             f, per = rewards(ev, (k + 1) / K)
+            if cfg.tempering > 0 and k + 1 < K:
+                f = a["f"] + tempered(state.log_w + g, f - a["f"], cfg.tempering * N)
         else:  # not scored here: the potentials' change enters at the next scored level
             f, per = a["f"], torch.zeros_like(per)
         state = settle(x, state, g + f - a["f"], ev, bad, f, per, float(sigmas[k + 1]))
@@ -277,6 +286,19 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
     final = state.replace(x=state.aux["x0"])
     return SampleResult(*_select(final, cfg.select, generator), float(state.log_Z), diagnostics,
                         {k: v - nfe0[k] for k, v in product.nfe.items()}, final)
+
+
+def tempered(log_w: Tensor, delta: Tensor, need: float, grid: int = 33) -> Tensor:
+    """tau * delta for the largest tau in [0, 1] (on a grid) whose weights log_w + tau * delta keep the ESS >= need,
+    or as high as it is without the increment when that is lower (adaptive tempering, Jasra et al. 2011). A particle
+    whose increment is -inf or NaN keeps it whole (a hard constraint is never softened)."""
+    taus = torch.linspace(0.0, 1.0, grid, device=delta.device, dtype=delta.dtype)[:, None]
+    finite = torch.isfinite(delta)
+    step = torch.where(finite, taus * torch.where(finite, delta, 0.0), delta)  # (grid, N)
+    e = resampling.ess(log_w + step)
+    ok = e >= torch.minimum(e[0], torch.as_tensor(need, dtype=e.dtype, device=e.device)) * (1 - 1e-6)
+    tau = (taus[:, 0] * ok).max()  # tau = 0 always qualifies; no host sync
+    return torch.where(finite, tau * torch.where(finite, delta, 0.0), delta)
 
 
 def _select(p: Particles, how: str, generator):
