@@ -13,7 +13,8 @@ NFE); ancestral runs one chain. Per sample: strict ``exact`` (every asked object
 else), ``lenient`` (the same with other objects allowed) and ``atoms`` (the share of asked facts that hold). Per
 category and sampler the means, and the paired bootstrap 95% interval of the difference in strict exact against
 best-of-n (pairs: the same prompt and seed). --ablations adds poe without placement() and without the count
-potentials; --budgets draws strict exact over NFE (poe's particle counts, the others at equal NFE) to --plot.
+potentials, and plain search: best-of-n over the experts without placement() (with poe's paired difference to
+it); --budgets draws strict exact over NFE (poe's particle counts, the others at equal NFE) to --plot.
 Tune on --seed0 1000 and --prompt-seed 1000; report the defaults (0).
 
     python scripts/eval_shapes.py --workers 2 --tiers B --ablations
@@ -34,7 +35,10 @@ from poegen.experts.shapes import shapeseval
 from poegen.job import Job
 from poegen.report import paired_bootstrap
 
-ABLATIONS = {"poe-noplace": {"place": False}, "poe-nocount": {"counts": False}}
+# name: (sampler, the shapes product's options); best-of-n-noplace is plain search: the same experts and reward
+# without the scene prior's placement (what composition adds), at poe's NFE
+ABLATIONS = {"poe-noplace": ("poe", {"place": False}), "poe-nocount": ("poe", {"counts": False}),
+             "best-of-n-noplace": ("best-of-n", {"place": False})}
 
 
 def main():
@@ -46,7 +50,8 @@ def main():
     ap.add_argument("--seed0", type=int, default=0, help="first sampling seed (tune on 1000+)")
     ap.add_argument("--prompt-seed", type=int, default=0, help="seed of the prompt set (tune on 1000+)")
     ap.add_argument("--samplers", default="poe,best-of-n,smc,ancestral")
-    ap.add_argument("--ablations", action="store_true", help="also poe without placement and without counts")
+    ap.add_argument("--ablations", nargs="?", const=",".join(ABLATIONS), default=None, metavar="NAME,...",
+                    help=f"also these variants (default all: {', '.join(ABLATIONS)})")
     ap.add_argument("--particles", type=int, default=Job.particles, help="default: poegen generate's")
     ap.add_argument("--budgets", default=None, metavar="N,N,...", help="poe's particle counts for the NFE curves")
     ap.add_argument("--plot", default=None, help="PNG of strict exact over NFE (with --budgets)")
@@ -61,6 +66,9 @@ def main():
     ap.add_argument("--time", action="store_true", help="also time `poegen generate` on a tier B prompt (3 runs)")
     args = ap.parse_args()
 
+    unknown = [a for a in (args.ablations or "").split(",") if a and a not in ABLATIONS]
+    if unknown:
+        ap.error(f"--ablations: unknown {unknown[0]!r}; known: {', '.join(ABLATIONS)}")
     items = shapeseval.items(args.tiers, args.per_category, args.prompt_seed,
                              args.categories.split(",") if args.categories else None)
     where = {it.prompt: (it.tier, it.category) for it in items}
@@ -72,8 +80,9 @@ def main():
                                args.steps, args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0,
                                options=options or None, budgets=budgets)
     if args.ablations:
-        for name, shapes in ABLATIONS.items():
-            more, imgs = compare.run(prompts, ["poe"], args.samples, args.particles, args.mcmc_steps, args.steps,
+        for name in args.ablations.split(","):
+            sampler, shapes = ABLATIONS[name]
+            more, imgs = compare.run(prompts, [sampler], args.samples, args.particles, args.mcmc_steps, args.steps,
                                      args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0,
                                      options=options or None, shapes_options=shapes)
             for r in more:
@@ -132,6 +141,13 @@ def report(rows, where, budget):
         if cat == "all":
             print(f"{tier}_{sampler}_strict={strict:.3f} {tier}_{sampler}_lenient={lenient:.3f} "
                   f"{tier}_{sampler}_atoms={atoms:.3f} (n={n})" + (f" diff_vs_best_of_n={diff.strip()}" if diff else ""))
+    search = "best-of-n-noplace"  # composition against plain search: poe minus best-of-n without placement()
+    for (tier, cat, sampler), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "all")):
+        base = sorted(groups.get((tier, cat, search), []), key=lambda r: (r.prompt, r.seed))
+        rs = sorted(rs, key=lambda r: (r.prompt, r.seed))
+        if sampler == "poe" and base and [(r.prompt, r.seed) for r in base] == [(r.prompt, r.seed) for r in rs]:
+            d, lo, hi = paired_bootstrap([r.exact for r in rs], [r.exact for r in base])
+            print(f"{tier}_{cat}_poe_minus_{search}={d:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(rs)})")
 
 
 def plot(rows, where, path):
