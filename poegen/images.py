@@ -22,6 +22,11 @@ def resize(image: Tensor, h: int, w: int) -> Tensor:
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
+def _missing(e: ImportError) -> str:
+    """The package an ImportError lacks ("imageio" for a missing imageio.v3 too)."""
+    return (e.name or "imageio").split(".")[0]
+
+
 def mp4_writer():
     """``encode(frames, fps, comment) -> bytes``: (H, W, 3) uint8 frames as an H.264 MP4 through imageio's ffmpeg
     plugin (the ``video`` extra); a short error naming the extra when it is not installed."""
@@ -29,7 +34,7 @@ def mp4_writer():
         import imageio.v3 as iio
         import imageio_ffmpeg  # noqa: F401  (imageio's ffmpeg plugin needs it; it brings the ffmpeg binary)
     except ImportError as e:
-        raise ValueError(f"writing .mp4 needs imageio with ffmpeg ({e.name} is not installed): pip install "
+        raise ValueError(f"writing .mp4 needs imageio with ffmpeg ({_missing(e)} is not installed): pip install "
                          "'poegen[video]' (imageio, imageio-ffmpeg), or write a .gif") from None
 
     def encode(frames, fps: float, comment: str = "") -> bytes:
@@ -94,7 +99,7 @@ def read_video(path, what: str = "video") -> Tensor:
             import imageio.v3 as iio
             import imageio_ffmpeg  # noqa: F401
         except ImportError as e:
-            raise ValueError(f"{what} {path}: reading .mp4 needs imageio with ffmpeg ({e.name} is not installed): pip "
-                             "install 'poegen[video]', or give a .gif or a folder of PNG frames") from None
+            raise ValueError(f"{what} {path}: reading .mp4 needs imageio with ffmpeg ({_missing(e)} is not "
+                             "installed): pip install 'poegen[video]', or give a .gif or a folder of PNG frames") from None
         return _pixels(np.ascontiguousarray(iio.imread(p, plugin="FFMPEG")[..., :3]))
     raise ValueError(f"{what} {path}: expected a .gif, an .mp4 or a folder of PNG frames")

@@ -82,7 +82,8 @@ def main():
         aucs = [a for a in (auc(f, ok) for f, ok in runs) if a is not None]
         top = [float(ok[f.argmax()]) for f, ok in runs if ok.any()]
         if aucs:
-            print(f"level={level:2d} sigma={float(schedules.karras(args.steps, *product.sigma_range(None, None))[level]):7.3f} "
+            sigma = float(schedules.karras(args.steps, *product.sigma_range(None, None))[level])
+            print(f"level={level:2d} sigma={sigma:7.3f} "
                   f"{what:11s} auc={sum(aucs) / len(aucs):.3f} top1_right={sum(top) / len(top):.3f} "
                   f"(runs={len(aucs)})")
 
