@@ -132,22 +132,28 @@ def report(rows, where, budget):
         n = len(rs)
         strict, lenient = sum(r.exact for r in rs) / n, sum(r.lenient for r in rs) / n
         atoms = statistics.mean(r.atoms for r in rs)
-        base = sorted(groups.get((tier, cat, "best-of-n"), []), key=lambda r: (r.prompt, r.seed))
-        diff = ""
-        if base and sampler != "best-of-n" and [(r.prompt, r.seed) for r in base] == [(r.prompt, r.seed) for r in rs]:
-            d, lo, hi = paired_bootstrap([r.exact for r in rs], [r.exact for r in base])
-            diff = f"   {d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        diff = paired(rs, groups.get((tier, cat, "best-of-n"))) if sampler != "best-of-n" else None
+        diff = f"   {diff}" if diff else ""
         print(f"{tier:4s} {cat:10s} {sampler:12s} {strict:7.3f} {lenient:7.3f} {atoms:7.3f} {n:4d}{diff}", flush=True)
         if cat == "all":
             print(f"{tier}_{sampler}_strict={strict:.3f} {tier}_{sampler}_lenient={lenient:.3f} "
                   f"{tier}_{sampler}_atoms={atoms:.3f} (n={n})" + (f" diff_vs_best_of_n={diff.strip()}" if diff else ""))
     search = "best-of-n-noplace"  # composition against plain search: poe minus best-of-n without placement()
     for (tier, cat, sampler), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "all")):
-        base = sorted(groups.get((tier, cat, search), []), key=lambda r: (r.prompt, r.seed))
-        rs = sorted(rs, key=lambda r: (r.prompt, r.seed))
-        if sampler == "poe" and base and [(r.prompt, r.seed) for r in base] == [(r.prompt, r.seed) for r in rs]:
-            d, lo, hi = paired_bootstrap([r.exact for r in rs], [r.exact for r in base])
-            print(f"{tier}_{cat}_poe_minus_{search}={d:+.3f} [{lo:+.3f}, {hi:+.3f}] (n={len(rs)})")
+        diff = paired(rs, groups.get((tier, cat, search))) if sampler == "poe" else None
+        if diff:
+            print(f"{tier}_{cat}_poe_minus_{search}={diff} (n={len(rs)})")
+
+
+def paired(rows, base):
+    """'d [lo, hi]': the mean of rows' strict exact minus base's with its paired bootstrap 95% interval, or None
+    unless both cover the same (prompt, seed) pairs."""
+    key = lambda r: (r.prompt, r.seed)  # noqa: E731
+    rows, base = sorted(rows, key=key), sorted(base or [], key=key)
+    if not base or [key(r) for r in rows] != [key(r) for r in base]:
+        return None
+    d, lo, hi = paired_bootstrap([r.exact for r in rows], [r.exact for r in base])
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def plot(rows, where, path):
