@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...hardware import check_dtype, pick_dtype
-from .model import ShapesDenoiser, phrase_ids, position_map
+from ...hardware import check_dtype
+from .model import ShapesDenoiser, forward, phrase_ids, position_map
 from .vocab import Phrase, parse_phrase
 
 
@@ -64,9 +64,7 @@ class ClipExpert:
         sigma = sigma.repeat_interleave(F).repeat(E)
         ids = torch.cat([e.ids.to(dev).repeat(n, 1) for e in experts])
         pos = torch.cat([e.pos_map.to(dev).repeat(n, 1, 1, 1) for e in experts])
-        dtype = pick_dtype(first.dtype, dev)[0]
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = first.net(frames.repeat(E, 1, 1, 1), sigma, ids, pos).float().clamp(-1, 1)
+        out = forward(first.net, first.dtype, frames.repeat(E, 1, 1, 1), sigma, ids, pos).clamp(-1, 1)
         out = out.reshape(E, n, F, *out.shape[1:]).transpose(2, 3)  # (E, N, 3, F, H, W)
         return list(out.to(x.device, x.dtype).unbind(0))
 

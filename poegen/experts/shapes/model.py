@@ -135,14 +135,20 @@ class ShapesPhraseExpert:
         xin = x.to(dev, torch.float32).repeat(E, 1, 1, 1)
         ids = torch.cat([e.ids.to(dev).expand(n, 3) for e in experts])
         pos = torch.cat([e.pos_map.to(dev).expand(n, -1, -1, -1) for e in experts])
-        dtype = pick_dtype(first.dtype, dev)[0]
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = first.net(xin, sigma, ids, pos).float()
+        out = forward(first.net, first.dtype, xin, sigma, ids, pos)
         out = out.clamp(-1, 1) if first.clip else out  # images live in [-1, 1]
         return list(out.to(x.device, x.dtype).split(n))
 
     def __repr__(self) -> str:
         return f"ShapesPhraseExpert({self.name})"
+
+
+def forward(net, dtype: str, x: Tensor, sigma: Tensor, ids: Tensor, pos: Tensor) -> Tensor:
+    """The prior's x0_hat of stacked rows (on the net's device) in float32, computed at ``dtype`` (a name for
+    ``pick_dtype``: autocast where it is not float32); shared by the phrase and clip experts' batched forwards."""
+    half = pick_dtype(dtype, x.device)[0]
+    with torch.autocast(x.device.type, dtype=half, enabled=half != torch.float32):
+        return net(x, sigma, ids, pos).float()
 
 
 class ShapesPrior:
