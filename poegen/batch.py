@@ -20,14 +20,12 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from tqdm.auto import tqdm
 
-from .job import Job
+from .job import READS, Job
 from .pipeline import FULL, DiskFull, check_writable, run
 from .validation import read_file, unique_keys
 
 log = logging.getLogger("poegen.batch")
 RESERVED = re.compile(r"(_raw|_f\d+)$")  # suffixes of the files an item writes besides ID.png
-READS = ("scene", "layout", "config", "image", "mask", "first_frame", "control")  # job fields naming files (relative
-#                                                       to the job file); control may be a folder of PNG frames
 # every line digest starts from Job's defaults: a changed default makes every line new again (those left None are
 # left out, as in ``fingerprint``: a field added later with default None keeps finished lines known by their digest)
 _DEFAULTS = hashlib.blake2b(json.dumps({k: v for k, v in vars(Job()).items() if v is not None},

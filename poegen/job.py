@@ -117,6 +117,8 @@ def _check_video(job: Job, where: str):
         raise ValueError(f"{where}: fps is for a video (--video) or a scene's frames (--frames N)")
 
 
+# the fields naming files a job reads, in the order batch fingerprints them (control may be a folder of PNG frames)
+READS = ("scene", "layout", "config", "image", "mask", "first_frame", "control")
 _TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "select", "device", "dtype", "video",
          "first_frame", "control")
 _WHOLE = ("frames", "particles", "steps", "mcmc_steps", "seed", "reward_every", "margin")

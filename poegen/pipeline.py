@@ -16,7 +16,7 @@ import torch
 
 from . import __version__, samplers
 from .edit import replaces_known
-from .job import Job
+from .job import READS, Job
 
 log = logging.getLogger("poegen.pipeline")
 
@@ -244,8 +244,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
             mp4_writer()  # a missing extra fails before any sampling
     elif out.suffix.lower() != ".png":
         raise ValueError(f"--out {out}: poegen writes PNG (with its metadata); name the file .png")
-    # never write over what the job reads
-    for key in ("image", "mask", "scene", "layout", "config", "first_frame", "control"):
+    for key in READS:  # never write over what the job reads
         given = getattr(job, key)
         if given and Path(given).exists() and any(
                 p.exists() and p.resolve() == Path(given).resolve()
