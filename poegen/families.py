@@ -168,11 +168,12 @@ def _absences(entry: dict, layout: Layout) -> List:
 
 # ---- the embedded shapes world -----------------------------------------------------------------------------
 
-def _over_null(prior, experts: List, guidance: float, dtype: str):
-    """Composable-diffusion weights: each phrase expert w, the unconditional prior 1 - sum w (left out at 0)."""
+def _over_null(null, experts: List, guidance: float):
+    """Composable-diffusion weights: each phrase expert w, the unconditional prior ``null()`` 1 - sum w (left out
+    at 0)."""
     weights = [guidance] * len(experts)
     if 1.0 - sum(weights) != 0:
-        return [prior.null(dtype)] + experts, [1.0 - sum(weights)] + weights
+        return [null()] + experts, [1.0 - sum(weights)] + weights
     return experts, weights
 
 
@@ -214,8 +215,8 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     vlm_weight = VLM_WEIGHT if vlm_weight is None else vlm_weight
     prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
     size = prior.config["image_size"]
-    experts, weights = _over_null(prior, [prior.expert(str(p), o.centre(size), dtype)
-                                          for p, o in zip(phrases, layout.objects) if not o.known], guidance, dtype)
+    experts, weights = _over_null(lambda: prior.null(dtype), [prior.expert(str(p), o.centre(size), dtype) for p, o
+                                                              in zip(phrases, layout.objects) if not o.known], guidance)
     potentials, lambdas = [], []
     # (question, its lambda as a multiple of vlm_weight, whether the answer asked is no)
     asked = [(q, 1.0, False) for q in layout.questions or []]
@@ -259,9 +260,10 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
     one, else the frames spread over the simulated duration; kept as ``product.fps``). Each object's ``ClipExpert``
     puts its phrase at its simulated centroid frame by frame (the unconditional prior where it is out of view),
     over the divided-out prior; potentials: the per-frame VLM question of every object in view throughout and,
-    when all are, the count questions (``PerFrame``, mean over frames), the regions' agreement with the simulated masks (``RegionalMotionPotential``,
-    mean over frames) and the centroids' (``TrajectoryPotential``, lambda ``trajectory_weight``, exponential
-    schedule). A prompt without a motion verb gives a still clip: its placed objects in every frame."""
+    when all are, the count questions (``PerFrame``, mean over frames), the regions' agreement with the simulated
+    masks (``RegionalMotionPotential``, mean over frames) and the centroids' (``TrajectoryPotential``, lambda
+    ``trajectory_weight``, exponential schedule). A prompt without a motion verb gives a still clip: its placed
+    objects in every frame."""
     import math
 
     import torch
@@ -294,11 +296,9 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
         phrases = [parse_phrase(o.phrase) for o in still.objects]
         tracks = [torch.tensor([o.centre(size) or (math.nan, math.nan)] * frames) for o in still.objects]
         visible, steady, fps = [None] * len(phrases), phrases, fps or 1.0
-    experts = [ClipExpert(prior.net, p, t, v, dtype) for p, t, v in zip(phrases, tracks, visible)]
-    weights = [guidance] * len(experts)
-    if 1.0 - sum(weights) != 0:
-        experts = [ClipExpert(prior.net, None, torch.full((frames, 2), math.nan), None, dtype)] + experts
-        weights = [1.0 - sum(weights)] + weights
+    null = lambda: ClipExpert(prior.net, None, torch.full((frames, 2), math.nan), None, dtype)  # noqa: E731
+    experts, weights = _over_null(null, [ClipExpert(prior.net, p, t, v, dtype)
+                                         for p, t, v in zip(phrases, tracks, visible)], guidance)
     asked = [(q, 1.0) for q in Prompt(steady, []).object_questions()]
     if len(steady) == len(phrases):  # every object in every frame: nothing else drawn in any
         asked += [(q, COUNT_WEIGHT) for q in count_questions(phrases)]
