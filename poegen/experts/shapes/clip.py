@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ...hardware import check_dtype
+from ...product import PerFrame
 from .model import ShapesDenoiser, forward, phrase_ids, position_map
 from .vocab import Phrase, parse_phrase
 
@@ -58,7 +59,7 @@ class ClipExpert:
         if x.dim() != 5 or F != first.shape[1]:
             raise ValueError(f"{first.name}: expected clips (N, 3, {first.shape[1]}, H, W), got {tuple(x.shape)}")
         dev = next(first.net.parameters()).device
-        frames = x.to(dev, torch.float32).transpose(1, 2).flatten(0, 1)  # (N*F, 3, H, W), clip by clip
+        frames = PerFrame.fold(x.to(dev, torch.float32))  # (N*F, 3, H, W), clip by clip
         E = len(experts)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=dev).reshape(-1).expand(n)
         sigma = sigma.repeat_interleave(F).repeat(E)
