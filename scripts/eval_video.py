@@ -23,17 +23,14 @@ PROMPTS = ("a red ball rolls off a blue box", "a small green ball rolls off a la
            "a small blue box slides off a large red box")
 
 
-def evaluate(prompt: str, sampler: str, seed: int, frames: int, particles: int, mcmc_steps: int, steps: int):
-    """(per-frame IoU list, per-frame exact list, NFE) of one clip."""
-    product = build_product(from_prompt(prompt), video=True, frames=frames)
+def evaluate(product, traj, phrases, sampler: str, seed: int, particles: int, mcmc_steps: int, steps: int):
+    """(per-frame IoU list, per-frame exact list, NFE) of one clip of a motion prompt's ``product``, judged against
+    its simulated trajectory ``traj`` (objects ``phrases``)."""
     result = sample_one(product, sampler, particles, mcmc_steps, steps, seed)
-    spec = motion_scene(prompt)
-    traj = trajectory(spec, frames, product.fps, product.shape[-1])
     clip = result.x[:1].float()
     iou = foreground_iou(clip, traj)[0].tolist()
-    phrases = [parse_phrase(f"{o.size} {o.colour} {o.shape}") for o in spec.objects]
     exact = [exactly(clip[0, :, f], [p for p, v in zip(phrases, traj.visible[f].tolist()) if v])
-             for f in range(frames)]
+             for f in range(clip.shape[2])]
     return iou, exact, sum(v for k, v in result.nfe.items() if k.startswith("shapes-clip[null"))
 
 
@@ -49,8 +46,12 @@ def main():
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     for prompt in args.prompts.split(","):
+        product = build_product(from_prompt(prompt), video=True, frames=args.frames)  # once per prompt
+        spec = motion_scene(prompt)
+        traj = trajectory(spec, args.frames, product.fps, product.shape[-1])
+        phrases = [parse_phrase(f"{o.size} {o.colour} {o.shape}") for o in spec.objects]
         for sampler in args.samplers.split(","):
-            runs = [evaluate(prompt, sampler, s, args.frames, args.particles, args.mcmc_steps, args.steps)
+            runs = [evaluate(product, traj, phrases, sampler, s, args.particles, args.mcmc_steps, args.steps)
                     for s in range(args.seeds)]
             iou = [statistics.mean(r[0][f] for r in runs) for f in range(args.frames)]
             exact = [statistics.mean(r[1][f] for r in runs) for f in range(args.frames)]
