@@ -98,7 +98,7 @@ def cmd_compare(args) -> int:
     workers = args.workers or (1 if config else min(os.cpu_count() or 1, 4))
     rows, images = compare.run(args.targets, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
                                args.guidance, args.vlm_weight, progress=not args.quiet, workers=workers,
-                               config=config, metrics=args.metrics or (), budgets=budgets,
+                               config=config, metrics=args.metrics or (), budgets=budgets, frames=args.frames,
                                options={"reward_every": args.reward_every} if args.reward_every != 1 else None)
     summary = reports.summarise(rows, images)
     report = reports.write(Path(args.out), rows, images, summary, progress=not args.quiet)
@@ -252,6 +252,9 @@ def main(argv=None) -> int:
     c.add_argument("--guidance", type=float, default=None, help="phrase weight (default 2.5)")
     c.add_argument("--vlm-weight", type=float, default=None, help="lambda of each question (default 3)")
     c.add_argument("--reward-every", type=int, default=1, metavar="K", help="score the potentials every K levels")
+    c.add_argument("--frames", type=int, default=None, metavar="N",
+                   help="compare clips of N frames of shapes-world motion prompts ('a red ball rolls off a blue box'), "
+                        "judged per frame against their simulation (IoU, exact); the report shows them as GIFs")
     c.add_argument("--workers", type=int, default=0,
                    help="processes sharing the runs (results do not change); 0 = one per CPU core, at most 4 "
                         "(one with --config)")

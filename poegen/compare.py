@@ -87,6 +87,22 @@ def judge_scene(image, physics, tolerance: float = 2.0) -> Dict[str, bool]:
     return _verdict(image, dets, wanted, placed)
 
 
+def judge_clip(clip, traj, phrases) -> Dict[str, object]:
+    """The verdict on a clip (3, F, H, W) of a motion prompt against its simulation ``traj`` (objects ``phrases``):
+    ``exact``: every frame holds exactly the objects in view at that time (``checker.exactly``); ``metrics``:
+    ``iou``, the mean over frames of the foreground IoU with the simulation's masks (``motion.foreground_iou``),
+    ``exact_frames``, the share of exact frames, and each frame's IoU (``iou_fNN``)."""
+    from .experts.motion import foreground_iou
+    from .experts.shapes.checker import exactly
+
+    iou = foreground_iou(clip[None].float(), traj)[0].tolist()
+    exact = [exactly(clip[:, f].float(), [p for p, v in zip(phrases, traj.visible[f].tolist()) if v])
+             for f in range(clip.shape[1])]
+    metrics = {"iou": sum(iou) / len(iou), "exact_frames": sum(exact) / len(exact),
+               **{f"iou_f{f:02d}": v for f, v in enumerate(iou)}}
+    return {"present": None, "relation": None, "exact": all(exact), "metrics": metrics}
+
+
 def _matching(dets, colour, shape):
     """The detections of a shape in a colour (any colour when None)."""
     return [d for d in dets if d.colour == (colour or d.colour) and d.shape == shape]
@@ -192,20 +208,30 @@ def _metric_scorers(layout) -> List:
     return out
 
 
-def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float]):
-    """(product, metrics function, verdict function) of a prompt, layout spec or scene spec, built once per process."""
+def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float], frames: Optional[int] = None):
+    """(product, metrics function, verdict function) of a prompt, layout spec or scene spec (with ``frames``: a
+    shapes-world motion prompt's clips of that many frames), built once per process."""
     from .families import build_product
     from .specs import load_target
 
-    key = target, guidance, vlm_weight
+    key = target, guidance, vlm_weight, frames
     if key not in _WORKER["targets"]:
         layout = load_target(target)
         cfg = _WORKER["config"]
         shapes = not cfg["experts"]
         extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"], **_WORKER["shapes_options"]) if shapes else {}
-        product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, **extra)
+        product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, video=bool(frames),
+                                frames=frames, **extra)
         verdict = (lambda x: {"present": None, "relation": None, "exact": None})
-        if shapes:
+        if frames:
+            from .experts.motion import trajectory
+            from .experts.shapes.vocab import parse_phrase
+            from .specs import motion_scene
+            spec = motion_scene(target)
+            traj = trajectory(spec, frames, product.fps, product.shape[-1])
+            phrases = [parse_phrase(f"{o.size} {o.colour} {o.shape}") for o in spec.objects]
+            verdict = (lambda x: judge_clip(x, traj, phrases))
+        elif shapes:
             physics = layout.physics
             verdict = ((lambda x: judge_edit(x, layout)) if layout.edit is not None else
                        (lambda x: judge_scene(x, physics)) if physics is not None else
@@ -240,8 +266,8 @@ def _scores(product, scorers, image) -> Tuple[float, Dict[str, float]]:
 
 def _run_task(task):
     """One (sampler, target, seed, budget): sample, then score; (row, decoded image)."""
-    sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight, options = task
-    product, scorers, verdict = _target(target, guidance, vlm_weight)
+    sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight, options, frames = task
+    product, scorers, verdict = _target(target, guidance, vlm_weight, frames)
     if replaces_known(product):  # as `poegen edit`
         options = {"replace_known": True, **options}
     t = time.perf_counter()
@@ -253,9 +279,11 @@ def _run_task(task):
     if product.edit is not None:
         from .edit import background_mse
         metrics["bg_mse"] = background_mse(x, product.edit)
+    verdict = verdict(x)
+    metrics.update(verdict.pop("metrics", {}))
     return Row(sampler, target, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
                nfe=sum(v for k, v in r.nfe.items() if k in product.names), ess=r.diagnostics["ess"],
-               particles=particles, metrics=metrics, **verdict(x)), x
+               particles=particles, metrics=metrics, **verdict), x
 
 
 def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str], shapes_options: Optional[dict]):
@@ -274,13 +302,16 @@ def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str]
 def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 1,
         steps: int = 30, guidance: Optional[float] = None, vlm_weight: Optional[float] = None, progress: bool = True,
         workers: int = 1, seed0: int = 0, options: Optional[dict] = None, config: Optional[dict] = None,
-        metrics: Sequence[str] = (), budgets: Optional[Sequence[int]] = None, shapes_options: Optional[dict] = None):
+        metrics: Sequence[str] = (), budgets: Optional[Sequence[int]] = None, shapes_options: Optional[dict] = None,
+        frames: Optional[int] = None):
     """(rows, images[(sampler, target, budget)] -> (seeds, 3, H, W)) for every sampler x target x seed x budget
     (seeds seed0, seed0 + 1, ...; budgets: poe's particle counts, default ``particles``). A target is a prompt,
     a layout spec or a scene spec path; ``config`` names the models ({experts, potentials}, as
     ``registry.load_config``; default: the shapes world); ``metrics`` are 'kind:path' scorers that only
     evaluate; ``options`` are further SamplerConfig fields for every sampler (e.g. grad_guidance); ``shapes_options``:
-    the shapes world's product options (the ablations ``place=False``, ``counts=False``). With
+    the shapes world's product options (the ablations ``place=False``, ``counts=False``). ``frames``: the targets
+    are shapes-world motion prompts ("a red ball rolls off a blue box"), sampled as clips of that many frames
+    (images (seeds, 3, frames, H, W)) and judged against their simulation (``judge_clip``). With
     ``workers`` > 1 the runs are spread over that many processes, each with an equal share of torch's threads;
     results do not depend on ``workers``."""
     from .experts.registry import POTENTIAL_FIELDS, POTENTIALS, _entry
@@ -293,9 +324,18 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
         twice = sorted({t for t in given if given.count(t) > 1})
         if twice:  # each would be run and counted twice, doubling its n
             raise ValueError(f"{what}: {twice[0][:60]!r} is named twice; name each once (--seeds sets the runs)")
+    if frames is not None:
+        from .specs import motion_scene
+        if not shapes or not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"frames {frames}: clips are compared in the shapes world (no --config), with a frame "
+                             "count >= 1, e.g. --frames 5")
+        for target in targets:
+            if is_scene(target) or motion_scene(target) is None:
+                raise ValueError(f"target {target[:60]!r}: --frames compares clips of motion prompts; write one as "
+                                 "'a red ball rolls off a blue box' (rolls, slides or falls off)")
     for target in targets:  # bad prompts and specs fail before any work
         load_target(target)
-        if shapes and not is_scene(target):
+        if shapes and not is_scene(target) and frames is None:
             parse_prompt(target)
     for spec in metrics:
         _entry(spec, POTENTIALS, POTENTIAL_FIELDS, "--metrics")
@@ -304,7 +344,7 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
     budgets = list(budgets or [particles])
     if any(not isinstance(b, int) or b < 1 for b in budgets):
         raise ValueError(f"budgets {budgets}: expected particle counts >= 1, e.g. 1,4,16")
-    tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, vlm_weight, dict(options or {}))
+    tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, vlm_weight, dict(options or {}), frames)
              for b in budgets for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
     results = []  # the first result waits for the models: the bar says so until then
     with tqdm(total=len(tasks), desc="compare: loading models", disable=None if progress else True) as bar:

@@ -1,6 +1,6 @@
 """The report of a sampler comparison: per-sample rows (``compare.Row``, from ``compare.run``) summarised into
-tables by sampler and budget, written as CSV and JSON with a self-contained HTML report (image grids, reward
-versus NFE over budgets, ESS traces)."""
+tables by sampler and budget, written as CSV and JSON with a self-contained HTML report (image grids, clips as
+animated GIFs, reward versus NFE over budgets, ESS traces)."""
 from __future__ import annotations
 
 import base64
@@ -41,7 +41,8 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], reps: int = 10000, 
 def summarise(rows: List, images) -> List[dict]:
     """One record per sampler and budget: rates, means and diversity over targets and seeds (None where a
     column does not apply, e.g. the checker's rates for named models). ``rows``: ``compare.Row`` records;
-    ``images``: (sampler, target, budget) -> (seeds, 3, H, W), both as ``compare.run`` returns them."""
+    ``images``: (sampler, target, budget) -> (seeds, 3, H, W) (clips: (seeds, 3, F, H, W)), both as ``compare.run``
+    returns them."""
     out = []
     for sampler, budget in dict.fromkeys((r.sampler, r.particles) for r in rows):
         rs = [r for r in rows if r.sampler == sampler and r.particles == budget]
@@ -83,6 +84,18 @@ def _png_b64(fig_or_image) -> str:
     else:
         fig_or_image.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _grid_uri(v: torch.Tensor, grid, Image) -> str:
+    """A data URI of one sampler and target's samples side by side: a PNG of images (N, 3, H, W), or an animated
+    GIF of clips (N, 3, F, H, W), frame f of every clip in frame f of the GIF (4 frames a second, looping)."""
+    ncol = min(8, len(v))
+    if v.dim() == 4:
+        return f"data:image/png;base64,{_png_b64(Image.fromarray(grid(v, ncol=ncol)))}"
+    frames = [Image.fromarray(grid(v[:, :, f], ncol=ncol)) for f in range(v.shape[2])]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=250, loop=0)
+    return f"data:image/gif;base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
 def write(out: Path, rows: List, images, summary: List[dict], progress: bool = False) -> Path:
@@ -135,8 +148,7 @@ def _write(out: Path, rows: List, images, summary: List[dict], top: int, bar) ->
     grids = ""
     for (s, p, b), v in images.items():
         if b == top:
-            grids += (f"<h3>{s} &middot; {p}</h3><img class=grid src='data:image/png;base64,"
-                      f"{_png_b64(Image.fromarray(grid(v, ncol=min(8, len(v)))))}'>")
+            grids += f"<h3>{s} &middot; {p}</h3><img class=grid src='{_grid_uri(v, grid, Image)}'>"
             bar.update()
     head = "".join(f"<th>{c}</th>" for c in summary[0])
     body = "".join("<tr>" + "".join(f"<td>{v:.3f}</td>" if isinstance(v, float) else f"<td>{'-' if v is None else v}</td>"

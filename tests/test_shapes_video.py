@@ -106,3 +106,41 @@ def test_shapes_world_video_no_longer_refuses_and_bad_words_keep_their_error(tmp
     assert main(["generate", "a red ball rolls off a blue ball", "--video", "v.gif", *FAST]) == 2
     assert "a coloured box beneath it" in capsys.readouterr().err
     assert not (tmp_path / "v.gif").exists()
+
+
+def test_judge_clip_passes_the_simulation_and_not_it_played_backwards():
+    """The clip verdict against the simulation: its own render is exact in every frame with IoU near one; played
+    backwards, every frame still holds the two objects (exact judges what is there, not where) but the IoU falls
+    (measured 0.96 and 0.62)."""
+    from poegen.compare import judge_clip
+    from poegen.experts.shapes.vocab import parse_phrase
+
+    spec = motion_scene(ROLL)
+    traj = trajectory(spec, 4, 1.0, 32)
+    phrases = [parse_phrase(f"{o.size} {o.colour} {o.shape}") for o in spec.objects]
+    ok, back = judge_clip(traj.clip(), traj, phrases), judge_clip(traj.clip().flip(1), traj, phrases)
+    assert ok["exact"] and ok["metrics"]["exact_frames"] == 1 and ok["metrics"]["iou"] > 0.9
+    assert min(ok["metrics"][f"iou_f{f:02d}"] for f in range(4)) > 0.9
+    assert back["exact"] and back["metrics"]["iou"] < ok["metrics"]["iou"] - 0.2
+
+
+def test_compare_runs_clips_and_the_report_shows_them_as_gifs(tmp_path):
+    """compare.run with frames samples clips of motion prompts, judges them per frame, and the HTML report embeds
+    each sampler's clips as an animated GIF with one frame per clip frame; a still prompt is refused."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from poegen import compare, report
+
+    rows, images = compare.run([ROLL], ["poe", "best-of-n"], 1, particles=2, mcmc_steps=1, steps=2, progress=False,
+                               frames=3)
+    assert images[("poe", ROLL, 2)].shape == (1, 3, 3, 32, 32)
+    assert all(0 <= r.metrics["iou"] <= 1 and r.metrics["exact_frames"] in (0, 1 / 3, 2 / 3, 1) for r in rows)
+    page = report.write(tmp_path, rows, images, report.summarise(rows, images)).read_text()
+    gifs = re.findall(r"data:image/gif;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(gifs) == 2 and all(Image.open(io.BytesIO(base64.b64decode(g))).n_frames == 3 for g in gifs)
+    with pytest.raises(ValueError, match="motion prompts"):
+        compare.run(["a red ball on a blue box"], ["poe"], 1, frames=3, progress=False)
