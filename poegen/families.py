@@ -31,11 +31,16 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
     where the hardware has it natively, ``hardware.pick_dtype``), or the named models' torch_dtype where an entry
     gives none (auto: as loaded). An edit's ``Edit`` is kept as ``product.edit``. ``video``: clips of ``frames``
     frames (None: the model's default) from video kinds (``registry.VIDEO``), every potential scoring each frame;
-    ``video_inputs``: files every video entry takes as its options (first_frame, control)."""
+    ``video_inputs``: files every video entry takes as its options (first_frame, control). A scene's Layout
+    (``layout.physics``) with video kinds: ``scene_video_product``."""
     if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
         shapes_options.pop("place", None)
         product = shapes_clip_product(layout, frames, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype,
                                       **shapes_options)
+    elif experts and video and layout.physics is not None:  # physics over time on named video models
+        product = scene_video_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
+                                      1.0 if vlm_weight is None else vlm_weight, dtype, frames, video_inputs,
+                                      shapes_options.get("fps"))
     elif experts:
         check_relations(layout)
         product = named_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
@@ -71,7 +76,7 @@ def _with_dtype(entry: dict, dtype: str) -> dict:
 
 def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guidance: float = 1.0,
           lambdas: float = 1.0, dtype: str = "auto", video: bool = False, frames: Optional[int] = None,
-          video_inputs: Optional[dict] = None):
+          video_inputs: Optional[dict] = None, extra: Sequence = ()):
     """The Product of named experts for a Layout (or a prompt): on each generative entry's model, the background
     prompt's expert outside the objects' regions, each located object's phrase inside its region, each unlocated
     object's phrase everywhere (composable diffusion), and the empty prompt's expert to make guidance a product;
@@ -83,7 +88,8 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
     torch_dtype of every entry that takes one and names none (auto: each loads as its options say). ``video``:
     every entry must be a video kind, given ``frames`` as its num_frames, and every potential scores each frame
     (``PerFrame``: the sum over frames); without it a video kind is refused. ``video_inputs`` (first_frame,
-    control: files) become options of every video entry, as ``frames`` does."""
+    control: files, or tensors that an entry's own options override) become options of every video entry, as
+    ``frames`` does. ``extra``: further (potential, lambda) pairs, used as they are."""
     if not isinstance(layout, Layout):
         layout = from_prompt(layout)
     gen, weights, masks, backbones = [], [], [], {}
@@ -129,6 +135,7 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
         lams.append(1.0)
     if video:
         pots = [PerFrame(p) for p in pots]
+    pots, lams = pots + [p for p, _ in extra], lams + [float(lam) for _, lam in extra]
     decode = next((bb.decode for bb in backbones.values() if bb.decode is not None), None)
     gen, weights, masks = merge_experts(gen, weights, masks)
     return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode)
@@ -141,13 +148,45 @@ def _with_frames(entry: dict, video: bool, frames: Optional[int], where: str, in
         raise ValueError(f"{where}: kind {entry['kind']} makes videos; write them with --video OUT.gif (or .mp4)"
                          if not video else f"{where}: kind {entry['kind']} makes images; --video needs a video "
                          f"kind ({', '.join(VIDEO)})")
-    added = {**({"num_frames": frames} if frames is not None else {}), **(inputs or {})}
+    made = {k: v for k, v in (inputs or {}).items() if not isinstance(v, str)}  # a scene's: the entry's own win
+    added = {**({"num_frames": frames} if frames is not None else {}),
+             **{k: v for k, v in (inputs or {}).items() if k not in made or k not in entry["options"]}}
     for name, value in added.items():
         given = entry["options"].get(name, value)
-        if given != value:
+        if given is not value and given != value:
             flag = "--frames" if name == "num_frames" else "--" + name.replace("_", "-")
             raise ValueError(f"{where}: options.{name} {given} disagrees with {flag} {value}; give one of them")
     return dict(entry, options={**entry["options"], **added}) if added else entry
+
+
+WAN_FRAMES = 81  # Wan 2.1's default clip length (num_frames)
+
+
+def scene_video_product(layout: Layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (),
+                        guidance: float = 1.0, lambdas: float = 1.0, dtype: str = "auto", frames: Optional[int] = None,
+                        video_inputs: Optional[dict] = None, fps: Optional[float] = None) -> Product:
+    """Physics over time on named video models: the Layout's scene (``layout.physics``) simulated once at the
+    clip's F = ``frames`` times (default Wan's 81; fps: the given one, else the frames spread over the simulated
+    duration, kept as ``product.fps``). Every video entry gets what its folder reads: a VACE folder the simulated
+    depth video as its control (near = white), an image-to-video folder the scene's rendered first frame
+    (``video_inputs`` files, --control / --first-frame, replace them; so do an entry's own options). Two
+    potentials on the decoded clip join the entries' own: each object's colour in its simulated mask
+    (``RegionalMotionPotential``, mean over frames) and its centroid on its simulated track
+    (``TrajectoryPotential``), lambda ``lambdas`` each. The objects move, so the text has no regions: the scene's
+    prompt, else its objects' phrases."""
+    from .experts.motion import RegionalMotionPotential, TrajectoryPotential, trajectory
+
+    spec = layout.physics.spec
+    frames = frames or WAN_FRAMES
+    fps = fps or ((frames - 1) / spec.physics.duration if frames > 1 else 1.0)
+    traj = trajectory(spec, frames, fps)
+    made = {"control": traj.depth[None, None].expand(1, 3, -1, -1, -1) * 2 - 1, "first_frame": traj.images[:1]}
+    text = layout.prompt.strip() or " and ".join(o.phrase for o in layout.objects)
+    motion = [(RegionalMotionPotential(traj, reduce="mean"), lambdas), (TrajectoryPotential(traj), lambdas)]
+    product = named_product(Layout(text), experts, potentials, guidance, lambdas, dtype, True, frames,
+                            {**made, **(video_inputs or {})}, extra=motion)
+    product.fps = fps
+    return product
 
 
 def _absences(entry: dict, layout: Layout) -> List:

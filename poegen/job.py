@@ -93,9 +93,9 @@ def _check_video(job: Job, where: str):
     if job.video is not None:
         if job.video not in ("gif", "mp4"):
             raise ValueError(f"{where}: video {job.video!r}: expected gif or mp4")
-        if job.image is not None or (job.scene is not None and (job.experts or job.config)):
-            raise ValueError(f"{where}: a video is made from a prompt or a layout; physics over time (a scene) and "
-                             "edits are not wired to video models yet (--scene --frames N writes a GIF of N images)")
+        if job.image is not None:
+            raise ValueError(f"{where}: a video is made from a prompt, a layout or a scene; edits are not wired to "
+                             "video models yet")
     elif (job.frames or 1) > 1 and (job.scene is None or job.image is not None):
         raise ValueError(f"{where}: frames {job.frames} needs a scene to simulate (--scene, not an edit) or a video "
                          "model (--video)")

@@ -103,8 +103,6 @@ def test_video_kinds_and_image_kinds_do_not_mix(wan, tmp_path, capsys, monkeypat
     cases = [
         (["a red ball", "--expert", "sd:/no/such/sd", "--video", "v.gif"], "kind sd makes images; --video needs"),
         (["a red ball", "--expert", f"wan:{wan / 't2v'}"], "kind wan makes videos; write them with --video"),
-        (["--scene", str(ROOT / "examples" / "roll_off.yaml"), "--expert", f"wan:{wan / 't2v'}", "--video",
-          "v.gif"], "physics over time (a scene) and edits are not wired to video models yet"),
         (["a red ball", "--frames", "5"], "frames 5 needs a scene to simulate"),
         (["a red ball", "--fps", "8"], "fps is for a video"),
     ]

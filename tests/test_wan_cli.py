@@ -3,6 +3,7 @@ first_frame, control): the same clip as the expert API given the same inputs and
 inputs. Tiny folders as tests/test_wan.py saves them."""
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from poegen.pipeline import write_video
 from test_wan import L, PROMPT, save_folders
 
 SIDE, FRAMES = 32, 5
+ROOT_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 RUN = ["--sampler", "ancestral", "--particles", "1", "--steps", "2", "--threads", "1", "-q"]
 
 
@@ -226,3 +228,39 @@ def test_a_batch_line_naming_a_missing_control_is_refused_before_any_work(wan, t
     err = capsys.readouterr().err
     assert f"control 'missing.gif' not found (looked for {tmp_path / 'missing.gif'})" in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_scene_drives_vace_by_its_simulated_depth_and_i2v_by_its_first_frame(wan, tmp_path, monkeypatch):
+    """--scene with Wan folders: the scene is simulated once at the clip's frame times; a VACE folder follows the
+    simulated depth video, an image-to-video folder starts from the scene's rendered first frame (each as the
+    expert API given those inputs: the same GIF at the same seed), and the motion potentials join the product.
+    A folder pair (VACE x image-to-video) makes one product with both experts."""
+    from poegen.experts.motion import trajectory
+    from poegen.families import build_product
+    from poegen.scene import load_scene
+    from poegen.specs import from_physics
+    from poegen.experts.physics import PhysicsExpert
+
+    monkeypatch.chdir(tmp_path)
+    scene = tmp_path / "roll.yaml"
+    scene.write_text((ROOT_EXAMPLES / "roll_off.yaml").read_text() + "camera: {resolution: 32}\n")
+    spec = load_scene(scene)
+    traj = trajectory(spec, FRAMES, (FRAMES - 1) / spec.physics.duration)
+    depth = traj.depth[None, None].expand(1, 3, -1, -1, -1) * 2 - 1
+    text = spec.prompt
+    assert main(["generate", "--scene", str(scene), "--config", str(wan / "vace.json"), "--video", "v.gif",
+                 "--frames", str(FRAMES), *RUN]) == 0
+    (vace,) = WanVACEExpert.load_prompts(str(wan / "vace"), [text], depth, max_sequence_length=L)
+    assert np.array_equal(_gif_frames(tmp_path / "v.gif"), _api_gif(wan / "vace", vace, tmp_path / "va.gif")[1])
+    assert main(["generate", "--scene", str(scene), "--config", str(wan / "i2v.json"), "--video", "i.gif",
+                 "--frames", str(FRAMES), *RUN]) == 0
+    (i2v,) = WanImageToVideoExpert.load_prompts(str(wan / "i2v"), [text], traj.images[:1], num_frames=FRAMES,
+                                                max_sequence_length=L)
+    assert np.array_equal(_gif_frames(tmp_path / "i.gif"), _api_gif(wan / "i2v", i2v, tmp_path / "ia.gif")[1])
+    entries = [{"kind": "wan", "path": str(wan / k), "options": {"max_sequence_length": L}} for k in ("vace", "i2v")]
+    product = build_product(from_physics(PhysicsExpert(spec)), entries, video=True, frames=FRAMES)
+    kinds = {type(e).__name__ for e in product.experts}
+    assert {"WanVACEExpert", "WanImageToVideoExpert"} <= kinds and product.fps == pytest.approx(1.0)
+    assert {"motion-regions", "motion-trajectory"} <= {p.name for p in product.potentials}
+    r = poegen.sample(product, sampler="poe", num_particles=2, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert product.decode(r.x[:1]).shape == (1, 3, FRAMES, SIDE, SIDE)

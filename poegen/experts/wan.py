@@ -426,6 +426,8 @@ def load_wan(path: str, texts: Sequence[str], image=None, video=None, mask: Opti
     config = _config(root, "transformer")
     image_to_video = config.get("in_channels") != _config(root, "vae").get("z_dim", 16)
     kind = "a VACE" if config.get("vace_layers") else "an image-to-video" if image_to_video else "a text-to-video"
+    if image is not None and video is not None:  # a scene gives both (users give one): each folder takes its own
+        image, video = (None, video) if config.get("vace_layers") else (image, None) if image_to_video else (None, None)
     if image is not None and (config.get("vace_layers") or not image_to_video):
         raise ValueError(f"wan {path}: a first frame (--first-frame) needs an image-to-video folder (transformer "
                          f"in_channels 36); this is {kind} folder" + (", which takes a control video (--control)"
