@@ -299,6 +299,19 @@ def main(argv=None) -> int:
             restore()
 
 
+def entry() -> None:
+    """The console script and ``python -m poegen``: exit with ``main``'s status. After an interrupt (130, 143) the
+    process leaves at once, its streams and logs flushed: an interrupt that passed through a library's nested
+    evaluation makes CPython's shutdown re-raise SIGINT, and the shell would see a death by signal instead."""
+    code = main()
+    if code in (130, 143):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler, `kill`, accelerate stopping its workers), raised where Python next runs, like Ctrl-C,
     so the same cleanup runs on the way out: no half-written file stays, the batch manifest ends on a whole record."""
