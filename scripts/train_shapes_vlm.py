@@ -16,6 +16,7 @@ import collections
 import json
 import math
 import sys
+from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -27,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poegen.experts.shapes.render import render  # noqa: E402
 from poegen.experts.shapes.vlm import (WEIGHTS_DIR, ShapesVLM, answer_scene, encode_batch,  # noqa: E402
                                        load_vlm, parse_question, random_question, save_vlm)
-from poegen.experts.shapes.world import COLOUR_NAMES, SHAPES, SIZE_NAMES, random_scene  # noqa: E402
+from poegen.experts.shapes.shapeseval import TIERS, make  # noqa: E402
+from poegen.experts.shapes.world import (COLOUR_NAMES, SHAPES, SIZE_NAMES, in_view, random_objects,  # noqa: E402
+                                         random_scene, simulate)
 
 
 def parse_args():
@@ -39,6 +42,10 @@ def parse_args():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--aux", type=float, default=1.0, help="weight of the renderer-supervised map losses")
     ap.add_argument("--pool", type=int, default=1500)
+    ap.add_argument("--max-objects", type=int, default=6,
+                    help="objects per training scene, at most (five or six: extras that count questions must see)")
+    ap.add_argument("--placed", type=int, default=600, help="scenes laid out as prompts are placed (see placed_scene)")
+    ap.add_argument("--p-placed", type=float, default=0.35, help="share of a batch's images drawn from them")
     ap.add_argument("--eval-scenes", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -96,11 +103,30 @@ def distort(scene, rng, p_morph: float = 0.3, p_repeat: float = 0.3):
     return scene, {k: morph}, k, scene.subset([i for i in range(len(scene.objects)) if i != k])
 
 
-def make_batch(pool, rng, batch: int, per_image: int = 2):
-    """Images (B,3,32,32), aux target tensors, questions (2*per_image per image), image index, labels."""
+def placed_scene(rng, p_extra: float = 0.5):
+    """A scene laid out the way prompts are placed (a ShapesEval witness of a random category: objects side by
+    side in equal floor slots, nearly touching, stacks straight up), with p_extra one more random object dropped
+    over a random one: near misses of one object too many (five boxes for 'four boxes'), which the counts
+    must tell from the asked scene."""
+    tier = "AB"[int(rng.integers(2))]
+    scene = make(tier, list(TIERS[tier])[int(rng.integers(len(TIERS[tier])))], rng).scene
+    if rng.random() < p_extra:
+        under = scene.objects[int(rng.integers(len(scene.objects)))]
+        extra = replace(random_objects(rng, 1, distinct_colours=False)[0], x=under.x + float(rng.normal(0, 0.3)),
+                        y=max(o.y for o in scene.objects) + 1.5)
+        more = simulate(list(scene.objects) + [extra])
+        if more.settled and all(in_view(o) for o in more.objects):
+            scene = more
+    return scene
+
+
+def make_batch(pool, rng, batch: int, per_image: int = 2, placed=(), p_placed: float = 0.0):
+    """Images (B,3,32,32), aux target tensors, questions (2*per_image per image), image index, labels; a share
+    p_placed of the images from the ``placed`` scenes."""
     imgs, aux, qs, idx, ys = [], [], [], [], []
     while len(imgs) < batch:
-        scene, morphs, k, asked = distort(pool[rng.integers(len(pool))], rng)
+        source = placed if placed and rng.random() < p_placed else pool
+        scene, morphs, k, asked = distort(source[rng.integers(len(source))], rng)
         pairs = [(random_question(asked, rng, want), want) for want in (True, False) for _ in range(per_image)]
         pairs = [(q, y) for q, y in pairs if q is not None]
         img, masks = render(scene, morphs=morphs)
@@ -184,8 +210,9 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     t0 = time.time()
-    pool = [random_scene(rng) for _ in range(args.pool)]
-    print(f"pool of {len(pool)} scenes in {time.time() - t0:.0f} s", flush=True)
+    pool = [random_scene(rng, max_objects=args.max_objects) for _ in range(args.pool)]
+    placed = [placed_scene(rng) for _ in range(args.placed)]
+    print(f"pool of {len(pool)} scenes and {len(placed)} placed ones in {time.time() - t0:.0f} s", flush=True)
     net, before = ShapesVLM(), {}
     if args.init:
         net = load_vlm(args.init).net.train()
@@ -196,11 +223,11 @@ def main():
     budget = args.minutes * 60
     t_start, step, losses, accs = time.time(), 0, [], []
     while time.time() - t_start < budget:
-        pool.append(random_scene(rng))
+        pool.append(random_scene(rng, max_objects=args.max_objects))
         frac = (time.time() - t_start) / budget
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * frac))
-        x, targets, qs, idx, y = make_batch(pool, rng, args.batch)
+        x, targets, qs, idx, y = make_batch(pool, rng, args.batch, placed=placed, p_placed=args.p_placed)
         maps = net.maps(augment(x, gen))
         logit = net(x, encode_batch(qs), idx, maps=maps)
         loss = F.binary_cross_entropy_with_logits(logit, y) + args.aux * aux_loss(maps, targets)
@@ -224,18 +251,26 @@ def main():
     print("held-out accuracy (augmented):", json.dumps({k: round(v[0], 4) for k, v in noisy.items()}), flush=True)
     distract = evaluate_distractors(net, scenes, np.random.default_rng(2))
     print("held-out accuracy (distractors):", json.dumps({k: round(v[0], 4) for k, v in distract.items()}), flush=True)
+    crowded = [random_scene(eval_rng, n_objects=int(eval_rng.integers(5, 7))) for _ in range(args.eval_scenes // 4)]
+    crowd = evaluate(net, [s for s in crowded if len(s.objects) >= 5], np.random.default_rng(3))
+    print("held-out accuracy (five or six objects):", json.dumps({k: round(v[0], 4) for k, v in crowd.items()}),
+          flush=True)
+    placed = evaluate(net, [placed_scene(eval_rng) for _ in range(args.eval_scenes // 4)], np.random.default_rng(4))
+    print("held-out accuracy (placed):", json.dumps({k: round(v[0], 4) for k, v in placed.items()}), flush=True)
     step += before.get("trained_steps", 0)
     minutes += before.get("trained_minutes", 0.0)
     path = save_vlm(net, args.out, extra={"trained_steps": step, "trained_minutes": round(minutes, 1),
                                           "heldout_accuracy": round(clean["all"][0], 4)})
-    write_card(Path(args.out) / "VLM_CARD.md", n_params, step, minutes, args, clean, noisy, distract)
+    write_card(Path(args.out) / "VLM_CARD.md", n_params, step, minutes, args, clean, noisy, distract, crowd, placed)
     print(f"saved {path}", flush=True)
 
 
-def write_card(path: Path, n_params, step, minutes, args, clean, noisy, distract):
+def write_card(path: Path, n_params, step, minutes, args, clean, noisy, distract, crowd, placed):
     """Markdown model card with the held-out accuracy tables."""
     rows = "\n".join(f"| {k} | {clean[k][1]} | {clean[k][0]:.3f} | {noisy[k][0]:.3f} |" for k in clean)
     drows = "\n".join(f"| {k} | {distract[k][1]} | {distract[k][0]:.3f} |" for k in distract)
+    crows = "\n".join(f"| {k} | {crowd[k][1]} | {crowd[k][0]:.3f} |" for k in crowd)
+    prows = "\n".join(f"| {k} | {placed[k][1]} | {placed[k][0]:.3f} |" for k in placed)
     path.write_text(f"""# Shapes-world VLM (yes/no scorer)
 
 A small modular scorer ({n_params:,} parameters) that returns log P(yes | image, question) for 32x32
@@ -246,7 +281,7 @@ soft mask, and an MLP answers from the masks' soft counts and a small relation C
 
 - Training: {step} steps in all of {args.batch} images x 4 questions (two yes, two no) + map losses (weight
   {args.aux}), {minutes:.0f} minutes on one CPU thread, AdamW with cosine decay (lr {args.lr} in the last run);
-  scenes simulated with pybullet, colours permuted (with p 0.3 drawn with repeats) and mirrored;
+  scenes of 1 to {args.max_objects} objects simulated with pybullet, colours permuted (with p 0.3 drawn with repeats) and mirrored;
   augmentation: 3x3 blur (p 0.3), colour jitter (p 0.3), Gaussian noise std up to 0.1 (p 0.5).
 - Distractors: in 30% of the scenes of two or more objects, one object is drawn as a morph between its
   shape and another (the two outlines' distance functions blended at 0.4-0.6, or one shape's upper half on
@@ -270,8 +305,23 @@ Distractor accuracy: the same scenes (two or more objects) with one morph, asked
 |---|---|---|
 {drows}
 
+Crowded scenes: {len(crowd) and crowd["all"][1]} questions (one yes, one no) on fresh scenes of five or six objects (training
+scenes have up to {args.max_objects}), where an extra object must turn "are there four boxes" to no:
+
+| subset | n | accuracy |
+|---|---|---|
+{crows}
+
+Placed scenes: fresh scenes laid out as prompts are placed (ShapesEval witnesses, objects side by side in
+equal slots), half with one extra object dropped on them (`placed_scene`; {args.p_placed:.0%} of training
+images came from {args.placed} such scenes):
+
+| subset | n | accuracy |
+|---|---|---|
+{prows}
+
 Limitations: trained only on rendered scenes; generated images far from the renderer's style or more
-than four objects are out of distribution, and a morph close to one of its shapes is ambiguous.
+than six objects are out of distribution, and a morph close to one of its shapes is ambiguous.
 """)
 
 

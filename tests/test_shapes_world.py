@@ -187,6 +187,26 @@ def test_prior_denoise_is_finite_and_shaped():
     assert (prior.null().denoise(clean, torch.tensor(0.002)) - clean).abs().max() < 0.05  # c_skip -> 1
 
 
+def test_training_questions_cover_every_kind_with_both_answers_and_crowded_counts():
+    """The scorer's training questions: each kind (exists, relation, count) asked with answer yes and with answer
+    no, each answer true of the scene; on scenes of five or six objects, counts are only asked with answer no
+    (the vocabulary counts to four)."""
+    rng = np.random.default_rng(3)
+    seen = set()
+    for n in (1, 2, 3, 4, 5, 6) * 8:
+        scene = random_scene(rng, n_objects=n, max_objects=6)
+        for want in (True, False):
+            q = shapes_vlm.random_question(scene, rng, want)
+            if q is None:
+                continue
+            assert shapes_vlm.answer_scene(q, scene) == want, q
+            kind = shapes_vlm.parse_question(q).kind
+            seen.add((kind, want))
+            if kind == "count" and want:
+                assert sum(o.shape == shapes_vlm.parse_question(q).a.shape for o in scene.objects) <= 4
+    assert seen == {(k, w) for k in ("exists", "relation", "count") for w in (True, False)}, seen
+
+
 @pytest.mark.skipif(not HAVE_VLM, reason="VLM weights not trained yet: run scripts/train_shapes_vlm.py")
 def test_vlm_answers_rendered_scenes():
     scorer = shapes_vlm.load_vlm()

@@ -137,7 +137,11 @@ def random_question(scene, rng: np.random.Generator, want: bool, tries: int = 60
         elif kind == "count":
             shape = SHAPES[rng.integers(len(SHAPES))]
             true_n = sum(o.shape == shape for o in objs)
-            n = true_n if want else int(np.clip(true_n + rng.choice([-2, -1, 1, 1, 2]), 0, 4))
+            if want and true_n >= len(NUMBERS):  # five or more: only 'no' questions can be asked
+                continue
+            n = true_n if want else int(np.clip(true_n + rng.choice([-2, -1, 1, 1, 2]), 0, len(NUMBERS) - 1))
+            if not want and n == true_n:  # clipped onto the truth: draw again
+                continue
             q = f"are there {NUMBERS[n]} {PLURAL_OF[shape]}"
         else:
             if len(objs) >= 2 and rng.random() < 0.85:
