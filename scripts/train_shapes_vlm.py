@@ -16,8 +16,8 @@ import collections
 import json
 import math
 import sys
-from dataclasses import replace
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -247,16 +247,15 @@ def main():
     scenes = [random_scene(eval_rng) for _ in range(args.eval_scenes)]
     clean = evaluate(net, scenes, np.random.default_rng(1))
     noisy = evaluate(net, scenes, np.random.default_rng(1), torch.Generator().manual_seed(1))
-    print("held-out accuracy (clean):", json.dumps({k: round(v[0], 4) for k, v in clean.items()}), flush=True)
-    print("held-out accuracy (augmented):", json.dumps({k: round(v[0], 4) for k, v in noisy.items()}), flush=True)
+    _show("clean", clean)
+    _show("augmented", noisy)
     distract = evaluate_distractors(net, scenes, np.random.default_rng(2))
-    print("held-out accuracy (distractors):", json.dumps({k: round(v[0], 4) for k, v in distract.items()}), flush=True)
+    _show("distractors", distract)
     crowded = [random_scene(eval_rng, n_objects=int(eval_rng.integers(5, 7))) for _ in range(args.eval_scenes // 4)]
     crowd = evaluate(net, [s for s in crowded if len(s.objects) >= 5], np.random.default_rng(3))
-    print("held-out accuracy (five or six objects):", json.dumps({k: round(v[0], 4) for k, v in crowd.items()}),
-          flush=True)
+    _show("five or six objects", crowd)
     placed = evaluate(net, [placed_scene(eval_rng) for _ in range(args.eval_scenes // 4)], np.random.default_rng(4))
-    print("held-out accuracy (placed):", json.dumps({k: round(v[0], 4) for k, v in placed.items()}), flush=True)
+    _show("placed", placed)
     step += before.get("trained_steps", 0)
     minutes += before.get("trained_minutes", 0.0)
     path = save_vlm(net, args.out, extra={"trained_steps": step, "trained_minutes": round(minutes, 1),
@@ -265,12 +264,20 @@ def main():
     print(f"saved {path}", flush=True)
 
 
+def _show(label: str, accuracy: dict):
+    """One held-out accuracy table (subset -> (accuracy, n)) as a line of JSON."""
+    print(f"held-out accuracy ({label}):", json.dumps({k: round(v[0], 4) for k, v in accuracy.items()}), flush=True)
+
+
+def _rows(accuracy: dict) -> str:
+    """A held-out accuracy table as markdown rows: subset, n, accuracy."""
+    return "\n".join(f"| {k} | {n} | {a:.3f} |" for k, (a, n) in accuracy.items())
+
+
 def write_card(path: Path, n_params, step, minutes, args, clean, noisy, distract, crowd, placed):
     """Markdown model card with the held-out accuracy tables."""
     rows = "\n".join(f"| {k} | {clean[k][1]} | {clean[k][0]:.3f} | {noisy[k][0]:.3f} |" for k in clean)
-    drows = "\n".join(f"| {k} | {distract[k][1]} | {distract[k][0]:.3f} |" for k in distract)
-    crows = "\n".join(f"| {k} | {crowd[k][1]} | {crowd[k][0]:.3f} |" for k in crowd)
-    prows = "\n".join(f"| {k} | {placed[k][1]} | {placed[k][0]:.3f} |" for k in placed)
+    drows, crows, prows = (_rows(table) for table in (distract, crowd, placed))
     path.write_text(f"""# Shapes-world VLM (yes/no scorer)
 
 A small modular scorer ({n_params:,} parameters) that returns log P(yes | image, question) for 32x32
