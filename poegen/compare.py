@@ -279,11 +279,25 @@ def _run_task(task):
     if product.edit is not None:
         from .edit import background_mse
         metrics["bg_mse"] = background_mse(x, product.edit)
-    verdict = verdict(x)
-    metrics.update(verdict.pop("metrics", {}))
+    judged = verdict(x)
+    metrics.update(judged.pop("metrics", {}))
+    if judged["exact"] is not None and not frames:
+        metrics["pool_exact"] = _pool_exact(product, r.particles, verdict)
     return Row(sampler, target, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
                nfe=sum(v for k, v in r.nfe.items() if k in product.names), ess=r.diagnostics["ess"],
-               particles=particles, metrics=metrics, **verdict), x
+               particles=particles, metrics=metrics, **judged), x
+
+
+@torch.no_grad()
+def _pool_exact(product, final, verdict) -> float:
+    """The share of the run's live final particles (their x0) that the checker finds exact: how much of what a
+    sampler ends with is right, before any selection (``best`` picks one of them by the potentials)."""
+    live = torch.isfinite(final.log_w)
+    x = final.x[live]
+    if not len(x):
+        return 0.0
+    images = product.decode(x) if product.decode is not None else x
+    return sum(bool(verdict(im.float())["exact"]) for im in images) / len(images)
 
 
 def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str], shapes_options: Optional[dict]):

@@ -12,9 +12,11 @@ per level; best-of-n and smc get particles * (1 + mcmc_steps) chains (smc is poe
 NFE); ancestral runs one chain. Per sample: strict ``exact`` (every asked object, relation and absence, nothing
 else), ``lenient`` (the same with other objects allowed) and ``atoms`` (the share of asked facts that hold). Per
 category and sampler the means, and the paired bootstrap 95% interval of the difference in strict exact against
-best-of-n (pairs: the same prompt and seed). --ablations adds poe without placement() and without the count
-potentials, and plain search: best-of-n over the experts without placement() (with poe's paired difference to
-it); --budgets draws strict exact over NFE (poe's particle counts, the others at equal NFE) to --plot.
+best-of-n (pairs: the same prompt and seed); ``pool`` is the share of a run's final particles that are exact
+before the one returned is chosen (how much of what a sampler ends with is right). --ablations adds poe without
+placement() and without the count potentials, and plain search: best-of-n over the experts without placement()
+(with poe's paired difference to it); --budgets draws strict exact over NFE (poe's particle counts, the others at
+equal NFE) to --plot.
 Tune on --seed0 1000 and --prompt-seed 1000; report the defaults (0).
 
     python scripts/eval_shapes.py --workers 2 --tiers B --ablations
@@ -125,19 +127,22 @@ def report(rows, where, budget):
         tier, cat = where[r.prompt]
         groups[tier, cat, r.sampler].append(r)
         groups[tier, "all", r.sampler].append(r)
-    print(f"{'tier':4s} {'category':10s} {'sampler':12s} {'strict':>7s} {'lenient':>7s} {'atoms':>7s} {'n':>4s}"
-          f"   strict - best-of-n [95% CI]")
+    print(f"{'tier':4s} {'category':10s} {'sampler':12s} {'strict':>7s} {'lenient':>7s} {'atoms':>7s} {'pool':>7s} "
+          f"{'n':>4s}   strict - best-of-n [95% CI]")
     for (tier, cat, sampler), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "all")):
         rs.sort(key=lambda r: (r.prompt, r.seed))
         n = len(rs)
         strict, lenient = sum(r.exact for r in rs) / n, sum(r.lenient for r in rs) / n
         atoms = statistics.mean(r.atoms for r in rs)
+        pool = statistics.mean(r.metrics.get("pool_exact", float("nan")) for r in rs)
         diff = paired(rs, groups.get((tier, cat, "best-of-n"))) if sampler != "best-of-n" else None
         diff = f"   {diff}" if diff else ""
-        print(f"{tier:4s} {cat:10s} {sampler:12s} {strict:7.3f} {lenient:7.3f} {atoms:7.3f} {n:4d}{diff}", flush=True)
+        print(f"{tier:4s} {cat:10s} {sampler:12s} {strict:7.3f} {lenient:7.3f} {atoms:7.3f} {pool:7.3f} {n:4d}{diff}",
+              flush=True)
         if cat == "all":
             print(f"{tier}_{sampler}_strict={strict:.3f} {tier}_{sampler}_lenient={lenient:.3f} "
-                  f"{tier}_{sampler}_atoms={atoms:.3f} (n={n})" + (f" diff_vs_best_of_n={diff.strip()}" if diff else ""))
+                  f"{tier}_{sampler}_atoms={atoms:.3f} {tier}_{sampler}_pool={pool:.3f} (n={n})"
+                  + (f" diff_vs_best_of_n={diff.strip()}" if diff else ""))
     search = "best-of-n-noplace"  # composition against plain search: poe minus best-of-n without placement()
     for (tier, cat, sampler), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "all")):
         diff = paired(rs, groups.get((tier, cat, search))) if sampler == "poe" else None

@@ -54,6 +54,19 @@ def test_workers_do_not_change_results():
     assert all(torch.allclose(img1[k], img2[k], atol=1e-3) for k in img1)
 
 
+def test_pool_exact_is_the_share_of_exact_final_particles():
+    rows, _ = compare.run(["a red ball", "a red ball left of a blue box"], ["best-of-n", "ancestral"], 2, 2, 1, 3,
+                          progress=False)
+    for r in rows:
+        pool = r.metrics["pool_exact"]
+        n = 1 if r.sampler == "ancestral" else 4
+        assert round(pool * n) == pytest.approx(pool * n)  # a count of the run's particles
+        if r.sampler == "ancestral":  # one particle: the returned image is the pool
+            assert pool == float(r.exact)
+        elif r.exact:  # the returned image is one of the pool's
+            assert pool >= 1 / n
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp")
