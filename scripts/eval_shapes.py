@@ -140,9 +140,11 @@ def report(rows, where, budget):
         print(f"{tier:4s} {cat:10s} {sampler:12s} {strict:7.3f} {lenient:7.3f} {atoms:7.3f} {pool:7.3f} {n:4d}{diff}",
               flush=True)
         if cat == "all":
+            pool_diff = paired(rs, groups.get((tier, cat, "best-of-n")), "pool") if sampler != "best-of-n" else None
             print(f"{tier}_{sampler}_strict={strict:.3f} {tier}_{sampler}_lenient={lenient:.3f} "
                   f"{tier}_{sampler}_atoms={atoms:.3f} {tier}_{sampler}_pool={pool:.3f} (n={n})"
-                  + (f" diff_vs_best_of_n={diff.strip()}" if diff else ""))
+                  + (f" diff_vs_best_of_n={diff.strip()}" if diff else "")
+                  + (f" pool_diff_vs_best_of_n={pool_diff}" if pool_diff else ""))
     search = "best-of-n-noplace"  # composition against plain search: poe minus best-of-n without placement()
     for (tier, cat, sampler), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "all")):
         diff = paired(rs, groups.get((tier, cat, search))) if sampler == "poe" else None
@@ -150,14 +152,15 @@ def report(rows, where, budget):
             print(f"{tier}_{cat}_poe_minus_{search}={diff} (n={len(rs)})")
 
 
-def paired(rows, base):
-    """'d [lo, hi]': the mean of rows' strict exact minus base's with its paired bootstrap 95% interval, or None
-    unless both cover the same (prompt, seed) pairs."""
+def paired(rows, base, what: str = "exact"):
+    """'d [lo, hi]': the mean of rows' strict exact (or "pool": the share of exact final particles) minus base's
+    with its paired bootstrap 95% interval, or None unless both cover the same (prompt, seed) pairs."""
     key = lambda r: (r.prompt, r.seed)  # noqa: E731
     rows, base = sorted(rows, key=key), sorted(base or [], key=key)
     if not base or [key(r) for r in rows] != [key(r) for r in base]:
         return None
-    d, lo, hi = paired_bootstrap([r.exact for r in rows], [r.exact for r in base])
+    value = (lambda r: r.metrics["pool_exact"]) if what == "pool" else (lambda r: r.exact)  # noqa: E731
+    d, lo, hi = paired_bootstrap([value(r) for r in rows], [value(r) for r in base])
     return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
