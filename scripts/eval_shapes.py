@@ -134,13 +134,13 @@ def report(rows, where, budget):
         n = len(rs)
         strict, lenient = sum(r.exact for r in rs) / n, sum(r.lenient for r in rs) / n
         atoms = statistics.mean(r.atoms for r in rs)
-        pool = statistics.mean(r.metrics.get("pool_exact", float("nan")) for r in rs)
+        pool = statistics.mean(_pool(r) for r in rs)
         diff = paired(rs, groups.get((tier, cat, "best-of-n"))) if sampler != "best-of-n" else None
         diff = f"   {diff}" if diff else ""
         print(f"{tier:4s} {cat:10s} {sampler:12s} {strict:7.3f} {lenient:7.3f} {atoms:7.3f} {pool:7.3f} {n:4d}{diff}",
               flush=True)
         if cat == "all":
-            pool_diff = paired(rs, groups.get((tier, cat, "best-of-n")), "pool") if sampler != "best-of-n" else None
+            pool_diff = paired(rs, groups.get((tier, cat, "best-of-n")), _pool) if sampler != "best-of-n" else None
             print(f"{tier}_{sampler}_strict={strict:.3f} {tier}_{sampler}_lenient={lenient:.3f} "
                   f"{tier}_{sampler}_atoms={atoms:.3f} {tier}_{sampler}_pool={pool:.3f} (n={n})"
                   + (f" diff_vs_best_of_n={diff.strip()}" if diff else "")
@@ -152,14 +152,18 @@ def report(rows, where, budget):
             print(f"{tier}_{cat}_poe_minus_{search}={diff} (n={len(rs)})")
 
 
-def paired(rows, base, what: str = "exact"):
-    """'d [lo, hi]': the mean of rows' strict exact (or "pool": the share of exact final particles) minus base's
-    with its paired bootstrap 95% interval, or None unless both cover the same (prompt, seed) pairs."""
+def _pool(row) -> float:
+    """The share of a run's final particles that are exact (``compare``'s ``pool_exact``)."""
+    return row.metrics["pool_exact"]
+
+
+def paired(rows, base, value=lambda r: r.exact):
+    """'d [lo, hi]': the mean of ``value`` (default strict exact) over rows minus over base with its paired
+    bootstrap 95% interval, or None unless both cover the same (prompt, seed) pairs."""
     key = lambda r: (r.prompt, r.seed)  # noqa: E731
     rows, base = sorted(rows, key=key), sorted(base or [], key=key)
     if not base or [key(r) for r in rows] != [key(r) for r in base]:
         return None
-    value = (lambda r: r.metrics["pool_exact"]) if what == "pool" else (lambda r: r.exact)  # noqa: E731
     d, lo, hi = paired_bootstrap([value(r) for r in rows], [value(r) for r in base])
     return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
