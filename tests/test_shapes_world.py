@@ -187,6 +187,30 @@ def test_prior_denoise_is_finite_and_shaped():
     assert (prior.null().denoise(clean, torch.tensor(0.002)) - clean).abs().max() < 0.05  # c_skip -> 1
 
 
+@pytest.mark.skipif(not HAVE_PRIOR, reason="prior weights not exported yet")
+def test_scorer_training_swaps_in_the_priors_denoised_renders():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_vlm.py"
+    spec = importlib.util.spec_from_file_location("train_shapes_vlm", path)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    prior = shapes_model.load_prior().null()
+    rng = np.random.default_rng(3)
+    x = torch.stack([torch.from_numpy(render(random_scene(rng))[0]) for _ in range(6)])
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(train.some_denoised(prior, x, gen, 0.0, 0.02, 5.0), x)  # p = 0: the renders themselves
+    low = train.some_denoised(prior, x, gen, 1.0, 0.002, 0.002)
+    assert (low - x).abs().max() < 0.05  # c_skip -> 1 at the lowest sigma
+    high = train.denoised(prior, x, torch.full((6,), 5.0), gen)
+    assert high.abs().max() <= 1 and (high - x).abs().mean() > 0.05  # x0_hat far from the render at sigma 5
+    pick = torch.rand(6, generator=torch.Generator().manual_seed(1)) < 0.5  # the draw some_denoised makes first
+    mixed = train.some_denoised(prior, x, torch.Generator().manual_seed(1), 0.5, 5.0, 5.0)
+    changed = (mixed - x).flatten(1).abs().amax(1) > 0.05
+    assert 0 < int(pick.sum()) < 6 and torch.equal(changed, pick)  # the picked images replaced, the rest untouched
+
+
 def test_training_questions_cover_every_kind_with_both_answers_and_crowded_counts():
     """The scorer's training questions: each kind (exists, relation, count) asked with answer yes and with answer
     no, each answer true of the scene; on scenes of five or six objects, counts are only asked with answer no
