@@ -4,7 +4,7 @@ Each batch holds pool scenes (colours permuted, maybe mirrored), two 'yes' and t
 image, the renderer's per-pixel labels (colour / shape / size / object density) as auxiliary targets,
 and light noise / blur / colour-jitter augmentation so that generated images are scored well. With
 --p-denoised, that share of a batch's images is the shapes prior's x0_hat of the render noised to a sigma drawn
-log-uniformly in --denoised-sigmas, answered with the render's truth: what the engine scores at every level,
+log-uniformly in --denoised-sigmas (scenes without a morph), answered with the render's truth: what the engine scores at every level,
 so that the answers there estimate the final image's (a learned twist) instead of misreading a blur.
 Held-out accuracy is measured on freshly simulated scenes; the weights and VLM_CARD.md are written to
 poegen/experts/shapes/weights/.
@@ -133,9 +133,12 @@ def denoised(prior, x: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) 
         return prior.denoise(noisy, sigma)
 
 
-def some_denoised(prior, x: torch.Tensor, gen: torch.Generator, p: float, lo: float, hi: float) -> torch.Tensor:
-    """``x`` with a share ``p`` of its images replaced by their x0_hat at log-uniform sigmas in [lo, hi]."""
+def some_denoised(prior, x: torch.Tensor, gen: torch.Generator, p: float, lo: float, hi: float,
+                  allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` with a share ``p`` of its images (among the ``allowed`` ones) replaced by their x0_hat at log-uniform
+    sigmas in [lo, hi]."""
     pick = torch.rand(x.shape[0], generator=gen) < p
+    pick = pick if allowed is None else pick & allowed
     if prior is None or not bool(pick.any()):
         return x
     sigma = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(int(pick.sum()), generator=gen))
@@ -266,7 +269,8 @@ def main():
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, (step + 1) / 200) * 0.5 * (1 + math.cos(math.pi * frac))
         x, targets, qs, idx, y = make_batch(pool, rng, args.batch, placed=placed, p_placed=args.p_placed)
-        x = some_denoised(prior, x, gen, args.p_denoised, lo, hi)
+        # a morph is not denoised: the prior would turn it into one of its shapes, and its answers would be wrong
+        x = some_denoised(prior, x, gen, args.p_denoised, lo, hi, allowed=~targets[4].flatten(1).any(1))
         maps = net.maps(augment(x, gen))
         logit = net(x, encode_batch(qs), idx, maps=maps)
         loss = F.binary_cross_entropy_with_logits(logit, y) + args.aux * aux_loss(maps, targets)
