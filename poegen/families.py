@@ -11,8 +11,8 @@ from typing import List, Optional, Sequence, Union
 from .experts.cache import cached
 from .experts.registry import (GENERATIVE, GENERATIVE_FIELDS, OPTIONS, POTENTIAL_FIELDS, POTENTIALS, TUNING, VIDEO,
                                Spec, _entry)
-from .experts.shapes.prompt import (COUNT_WEIGHT, GUIDANCE, RELATION_WEIGHT, VLM_WEIGHT, Prompt, _check_scene_prompt,
-                                    count_questions, parse_prompt, placement)
+from .experts.shapes.prompt import (COUNT_WEIGHT, GUIDANCE, REGION_PX, RELATION_WEIGHT, VLM_WEIGHT, Prompt,
+                                    _check_scene_prompt, count_questions, parse_prompt, placement)
 from .experts.shapes.vocab import parse_phrase
 from .layout import Layout, LayoutObject, check_relations
 from .product import PerFrame, Product, merge_experts
@@ -216,6 +216,28 @@ def _over_null(null, experts: List, guidance: float):
     return experts, weights
 
 
+def regional_masks(experts: List, weights: List[float], size: int, region: float) -> Optional[List]:
+    """Regional composition: near a placed object only its own phrase expert acts (a Gaussian window of std
+    ``region`` pixels around its position), so no other phrase's guess about that place is added there (which drew
+    a ball between two boxes as a box); where the windows cover less than all (away from every object) each phrase
+    acts with the remaining share, as without masks (together they draw background there). The unconditional prior
+    (``experts[0]``) takes the rest so that sum beta_i m_i = 1 at every pixel. None where that does not apply:
+    ``region`` 0, no prior expert, an unplaced phrase."""
+    import torch
+
+    if not region or len(experts) < 2 or getattr(experts[0], "phrase", 0) is not None or \
+            any(getattr(e, "position", None) is None for e in experts[1:]):
+        return None
+    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                                indexing="ij")
+    windows = [torch.exp(-((cols - c) ** 2 + (rows - r) ** 2) / (2 * region ** 2))[None] for c, r in
+               (e.position for e in experts[1:])]
+    uncovered = 1 - sum(windows).clamp(max=1)
+    masks = [w + uncovered for w in windows]
+    rest = 1 - sum(w * m for w, m in zip(weights[1:], masks))
+    return [rest / weights[0]] + masks
+
+
 def shapes_layout(prompt: Union[str, Prompt], place: bool = True) -> Layout:
     """The Layout of a shapes-world prompt: its objects, relations and absences, each object of a prompt with
     several in a box around the place ``placement`` gives it (``place=False``: unplaced, an ablation)."""
@@ -231,13 +253,14 @@ def shapes_layout(prompt: Union[str, Prompt], place: bool = True) -> Layout:
 
 def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
                    vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
-                   counts: bool = True, footprint: bool = True) -> Product:
+                   counts: bool = True, footprint: bool = True, region: float = REGION_PX) -> Product:
     """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
     or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
     and relation, the answer no to one per absent phrase and, unless it edits an image, one count per shape
     (``count_questions``; ``counts=False`` leaves them out, an ablation), where every object of several has a
     place the ``Footprint`` (nothing drawn away from them; ``footprint=False`` leaves it out), and a simulated
-    scene's layout potential and hard constraint (weights from its spec)."""
+    scene's layout potential and hard constraint (weights from its spec). ``region``: each placed phrase expert
+    acts within a Gaussian window of that std in pixels (``regional_masks``; 0: everywhere, an ablation)."""
     from .experts.shapes.model import load_prior
     from .experts.shapes.vlm import load_vlm
 
@@ -281,7 +304,8 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     for c in physics.spec.constraints if physics is not None else ():
         potentials.append(physics.layout_potential() if c.type == "layout" else physics.hard_constraint(c.tolerance))
         lambdas.append(c.weight)
-    return Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
+    return Product(experts, weights=weights, masks=regional_masks(experts, weights, size, region),
+                   potentials=potentials, lambdas=lambdas, schedule=schedule)
 
 
 SHAPES_FRAMES = 5  # a shapes-world clip's default frames: `poegen generate ... --video` in < 60 s on 2 CPU cores

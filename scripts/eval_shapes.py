@@ -14,9 +14,9 @@ else), ``lenient`` (the same with other objects allowed) and ``atoms`` (the shar
 category and sampler the means, and the paired bootstrap 95% interval of the difference in strict exact against
 best-of-n (pairs: the same prompt and seed); ``pool`` is the share of a run's final particles that are exact
 before the one returned is chosen (how much of what a sampler ends with is right). --ablations adds poe without
-placement() and without the count potentials, and plain search: best-of-n over the experts without placement()
-(with poe's paired difference to it); --budgets draws strict exact over NFE (poe's particle counts, the others at
-equal NFE) to --plot.
+placement(), without the count potentials and without regional composition (every phrase everywhere), and plain
+search: best-of-n over the experts without placement() (with poe's paired difference to it); --budgets draws
+strict exact over NFE (poe's particle counts, the others at equal NFE) to --plot.
 Tune on --seed0 1000 and --prompt-seed 1000; report the defaults (0).
 
     python scripts/eval_shapes.py --workers 2 --tiers B --ablations
@@ -40,7 +40,7 @@ from poegen.report import paired_bootstrap
 # name: (sampler, the shapes product's options); best-of-n-noplace is plain search: the same experts and reward
 # without the scene prior's placement (what composition adds), at poe's NFE
 ABLATIONS = {"poe-noplace": ("poe", {"place": False}), "poe-nocount": ("poe", {"counts": False}),
-             "best-of-n-noplace": ("best-of-n", {"place": False})}
+             "poe-noregion": ("poe", {"region": 0}), "best-of-n-noplace": ("best-of-n", {"place": False})}
 
 
 def main():

@@ -276,3 +276,30 @@ def test_exact_holds_on_renders_and_fails_on_extras_blends_and_slivers(scenes):
     assert len(dets) == 1 and unexplained(img, dets) == 4 and one_to_one([Phrase("red", "ball")], dets)
     assert compare.judge(img, "a red ball") == {"present": True, "relation": True, "lenient": True, "exact": False,
                                                 "atoms": 1.0}
+
+
+@pytest.mark.skipif(not HAVE_PRIOR, reason="prior weights not exported yet")
+def test_regional_composition_confines_each_phrase_to_its_window():
+    from poegen.families import shapes_layout, shapes_product
+
+    layout = shapes_layout("a red ball left of a blue box")
+    product = shapes_product(layout, vlm_weight=0)
+    null, *phrases = product.experts
+    assert null.phrase is None and all(e.position is not None for e in phrases)
+    B = product.total_weight((3, 32, 32), "cpu", torch.float32)
+    assert torch.allclose(B, torch.ones_like(B), atol=1e-5)  # the weights still sum to one at every pixel
+    for e, w, m in zip(phrases, product.weights[1:], product.masks[1:]):
+        c, r = (int(round(v)) for v in e.position)
+        assert abs(w * float(m[0, r, c]) - w) < 0.05 * w  # its full weight at its own place
+    x, sigma = torch.randn(2, 3, 32, 32) * 3, torch.tensor(3.0)
+    flat = shapes_product(layout, vlm_weight=0, region=0)  # the ablation: every phrase everywhere
+    assert all(m is None for m in flat.masks)
+    with torch.no_grad():
+        x0 = product.evaluate(x, sigma, B).x0
+        everywhere = flat.evaluate(x, sigma, flat.total_weight((3, 32, 32), "cpu", torch.float32)).x0
+        own = [e.denoise(x, sigma) for e in product.experts]
+    assert (x0[..., :4, :4] - everywhere[..., :4, :4]).abs().max() < 1e-3  # far from both: as without masks
+    for e, w in zip(phrases, product.weights[1:]):  # at an object's place: its own phrase over the prior only
+        c, r = (int(round(v)) for v in e.position)
+        alone = own[0] + w * (own[product.experts.index(e)] - own[0])
+        assert (x0[..., r, c] - alone[..., r, c]).abs().max() < 0.15 * (everywhere[..., r, c] - alone[..., r, c]).abs().max()

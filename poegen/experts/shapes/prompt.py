@@ -21,6 +21,7 @@ GUIDANCE = 2.5     # composable-diffusion weight of each phrase expert
 VLM_WEIGHT = 3.0   # lambda of each yes/no question
 COUNT_WEIGHT = 2.0  # a count question's lambda, as a multiple of VLM_WEIGHT (issue 15, seeds 1000+)
 RELATION_WEIGHT = 2.0  # a relation question's lambda, as a multiple of VLM_WEIGHT (likewise)
+REGION_PX = 5.0  # std (pixels) of the Gaussian window each placed phrase expert is confined to (issue 25, seeds 1000+)
 
 
 @dataclass
