@@ -223,15 +223,12 @@ def regional_masks(experts: List, weights: List[float], size: int, region: float
     acts with the remaining share, as without masks (together they draw background there). The unconditional prior
     (``experts[0]``) takes the rest so that sum beta_i m_i = 1 at every pixel. None where that does not apply:
     ``region`` 0, no prior expert, an unplaced phrase."""
-    import torch
+    from .experts.shapes.model import position_map
 
     if not region or len(experts) < 2 or getattr(experts[0], "phrase", 0) is not None or \
             any(getattr(e, "position", None) is None for e in experts[1:]):
         return None
-    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                                indexing="ij")
-    windows = [torch.exp(-((cols - c) ** 2 + (rows - r) ** 2) / (2 * region ** 2))[None] for c, r in
-               (e.position for e in experts[1:])]
+    windows = list(position_map([e.position for e in experts[1:]], size, region))  # each (1, size, size), peak 1
     uncovered = 1 - sum(windows).clamp(max=1)
     masks = [w + uncovered for w in windows]
     rest = 1 - sum(w * m for w, m in zip(weights[1:], masks))

@@ -139,7 +139,7 @@ def some_denoised(prior, x: torch.Tensor, gen: torch.Generator, p: float, lo: fl
     sigmas in [lo, hi]."""
     pick = torch.rand(x.shape[0], generator=gen) < p
     pick = pick if allowed is None else pick & allowed
-    if prior is None or not bool(pick.any()):
+    if not bool(pick.any()):
         return x
     sigma = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(int(pick.sum()), generator=gen))
     x = x.clone()
