@@ -20,9 +20,11 @@ from .prompt import OPPOSITE, Prompt, parse_prompt, placement
 from .render import pixel_to_world
 from .vlm import THRESHOLD, holds
 from .vocab import NUMBERS, PLURAL_OF, Phrase
-from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES, SIZES, WEDGE_SCALE, Scene, SceneObject, in_view, simulate
+from .world import (COLOUR_NAMES, SHAPES, SIZE_NAMES, SIZES, WEDGE_SCALE, Scene, SceneObject, in_view, simulate,
+                    world_outline)
 
 MARGIN = 0.5  # world units beyond a relation's threshold a witness keeps (the checker reads pixels, 5 per unit)
+GAP = 0.4  # world units (2 pixels) between a witness's objects of one colour, so their pixels never merge
 
 
 @dataclass(frozen=True)
@@ -79,34 +81,37 @@ def _binding(rng):
 
 
 def _objects(rng):
-    """Four objects, each with its colour; half of the time the first stands on the second."""
+    """Four coloured objects, the first standing on the second; half of the time the other two are related too."""
     cs = _pick(rng, COLOUR_NAMES, 4)
-    parts = [f"a {c} {_pick(rng, SHAPES)[0]}" for c in cs]
+    a, b, c, d = (f"a {col} {_pick(rng, SHAPES)[0]}" for col in cs)
     if rng.random() < 0.5:
-        parts[:2] = [f"{parts[0]} on {parts[1]}"]
-    return ", ".join(parts[:-1]) + " and " + parts[-1]
+        return f"{a} on {b}, {c} {_rel(rng, ('left of', 'right of'))} {d}"
+    return f"{a} on {b}, {c} and {d}"
 
 
 def _same_shape(rng):
-    shape, cs = _pick(rng, SHAPES)[0], _pick(rng, COLOUR_NAMES, 3)
+    """Three objects of one shape told apart by colour alone, two of them related; half of the time a fourth of
+    another shape."""
+    shape, cs = _pick(rng, SHAPES)[0], _pick(rng, COLOUR_NAMES, 4)
+    first = f"a {cs[0]} {shape} {_rel(rng)} a {cs[1]} {shape}"
     if rng.random() < 0.5:
-        return f"a {cs[0]} {shape} {_rel(rng, ('left of', 'right of'))} a {cs[1]} {shape}"
-    other = _pick(rng, SHAPES, exclude=(shape,))[0]
-    return f"a {cs[0]} {shape}, a {cs[1]} {shape} and a {cs[2]} {other}"
+        return f"{first} and a {cs[2]} {shape}"
+    return f"{first}, a {cs[2]} {shape} and a {cs[3]} {_pick(rng, SHAPES, exclude=(shape,))[0]}"
 
 
 def _size(rng):
+    """Two sized, coloured objects related (half of the time of one shape), and a third sized object."""
     sizes = list(_pick(rng, SIZE_NAMES, 2))
-    (a, b), cs = _pick(rng, SHAPES, 2) if rng.random() < 0.5 else [_pick(rng, SHAPES)[0]] * 2, _pick(rng, COLOUR_NAMES, 2)
-    return f"a {sizes[0]} {cs[0]} {a} {_rel(rng)} a {sizes[1]} {cs[1]} {b}"
+    (a, b), cs = _pick(rng, SHAPES, 2) if rng.random() < 0.5 else [_pick(rng, SHAPES)[0]] * 2, _pick(rng, COLOUR_NAMES, 3)
+    third = f"a {_pick(rng, SIZE_NAMES)[0]} {cs[2]} {_pick(rng, SHAPES)[0]}"
+    return f"a {sizes[0]} {cs[0]} {a} {_rel(rng)} a {sizes[1]} {cs[1]} {b} and {third}"
 
 
 def _chain(rng):
-    """Two or three relations chained over three or four coloured objects."""
-    n = int(rng.integers(3, 5))
-    cs = _pick(rng, COLOUR_NAMES, n)
-    names = [f"{cs[k]} {_pick(rng, SHAPES)[0]}" for k in range(n)]
-    rels = [_rel(rng) for _ in range(n - 1)]
+    """Three relations chained over four coloured objects."""
+    cs = _pick(rng, COLOUR_NAMES, 4)
+    names = [f"{c} {_pick(rng, SHAPES)[0]}" for c in cs]
+    rels = [_rel(rng) for _ in range(3)]
     if rng.random() < 0.5:
         return f"a {names[0]} " + " ".join(f"{r} a {b}" for r, b in zip(rels, names[1:]))
     return f"a {names[0]} {rels[0]} a {names[1]}" + "".join(
@@ -114,23 +119,26 @@ def _chain(rng):
 
 
 def _negation(rng):
-    n = int(rng.integers(1, 3))
-    shapes = _pick(rng, SHAPES, n + 1)
+    """Two or three present objects and an absence: of a shape (the present ones coloured) or of a colour (the
+    present ones named by shape only, so each must avoid it)."""
+    n = int(rng.integers(2, 4))
+    shapes = [_pick(rng, SHAPES)[0] for _ in range(n)]
     cs = _pick(rng, COLOUR_NAMES, n + 1)
     if rng.random() < 0.5:  # an absent shape
-        present = [f"a {c} {s}" for c, s in zip(cs, shapes[:n])]
-        return " and ".join(present) + f" and no {PLURAL_OF[shapes[n]] if rng.random() < 0.5 else shapes[n]}"
-    present = [f"a {s}" for s in shapes[:n]]  # an absent colour: the unnamed colours must avoid it
-    return ", ".join(present) + f", no {cs[n]} objects"
+        gone = _pick(rng, SHAPES, exclude=shapes)
+        present = [f"a {c} {s}" for c, s in zip(cs, shapes)]
+        if not gone:  # every shape asked: absent is one shape in one colour
+            return ", ".join(present[:-1]) + f" and {present[-1]}, no {cs[n]} {shapes[0]}"
+        return ", ".join(present) + f" and no {PLURAL_OF[gone[0]] if rng.random() < 0.5 else gone[0]}"
+    return ", ".join(f"a {s}" for s in _pick(rng, SHAPES, n)) + f", no {cs[n]} objects"
 
 
 def _counts(rng):
-    a, b = _pick(rng, SHAPES, 2)
-    ca, cb = _pick(rng, COLOUR_NAMES, 2)
-    n = int(rng.integers(2, 4))
-    m = int(rng.integers(1, 5 - n))
-    first = f"{NUMBERS[n]} {ca} {PLURAL_OF[a]}"
-    return f"{first} and {NUMBERS[m]} {cb} {PLURAL_OF[b]}" if m > 1 else f"{first} and a {cb} {b}"
+    """Four objects: two of one shape and colour, and a stack of two others (on a 32-pixel canvas four objects
+    fit only when two of them stack, and two of one colour only when they stand apart)."""
+    shapes, cs = [_pick(rng, SHAPES)[0] for _ in range(3)], _pick(rng, COLOUR_NAMES, 3)
+    pair, stack = f"two {cs[0]} {PLURAL_OF[shapes[0]]}", f"a {cs[1]} {shapes[1]} on a {cs[2]} {shapes[2]}"
+    return f"{pair} and {stack}" if rng.random() < 0.5 else f"{stack} and {pair}"
 
 
 TIERS: Dict[str, Dict[str, Callable]] = {
@@ -141,15 +149,18 @@ TIERS: Dict[str, Dict[str, Callable]] = {
 }
 
 
-def _drop(p: Prompt, rng) -> List[SceneObject]:
-    """Objects for the prompt's phrases (unnamed attributes drawn at random, avoiding the absences), placed over
+def _drop(p: Prompt, rng, small: bool = False) -> List[SceneObject]:
+    """Objects for the prompt's phrases (unnamed attributes drawn at random, avoiding the absences and, for colours,
+    the colours already drawn; an unnamed size is small where ``small``), placed over
     where ``placement`` puts them (a random floor spot when it gives none) and lifted to fall into place."""
     places = placement(p)
     objs, lift = [], []
     for k, ph in enumerate(p.objects):
+        used = {o.colour for o in objs}  # an unnamed colour differs from the objects' so far where it can
         for _ in range(20):
-            o = SceneObject(ph.shape or _pick(rng, SHAPES)[0], ph.colour or _pick(rng, COLOUR_NAMES)[0],
-                            ph.size or _pick(rng, SIZE_NAMES)[0])
+            o = SceneObject(ph.shape or _pick(rng, SHAPES)[0],
+                            ph.colour or _pick(rng, COLOUR_NAMES, exclude=used if len(used) < len(COLOUR_NAMES) else ())[0],
+                            ph.size or ("small" if small else _pick(rng, SIZE_NAMES)[0]))
             if not any(a.matches(o) for a in p.absent):
                 break
         if places is None:
@@ -181,6 +192,11 @@ def satisfied(p: Prompt, scene: Scene, margin: float = MARGIN) -> bool:
     objs = scene.objects
     if not one_to_one(p.objects, list(objs)) or any(a.matches(o) for a in p.absent for o in objs):
         return False
+    # readable: no object rests on two others (a tangle), and objects of one colour stand apart
+    uppers = [i for i, _ in scene.supports]
+    if len(set(uppers)) < len(uppers) or any(
+            a.colour == b.colour and not _apart(a, b) for k, a in enumerate(objs) for b in objs[k + 1:]):
+        return False
     index = {id(o): i for i, o in enumerate(objs)}
 
     def on(a, b):
@@ -199,13 +215,29 @@ def satisfied(p: Prompt, scene: Scene, margin: float = MARGIN) -> bool:
     return True
 
 
+def _box(o: SceneObject) -> Tuple[float, float, float, float]:
+    """The object's bounding box in world units: (x0, x1, y0, y1)."""
+    if o.shape == "ball":
+        r = o.extent / 2
+        return o.x - r, o.x + r, o.y - r, o.y + r
+    v = world_outline(o)
+    return float(v[:, 0].min()), float(v[:, 0].max()), float(v[:, 1].min()), float(v[:, 1].max())
+
+
+def _apart(a: SceneObject, b: SceneObject, gap: float = GAP) -> bool:
+    """Whether the two objects' bounding boxes are ``gap`` apart along x or along y."""
+    ax0, ax1, ay0, ay1 = _box(a)
+    bx0, bx1, by0, by1 = _box(b)
+    return max(bx0 - ax1, ax0 - bx1) >= gap or max(by0 - ay1, ay0 - by1) >= gap
+
+
 def make(tier: str, category: str, rng: np.random.Generator, tries: int = 200) -> Item:
     """One item of a category: random prompts are drawn until one's simulated scene satisfies it."""
     build = TIERS[tier][category]
     for _ in range(tries):
         text = build(rng)
         p = parse_prompt(text)
-        scene = simulate(_drop(p, rng))
+        scene = simulate(_drop(p, rng, small=tier == "B" and len(p.objects) >= 4))
         if scene.settled and all(in_view(o) for o in scene.objects) and satisfied(p, scene):
             return Item(tier, category, text, p, scene)
     raise RuntimeError(f"ShapesEval {tier}/{category}: no satisfiable prompt in {tries} tries")
