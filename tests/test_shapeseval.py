@@ -42,7 +42,7 @@ def test_items_cover_every_category_reproducibly_and_satisfy_their_prompts(valid
     for it in validation_items:
         assert parse_prompt(it.prompt) == it.parsed and shapeseval.satisfied(it.parsed, it.scene)
     tier_b = [it.parsed for it in validation_items if it.tier == "B"]
-    assert min(len(p.objects) for p in tier_b) >= 3 and max(len(p.objects) for p in tier_b) == 4
+    assert min(len(p.objects) for p in tier_b) >= 2 and max(len(p.objects) for p in tier_b) == 4
     assert any(p.absent for p in tier_b) and any(len(p.relations) == 3 for p in tier_b)  # chains
     assert shapeseval.items("B", 2, seed=1, categories=["chain"])[0].category == "chain"
 
