@@ -1,12 +1,14 @@
 """ShapesEval: benchmark prompts of the shapes world, each drawn with a simulated scene that satisfies it.
 
 Two tiers of categories. Tier A follows GenEval's six (one object, two objects, counting, colours, position,
-colour attribution) in the shapes world's words; tier B asks what composition is for: four objects (half of the
-time one on another), same-shape binding, size binding, two or three chained relations, absences and mixed counts. A category's prompt is built
+colour attribution) in the shapes world's words; tier B asks what composition is for: four objects with a stack,
+three objects of one shape told apart by colour, size binding beside a third object, three chained relations,
+absences beside two or three objects, and a counted pair beside a stack. A category's prompt is built
 from random words, then its objects are dropped where ``placement`` puts them and simulated with pybullet; the
 prompt is kept only when the settled scene satisfies it by the simulation's own truth (every object in view,
-exactly the asked objects, each relation and absence holding with a margin), so every prompt is physically
-possible and comes with a witness scene. The witnesses also validate the checker (``near_miss``).
+exactly the asked objects, each relation and absence holding with a margin) and it is readable (no object
+resting on two others, objects of one colour apart), so every prompt is physically possible and comes with a
+witness scene. The witnesses also validate the checker (``near_miss``).
 """
 from __future__ import annotations
 
