@@ -221,14 +221,17 @@ def regional_masks(experts: List, weights: List[float], size: int, region: float
     ``region`` pixels around its position), so no other phrase's guess about that place is added there (which drew
     a ball between two boxes as a box); where the windows cover less than all (away from every object) each phrase
     acts with the remaining share, as without masks (together they draw background there). The unconditional prior
-    (``experts[0]``) takes the rest so that sum beta_i m_i = 1 at every pixel. None where that does not apply:
-    ``region`` 0, no prior expert, an unplaced phrase."""
+    (``experts[0]``) takes the rest so that sum beta_i m_i = 1 at every pixel. A clip's phrase (``places``: its
+    position per frame, None out of view) gets a window per frame: masks (F, H, W), an image's (1, H, W). None
+    where that does not apply: ``region`` 0, no prior expert, an unplaced phrase."""
     from .experts.shapes.model import position_map
 
-    if not region or len(experts) < 2 or getattr(experts[0], "phrase", 0) is not None or \
-            any(getattr(e, "position", None) is None for e in experts[1:]):
+    if not region or len(experts) < 2 or getattr(experts[0], "phrase", 0) is not None:
         return None
-    windows = list(position_map([e.position for e in experts[1:]], size, region))  # each (1, size, size), peak 1
+    places = [getattr(e, "places", None) or [getattr(e, "position", None)] for e in experts[1:]]
+    if any(all(p is None for p in ps) for ps in places):
+        return None
+    windows = [position_map(ps, size, region)[:, 0] for ps in places]  # each (frames, size, size), peak 1
     uncovered = 1 - sum(windows).clamp(max=1)
     masks = [w + uncovered for w in windows]
     rest = 1 - sum(w * m for w, m in zip(weights[1:], masks))
@@ -312,7 +315,7 @@ TRAJECTORY_WEIGHT = 0.05  # lambda of the centroid-tracking potential, late in t
 def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optional[float] = None, prior=None,
                         vlm=None, guidance: Optional[float] = None, vlm_weight: Optional[float] = None,
                         schedule="linear", dtype: str = "auto", trajectory_weight: float = TRAJECTORY_WEIGHT,
-                        **_ablations) -> Product:
+                        region: float = REGION_PX, **_ablations) -> Product:
     """The shapes world in motion without a video model: clips (3, F, H, W) whose frames the image prior draws.
 
     The motion comes from a simulation: the Layout's scene (``layout.physics``) or the scene of a motion prompt
@@ -323,7 +326,7 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
     when all are, the count questions (``PerFrame``, mean over frames), the regions' agreement with the simulated
     masks (``RegionalMotionPotential``, mean over frames) and the centroids' (``TrajectoryPotential``, lambda
     ``trajectory_weight``, exponential schedule). A prompt without a motion verb gives a still clip: its placed
-    objects in every frame."""
+    objects in every frame. ``region``: regional composition frame by frame (``regional_masks``; 0: off)."""
     import math
 
     import torch
@@ -366,7 +369,8 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
         scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
         potentials += [PerFrame(scorer.expert(q), reduce="mean") for q, _ in asked]
         lambdas += [vlm_weight * m for _, m in asked]
-    product = Product(experts, weights=weights, potentials=potentials, lambdas=lambdas, schedule=schedule)
+    product = Product(experts, weights=weights, masks=regional_masks(experts, weights, size, region),
+                      potentials=potentials, lambdas=lambdas, schedule=schedule)
     product.fps = fps
     return product
 

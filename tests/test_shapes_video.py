@@ -53,6 +53,32 @@ def test_clip_expert_is_the_image_prior_frame_by_frame():
     assert not torch.allclose(got_ball[:, :, 0], got_ball[:, :, 1], atol=1e-3)  # the position moved the ball
 
 
+def test_clip_regional_composition_follows_each_object_frame_by_frame():
+    """Regional composition on clips: per frame the weights sum to one at every pixel, each object's phrase has its
+    full weight at that frame's simulated centroid, and a frame where it is out of view gives it no window."""
+    from poegen.families import regional_masks
+
+    product = build_product(from_prompt(ROLL), video=True, frames=3, vlm_weight=0)
+    null, *phrases = product.experts
+    B = sum(w * m for w, m in zip(product.weights, product.masks))
+    assert B.shape == (3, 32, 32) and torch.allclose(B, torch.ones_like(B), atol=1e-5)
+    for e, w, m in zip(phrases, product.weights[1:], product.masks[1:]):
+        for f, place in enumerate(e.places):
+            if place is not None:
+                c, r = (int(round(v)) for v in place)
+                assert abs(float(m[f, r, c]) - 1) < 0.05
+    away = ClipExpert(null.net, "red ball", torch.tensor([[8.0, 20.0], [float("nan")] * 2]),
+                      torch.tensor([True, False]))
+    there = ClipExpert(null.net, "blue box", torch.tensor([[24.0, 24.0]] * 2))
+    nul = ClipExpert(null.net, None, torch.full((2, 2), float("nan")))
+    masks = regional_masks([nul, away, there], [-0.6, 0.8, 0.8], 32, 5.0)
+    assert float(masks[1][0, 20, 8]) > 0.95 and float(masks[2][0, 20, 8]) < 0.1  # frame 0: the ball's place
+    assert float(masks[1][1, 20, 8]) > 0.95 and float(masks[2][1, 24, 24]) > 0.95  # frame 1: no ball window,
+    assert float(masks[1][1, 24, 24]) < 0.1  # so the ball keeps only the uncovered share, as everywhere else
+    assert regional_masks([nul, ClipExpert(null.net, "red ball", torch.full((2, 2), float("nan")))], [0.2, 0.8],
+                          32, 5.0) is None  # an unplaced phrase: no regional composition
+
+
 def test_sampled_clip_follows_the_simulation():
     """Per-frame foreground IoU of the sampled clip against the simulated masks (measured: mean 0.84 and 0.89
     for seeds 0 and 1 at 3 frames, 2 particles, 6 steps), and it is the motion that matches: the same clip played

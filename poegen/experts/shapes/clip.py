@@ -9,6 +9,8 @@ evaluation (``batch_key`` / ``denoise_batch``): E experts, N clips and F frames 
 """
 from __future__ import annotations
 
+import math
+
 from typing import Optional
 
 import torch
@@ -40,8 +42,10 @@ class ClipExpert:
         if seen.shape != (F,):
             raise ValueError(f"ClipExpert: visible has shape {tuple(seen.shape)} for a track of {F} frames")
         self.ids = torch.tensor([phrase_ids(phrase if v else None) for v in seen.tolist()], dtype=torch.long)
-        self.pos_map = position_map([p if v else None for p, v in zip(track.tolist(), seen.tolist())], size,
-                                    net.config["blob_sigma_px"])  # (F, 1, H, W); NaN rows give no position
+        # the pixel position per frame (None out of view or NaN); (F, 1, H, W) maps, zero where None
+        self.places = [p if v and not any(math.isnan(c) for c in p) else None
+                       for p, v in zip(track.tolist(), seen.tolist())]
+        self.pos_map = position_map(self.places, size, net.config["blob_sigma_px"])
         self.name = name or f"shapes-clip[{phrase if phrase is not None else 'null'}]"
 
     @property
