@@ -28,11 +28,14 @@ def main():
     ap.add_argument("--mcmc-steps", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the runs (results do not change)")
+    ap.add_argument("--region", type=float, default=None,
+                    help="regional composition's window std in pixels (default: the shapes world's; 0: off)")
     ap.add_argument("--out", default=None, help="write the tables and report.html (clips as GIFs) to this folder")
     args = ap.parse_args()
     prompts = args.prompts.split(",")
     rows, images = compare.run(prompts, args.samplers.split(","), args.seeds, args.particles, args.mcmc_steps,
-                               args.steps, workers=args.workers, frames=args.frames)
+                               args.steps, workers=args.workers, frames=args.frames,
+                               shapes_options=None if args.region is None else {"region": args.region})
     for prompt in prompts:
         for sampler in args.samplers.split(","):
             rs = [r for r in rows if r.prompt == prompt and r.sampler == sampler]
