@@ -104,7 +104,8 @@ def _same_shape(rng):
 def _size(rng):
     """Two sized, coloured objects related (half of the time of one shape), and a third sized object."""
     sizes = list(_pick(rng, SIZE_NAMES, 2))
-    (a, b), cs = _pick(rng, SHAPES, 2) if rng.random() < 0.5 else [_pick(rng, SHAPES)[0]] * 2, _pick(rng, COLOUR_NAMES, 3)
+    a, b = _pick(rng, SHAPES, 2) if rng.random() < 0.5 else [_pick(rng, SHAPES)[0]] * 2
+    cs = _pick(rng, COLOUR_NAMES, 3)
     third = f"a {_pick(rng, SIZE_NAMES)[0]} {cs[2]} {_pick(rng, SHAPES)[0]}"
     return f"a {sizes[0]} {cs[0]} {a} {_rel(rng)} a {sizes[1]} {cs[1]} {b} and {third}"
 
@@ -159,9 +160,9 @@ def _drop(p: Prompt, rng, small: bool = False) -> List[SceneObject]:
     objs, lift = [], []
     for k, ph in enumerate(p.objects):
         used = {o.colour for o in objs}  # an unnamed colour differs from the objects' so far where it can
+        used = used if len(used) < len(COLOUR_NAMES) else ()
         for _ in range(20):
-            o = SceneObject(ph.shape or _pick(rng, SHAPES)[0],
-                            ph.colour or _pick(rng, COLOUR_NAMES, exclude=used if len(used) < len(COLOUR_NAMES) else ())[0],
+            o = SceneObject(ph.shape or _pick(rng, SHAPES)[0], ph.colour or _pick(rng, COLOUR_NAMES, exclude=used)[0],
                             ph.size or ("small" if small else _pick(rng, SIZE_NAMES)[0]))
             if not any(a.matches(o) for a in p.absent):
                 break
