@@ -315,7 +315,7 @@ TRAJECTORY_WEIGHT = 0.05  # lambda of the centroid-tracking potential, late in t
 def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optional[float] = None, prior=None,
                         vlm=None, guidance: Optional[float] = None, vlm_weight: Optional[float] = None,
                         schedule="linear", dtype: str = "auto", trajectory_weight: float = TRAJECTORY_WEIGHT,
-                        region: float = REGION_PX, **_ablations) -> Product:
+                        region: float = 0.0, **_ablations) -> Product:
     """The shapes world in motion without a video model: clips (3, F, H, W) whose frames the image prior draws.
 
     The motion comes from a simulation: the Layout's scene (``layout.physics``) or the scene of a motion prompt
@@ -326,7 +326,9 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
     when all are, the count questions (``PerFrame``, mean over frames), the regions' agreement with the simulated
     masks (``RegionalMotionPotential``, mean over frames) and the centroids' (``TrajectoryPotential``, lambda
     ``trajectory_weight``, exponential schedule). A prompt without a motion verb gives a still clip: its placed
-    objects in every frame. ``region``: regional composition frame by frame (``regional_masks``; 0: off)."""
+    objects in every frame. ``region``: regional composition frame by frame (``regional_masks``), off by default:
+    with ``REGION_PX`` poe's mean clip IoU over the three motion prompts of ``eval_video.py`` fell from 0.888 to
+    0.863 (4 seeds, 8 particles, 20 steps)."""
     import math
 
     import torch

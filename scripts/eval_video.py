@@ -29,7 +29,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the runs (results do not change)")
     ap.add_argument("--region", type=float, default=None,
-                    help="regional composition's window std in pixels (default: the shapes world's; 0: off)")
+                    help="regional composition's window std in pixels (default 0: off; the images' is 5)")
     ap.add_argument("--out", default=None, help="write the tables and report.html (clips as GIFs) to this folder")
     args = ap.parse_args()
     prompts = args.prompts.split(",")
