@@ -10,7 +10,6 @@ evaluation (``batch_key`` / ``denoise_batch``): E experts, N clips and F frames 
 from __future__ import annotations
 
 import math
-
 from typing import Optional
 
 import torch

@@ -22,8 +22,8 @@ from .prompt import OPPOSITE, Prompt, parse_prompt, placement
 from .render import pixel_to_world
 from .vlm import THRESHOLD, holds
 from .vocab import NUMBERS, PLURAL_OF, Phrase
-from .world import (COLOUR_NAMES, SHAPES, SIZE_NAMES, SIZES, WEDGE_SCALE, Scene, SceneObject, in_view, simulate,
-                    world_outline)
+from .world import (COLOUR_NAMES, SHAPES, SIZE_NAMES, SIZES, WEDGE_SCALE, Scene, SceneObject, bounds, in_view,
+                    simulate)
 
 MARGIN = 0.5  # world units beyond a relation's threshold a witness keeps (the checker reads pixels, 5 per unit)
 GAP = 0.4  # world units (2 pixels) between a witness's objects of one colour, so their pixels never merge
@@ -218,19 +218,10 @@ def satisfied(p: Prompt, scene: Scene, margin: float = MARGIN) -> bool:
     return True
 
 
-def _box(o: SceneObject) -> Tuple[float, float, float, float]:
-    """The object's bounding box in world units: (x0, x1, y0, y1)."""
-    if o.shape == "ball":
-        r = o.extent / 2
-        return o.x - r, o.x + r, o.y - r, o.y + r
-    v = world_outline(o)
-    return float(v[:, 0].min()), float(v[:, 0].max()), float(v[:, 1].min()), float(v[:, 1].max())
-
-
 def _apart(a: SceneObject, b: SceneObject, gap: float = GAP) -> bool:
     """Whether the two objects' bounding boxes are ``gap`` apart along x or along y."""
-    ax0, ax1, ay0, ay1 = _box(a)
-    bx0, bx1, by0, by1 = _box(b)
+    ax0, ax1, ay0, ay1 = bounds(a)
+    bx0, bx1, by0, by1 = bounds(b)
     return max(bx0 - ax1, ax0 - bx1) >= gap or max(by0 - ay1, ay0 - by1) >= gap
 
 

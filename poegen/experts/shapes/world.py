@@ -119,11 +119,19 @@ def world_outline(o: SceneObject) -> np.ndarray:
     return local_outline(o) @ rot.T + np.array([o.x, o.y])
 
 
+def bounds(o: SceneObject) -> tuple[float, float, float, float]:
+    """The object's bounding box in world units: (x0, x1, y0, y1)."""
+    if o.shape == "ball":
+        r = o.extent / 2
+        return o.x - r, o.x + r, o.y - r, o.y + r
+    v = world_outline(o)
+    (x0, y0), (x1, y1) = v.min(0), v.max(0)
+    return float(x0), float(x1), float(y0), float(y1)
+
+
 def top_height(o: SceneObject) -> float:
     """Highest world y reached by the object."""
-    if o.shape == "ball":
-        return o.y + o.extent / 2
-    return float(world_outline(o)[:, 1].max())
+    return bounds(o)[3]
 
 
 # --------------------------------------------------------------------------- simulation
@@ -243,11 +251,7 @@ def simulate(objects: list[SceneObject], steps: int = 360, dt: float = 1.0 / 120
 
 def in_view(o: SceneObject, margin: float = 0.1) -> bool:
     """True when the object lies fully inside the visible area."""
-    if o.shape == "ball":
-        r = o.extent / 2
-        lo_x, hi_x, lo_y, hi_y = o.x - r, o.x + r, o.y - r, o.y + r
-    else:
-        (lo_x, lo_y), (hi_x, hi_y) = world_outline(o).min(0), world_outline(o).max(0)
+    lo_x, hi_x, lo_y, hi_y = bounds(o)
     w = VIEW_WIDTH / 2 - margin
     return lo_x > -w and hi_x < w and lo_y > -0.1 and hi_y < VIEW_HEIGHT - margin
 
