@@ -412,3 +412,18 @@ def test_tempered_takes_the_largest_fraction_that_keeps_the_ess():
     hard = delta.clone()
     hard[5] = -math.inf  # a hard constraint's -inf is never softened
     assert tempered(log_w, hard, 32.0)[5] == -math.inf
+
+
+def test_resample_start_waits_and_keeps_the_posterior():
+    # at ess_threshold 0.9 the run resamples within the first 40% of the levels; with resample_start=0.4 it waits
+    product, (mean, cov, log_Z) = _posterior_problem()
+    runs = {start: poegen.sample(product, sampler="poe", num_particles=2000, num_steps=50, generator=gen(), dtype=F64,
+                                 ess_threshold=0.9, resample_start=start) for start in (0.0, 0.4)}
+    assert any(runs[0.0].diagnostics["resampled"][:20])
+    resampled = runs[0.4].diagnostics["resampled"]
+    assert not any(resampled[:20]) and any(resampled[20:])
+    r = runs[0.4]
+    assert max(errors_in_se(r.x, r.log_w, mean, cov)) < 4
+    assert abs(r.log_Z - float(log_Z)) < 0.15
+    with pytest.raises(ValueError, match="resample_start"):
+        poegen.sample(product, num_particles=4, num_steps=2, resample_start=1.5)

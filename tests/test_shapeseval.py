@@ -125,3 +125,10 @@ def test_the_footprint_is_quiet_on_witnesses_and_costs_a_floating_extra(validati
         (fp,) = [p for p in shapes_prompt_product(item.prompt, vlm=vlm).potentials if isinstance(p, Footprint)]
         assert float(fp.log_potential(torch.from_numpy(render(item.scene)[0])[None])) > -1.0
     assert single, "no one-object witnesses to check"
+
+
+def test_a_negation_that_asks_every_shape_makes_the_absent_one_a_coloured_shape():
+    # prompt set 1002 drew such a prompt and crashed on the empty choice of a missing shape
+    assert len(shapeseval.items("B", 4, 1002, ["negation"])) == 4
+    prompts = [it.prompt for it in shapeseval.items("B", 4, 1006, ["negation"])]
+    assert "a yellow wedge, a red box and a magenta ball, no cyan wedge" in prompts

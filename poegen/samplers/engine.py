@@ -45,6 +45,7 @@ class SamplerConfig:
     exact: Union[str, bool] = "auto"   # generative density-ratio weights: True, False, "auto" (when possible)
     resample: str = "systematic"       # scheme name in poegen.resampling.RESAMPLERS
     ess_threshold: float = 0.5         # resample when ESS < threshold * N (0 never, 1 always)
+    resample_start: float = 0.0        # resample only from this fraction of the levels on (x0_hat is blurry early)
     select: str = "all"                # "all" particles with weights, the "best" (highest final reward among the
     #                                    live particles, weight breaking ties), or a weighted "draw"
     tempering: float = 0.0             # > 0: adaptive tempering; a level's potentials increment is cut to the largest
@@ -73,9 +74,9 @@ class SamplerConfig:
                 raise ValueError(f"{name}={getattr(cfg, name)!r} is not one of {allowed}")
         resampling.get(cfg.resample)
         if cfg.mcmc_steps < 0 or cfg.step_scale <= 0 or not 0 <= cfg.ess_threshold <= 1 or cfg.grad_guidance < 0 \
-                or not 0 <= cfg.tempering <= 1:
-            raise ValueError("need mcmc_steps >= 0, step_scale > 0, 0 <= ess_threshold <= 1, 0 <= tempering <= 1 "
-                             "and grad_guidance >= 0")
+                or not 0 <= cfg.tempering <= 1 or not 0 <= cfg.resample_start <= 1:
+            raise ValueError("need mcmc_steps >= 0, step_scale > 0, 0 <= ess_threshold <= 1, 0 <= tempering <= 1, "
+                             "0 <= resample_start <= 1 and grad_guidance >= 0")
         if isinstance(cfg.reward_every, bool) or not isinstance(cfg.reward_every, int) or cfg.reward_every < 1:
             raise ValueError(f"reward_every={cfg.reward_every!r}: expected a whole number of levels >= 1")
         if not cfg.rho > 0 or cfg.rho == float("inf"):
@@ -270,12 +271,12 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         # 4. resample when the ESS is low (no host sync: always draw, keep by torch.where)
         e = resampling.ess(log_w)
         do = e < cfg.ess_threshold * N
-        if cfg.ess_threshold > 0:
+        if cfg.ess_threshold > 0 and k + 1 > cfg.resample_start * K:
             state = state.take(torch.where(do, resampler(log_w, generator, N), torch.arange(N, device=device)))
             state = state.replace(log_w=torch.where(do, zeros, state.log_w))
         diag["sigma"].append(s_next)
         diag["ess"].append(e)
-        diag["resampled"].append(do & (cfg.ess_threshold > 0))
+        diag["resampled"].append(do & (cfg.ess_threshold > 0) & (k + 1 > cfg.resample_start * K))
         diag["acceptance"].append(torch.stack(accepted).mean() if mala else torch.tensor(float("nan")))
         diag["reward"].append((torch.softmax(log_w, 0) * torch.nan_to_num(f, neginf=0.0)).sum())
         diag["log_Z"].append(state.log_Z)

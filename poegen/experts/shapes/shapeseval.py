@@ -41,7 +41,10 @@ class Item:
 
 
 def _pick(rng, values, k=1, exclude=()):
+    """k distinct values not in ``exclude`` (none when fewer are left)."""
     pool = [v for v in values if v not in exclude]
+    if len(pool) < k:
+        return []
     return [pool[i] for i in rng.choice(len(pool), size=k, replace=False)]
 
 
