@@ -427,3 +427,17 @@ def test_resample_start_waits_and_keeps_the_posterior():
     assert abs(r.log_Z - float(log_Z)) < 0.15
     with pytest.raises(ValueError, match="resample_start"):
         poegen.sample(product, num_particles=4, num_steps=2, resample_start=1.5)
+
+
+def test_poe_resamples_from_the_start_only_with_exact_weights():
+    # poe's resample_start="auto": 0 where the weights are exact (densities), RESAMPLE_START where a potential judges
+    # a denoiser's x0_hat; ess_threshold=1 resamples wherever allowed
+    from poegen.samplers.engine import RESAMPLE_START
+
+    exact, _ = _posterior_problem()
+    neural = poegen.Product([_CountingDenoiser()], potentials=[LinearPotential(torch.ones(3))])
+    flags = {name: poegen.sample(p, sampler="poe", num_particles=8, num_steps=10, generator=gen(),
+                                 ess_threshold=1.0).diagnostics["resampled"] for name, p in (("exact", exact),
+                                                                                               ("neural", neural))}
+    assert all(flags["exact"])
+    assert flags["neural"] == [level > RESAMPLE_START * 10 for level in range(1, 11)]

@@ -17,8 +17,10 @@ PRESETS: Dict[str, Dict] = {
     # annealed importance sampling: MCMC moves and weights, never resample
     "ais": dict(mcmc_steps=1, potentials=True, ess_threshold=0.0),
     # the PoE sampler: MCMC moves plus SMC resampling (one move a level: issue 21 measured 8 particles x 1 move
-    # as exact as 16 x 2 on the shapes world's tuning seeds, at a third of the cost)
-    "poe": dict(mcmc_steps=1, potentials=True, ess_threshold=0.5),
+    # as exact as 16 x 2 on the shapes world's tuning seeds, at a third of the cost); without exact weights it
+    # resamples from 30% of the levels on (engine.RESAMPLE_START): earlier the potentials judge a blurry x0_hat,
+    # and resampling on it put every particle on one early guess
+    "poe": dict(mcmc_steps=1, potentials=True, ess_threshold=0.5, resample_start="auto"),
 }
 _ENGINE = ("AllParticlesDead", "SampleResult", "SamplerConfig", "run")
 
