@@ -280,13 +280,14 @@ def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int
         log_w = state.log_w
         # 4. resample when the ESS is low (no host sync: always draw, keep by torch.where)
         e = resampling.ess(log_w)
-        do = e < cfg.ess_threshold * N
-        if cfg.ess_threshold > 0 and k + 1 > start * K:
+        allowed = cfg.ess_threshold > 0 and k + 1 > start * K
+        do = (e < cfg.ess_threshold * N) & allowed
+        if allowed:
             state = state.take(torch.where(do, resampler(log_w, generator, N), torch.arange(N, device=device)))
             state = state.replace(log_w=torch.where(do, zeros, state.log_w))
         diag["sigma"].append(s_next)
         diag["ess"].append(e)
-        diag["resampled"].append(do & (cfg.ess_threshold > 0) & (k + 1 > start * K))
+        diag["resampled"].append(do)
         diag["acceptance"].append(torch.stack(accepted).mean() if mala else torch.tensor(float("nan")))
         diag["reward"].append((torch.softmax(log_w, 0) * torch.nan_to_num(f, neginf=0.0)).sum())
         diag["log_Z"].append(state.log_Z)
