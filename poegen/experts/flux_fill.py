@@ -161,8 +161,9 @@ class FluxFillExpert(FluxExpert):
 @torch.no_grad()
 def _encode(parts: dict, prompt: str, length: int):
     """(T5 hidden states, pooled CLIP) of ``prompt``, as ``FluxExpert.load_prompts`` encodes it (same cache key)."""
-    return (parts["t5"](_prompt_ids(parts["t5_tokenizer"], prompt, length)).last_hidden_state,
-            parts["clip"](_prompt_ids(parts["clip_tokenizer"], prompt)).pooler_output)
+    t5, clip = parts["t5"], parts["clip"]
+    return (t5(_prompt_ids(parts["t5_tokenizer"], prompt, length).to(t5.device)).last_hidden_state,
+            clip(_prompt_ids(parts["clip_tokenizer"], prompt).to(clip.device)).pooler_output)
 
 
 def load_flux_fill(path: str, texts: Sequence[str], image: Tensor, mask: Tensor, guidance: float, **options) -> list:

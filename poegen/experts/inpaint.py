@@ -102,9 +102,11 @@ class SDInpaintExpert(TextConditionedUNetExpert):
             parts["masked"][key] = inpaint_conditioning(load_vae(parts["root"]), image, mask, masked_image_latents)
         mask_latent, latents = parts["masked"][key]
         scheduler = parts["scheduler"]
+        encoder = parts["encoder"]
         return [cls(parts["unet"], scheduler.alphas_cumprod, scheduler.config.prediction_type,
-                    _encoded(parts, prompt, lambda text: parts["encoder"](_prompt_ids(parts["tokenizer"], text))
-                             .last_hidden_state), mask_latent, latents, micro_batch=micro_batch,
+                    _encoded(parts, prompt, lambda text: encoder(
+                        _prompt_ids(parts["tokenizer"], text).to(encoder.device)).last_hidden_state),
+                    mask_latent, latents, micro_batch=micro_batch,
                     name=name or f"sd-inpaint[{prompt}]")
                 for prompt in prompts]
 

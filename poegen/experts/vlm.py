@@ -44,6 +44,7 @@ class ClipScore:
         self.model, self.micro_batch = model.eval(), micro_batch
         length = min(tokenizer.model_max_length, model.config.text_config.max_position_embeddings)
         ids = tokenizer([text], padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        ids = {k: v.to(model.device) for k, v in ids.items()}  # the model may already be on an accelerator
         with torch.no_grad():
             self.text = F.normalize(_embedding(model.get_text_features(**ids)), dim=-1)
         self.size = model.config.vision_config.image_size
