@@ -13,7 +13,9 @@ NFE); ancestral runs one chain. Per sample: strict ``exact`` (every asked object
 else), ``lenient`` (the same with other objects allowed) and ``atoms`` (the share of asked facts that hold). Per
 category and sampler the means, and the paired bootstrap 95% interval of the difference in strict exact against
 best-of-n (pairs: the same prompt and seed); ``pool`` is the share of a run's final particles that are exact
-before the one returned is chosen (how much of what a sampler ends with is right). --ablations adds poe without
+before the one returned is chosen (how much of what a sampler ends with is right), and each tier's misses split
+into runs with no exact final particle (search failed) and runs whose exact particle the potentials did not pick
+(the reward was fooled at selection). --ablations adds poe without
 placement(), without the count potentials and without regional composition (every phrase everywhere), and plain
 search: best-of-n over the experts without placement() (with poe's paired difference to it); --budgets draws
 strict exact over NFE (poe's particle counts, the others at equal NFE) to --plot.
@@ -145,11 +147,20 @@ def report(rows, where, budget):
                   f"{tier}_{sampler}_atoms={atoms:.3f} {tier}_{sampler}_pool={pool:.3f} (n={n})"
                   + (f" diff_vs_best_of_n={diff.strip()}" if diff else "")
                   + (f" pool_diff_vs_best_of_n={pool_diff}" if pool_diff else ""))
+            none, wrong = misses(rs)
+            print(f"{tier}_{sampler}_misses: no_exact_particle={none:.3f} exact_particle_not_picked={wrong:.3f}")
     search = "best-of-n-noplace"  # composition against plain search: poe minus best-of-n without placement()
     for (tier, cat, sampler), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "all")):
         diff = paired(rs, groups.get((tier, cat, search))) if sampler == "poe" else None
         if diff:
             print(f"{tier}_{cat}_poe_minus_{search}={diff} (n={len(rs)})")
+
+
+def misses(rows):
+    """Why strict exact fails, as shares of the runs: no final particle is exact (the search never found one), or
+    one is but the potentials picked another (the reward was fooled at selection)."""
+    none = sum(_pool(r) == 0 for r in rows) / len(rows)
+    return none, sum(not r.exact and _pool(r) > 0 for r in rows) / len(rows)
 
 
 def _pool(row) -> float:
