@@ -16,7 +16,8 @@ best-of-n (pairs: the same prompt and seed); ``pool`` is the share of a run's fi
 before the one returned is chosen (how much of what a sampler ends with is right), and each tier's misses split
 into runs with no exact final particle (search failed) and runs whose exact particle the potentials did not pick
 (the reward was fooled at selection). --ablations adds poe without
-placement(), without the count potentials and without regional composition (every phrase everywhere), and plain
+placement(), without the count potentials, without regional composition (every phrase everywhere), without MCMC
+moves (twice the particles at the same NFE: poe's resampling schedule, unlike smc's preset), and plain
 search: best-of-n over the experts without placement() (with poe's paired difference to it); --budgets draws
 strict exact over NFE (poe's particle counts, the others at equal NFE) to --plot.
 Tune on --seed0 1000 and --prompt-seed 1000; report the defaults (0).
@@ -41,8 +42,11 @@ from poegen.report import paired_bootstrap
 
 # name: (sampler, the shapes product's options); best-of-n-noplace is plain search: the same experts and reward
 # without the scene prior's placement (what composition adds), at poe's NFE
-ABLATIONS = {"poe-noplace": ("poe", {"place": False}), "poe-nocount": ("poe", {"counts": False}),
-             "poe-noregion": ("poe", {"region": 0}), "best-of-n-noplace": ("best-of-n", {"place": False})}
+# name: (sampler, the shapes world's product options, MCMC moves kept); without moves poe runs particles * (1 +
+# mcmc_steps) particles, so every variant spends the same NFE
+ABLATIONS = {"poe-noplace": ("poe", {"place": False}, True), "poe-nocount": ("poe", {"counts": False}, True),
+             "poe-noregion": ("poe", {"region": 0}, True), "poe-nomove": ("poe", {}, False),
+             "best-of-n-noplace": ("best-of-n", {"place": False}, True)}
 
 
 def main():
@@ -85,12 +89,14 @@ def main():
                                options=options or None, budgets=budgets)
     if args.ablations:
         for name in args.ablations.split(","):
-            sampler, shapes = ABLATIONS[name]
-            more, imgs = compare.run(prompts, [sampler], args.samples, args.particles, args.mcmc_steps, args.steps,
+            sampler, shapes, moves = ABLATIONS[name]
+            particles, mcmc = ((args.particles, args.mcmc_steps) if moves else
+                               (args.particles * (1 + args.mcmc_steps), 0))
+            more, imgs = compare.run(prompts, [sampler], args.samples, particles, mcmc, args.steps,
                                      args.guidance, args.vlm_weight, workers=args.workers, seed0=args.seed0,
-                                     options=options or None, shapes_options=shapes)
-            for r in more:
-                r.sampler = name
+                                     options=options or None, shapes_options=shapes or None)
+            for r in more:  # the table's budget: poe's particles at this NFE
+                r.sampler, r.particles = name, args.particles
             rows += more
             images.update({(name, p, b): v for (_, p, b), v in imgs.items()})
     wall = time.perf_counter() - t0
