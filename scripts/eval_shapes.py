@@ -15,11 +15,11 @@ category and sampler the means, and the paired bootstrap 95% interval of the dif
 best-of-n (pairs: the same prompt and seed); ``pool`` is the share of a run's final particles that are exact
 before the one returned is chosen (how much of what a sampler ends with is right), and each tier's misses split
 into runs with no exact final particle (search failed) and runs whose exact particle the potentials did not pick
-(the reward was fooled at selection). --ablations adds poe without
-placement(), without the count potentials, without regional composition (every phrase everywhere), without MCMC
-moves (twice the particles at the same NFE: poe's resampling schedule, unlike smc's preset), and plain
-search: best-of-n over the experts without placement() (with poe's paired difference to it); --budgets draws
-strict exact over NFE (poe's particle counts, the others at equal NFE) to --plot.
+(the reward was fooled at selection). --ablations adds poe without placement(), without the count potentials,
+without regional composition (every phrase everywhere), without MCMC moves (twice the particles at the same NFE,
+with poe's resampling schedule, unlike smc's preset), and plain search: best-of-n over the experts without
+placement() (with poe's paired difference to it); --budgets draws strict exact over NFE (poe's particle counts,
+the others at equal NFE) to --plot.
 Tune on --seed0 1000 and --prompt-seed 1000; report the defaults (0).
 
     python scripts/eval_shapes.py --workers 2 --tiers B --ablations
@@ -40,10 +40,9 @@ from poegen.experts.shapes import shapeseval
 from poegen.job import Job
 from poegen.report import paired_bootstrap
 
-# name: (sampler, the shapes product's options); best-of-n-noplace is plain search: the same experts and reward
-# without the scene prior's placement (what composition adds), at poe's NFE
-# name: (sampler, the shapes world's product options, MCMC moves kept); without moves poe runs particles * (1 +
-# mcmc_steps) particles, so every variant spends the same NFE
+# name: (sampler, the shapes product's options, MCMC moves kept); best-of-n-noplace is plain search: the same
+# experts and reward without the scene prior's placement (what composition adds), at poe's NFE; without moves poe
+# runs particles * (1 + mcmc_steps) particles, so every variant spends the same NFE
 ABLATIONS = {"poe-noplace": ("poe", {"place": False}, True), "poe-nocount": ("poe", {"counts": False}, True),
              "poe-noregion": ("poe", {"region": 0}, True), "poe-nomove": ("poe", {}, False),
              "best-of-n-noplace": ("best-of-n", {"place": False}, True)}
