@@ -1,6 +1,7 @@
-"""GPU checks (skipped without CUDA; run with `pytest -m gpu`): the loop runs on the device and matches the closed
-form, a named family reproduces its diffusers pipeline on the device, offload hooks keep the samples, and the
-default shapes route gives the same image class on the device as on the CPU."""
+"""GPU checks (skipped without CUDA; run with `pytest -m gpu` or scripts/gpu_checks.sh): the loop runs on the device
+and matches the closed form, SD reproduces its diffusers pipeline on the device, offload hooks keep the samples, a
+memory cap is kept, the default shapes route gives an exact image of an easy prompt, and a CLIP potential builds on
+a model already on the device."""
 import pytest
 import torch
 
@@ -21,7 +22,7 @@ def test_cuda_matches_closed_form_mean():
     assert torch.allclose((w[:, None] * r.x).sum(0).cpu().double(), m.double(), atol=0.1)
 
 
-def test_sd_with_cfg_matches_the_ddim_pipeline_on_cuda(tmp_path):
+def test_sd_with_cfg_matches_the_ddim_pipeline_on_cuda(tmp_path, monkeypatch):
     """test_pipeline_parity's SD case with the models, the particles and the noise on the GPU."""
     from diffusers import StableDiffusionPipeline
 
@@ -29,7 +30,7 @@ def test_sd_with_cfg_matches_the_ddim_pipeline_on_cuda(tmp_path):
     from poegen.experts.diffusers import TextConditionedUNetExpert
     from test_pipeline_parity import PROMPT, SEED, W, _ddim_grid, _sd_components
 
-    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions round differently per batch shape
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 convolutions round differently per batch
     root = tiny_sd_folder(tmp_path)
     pipe = StableDiffusionPipeline(**_sd_components(root)).to("cuda")
     _, sigmas = _ddim_grid(pipe, 5)

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from .cache import cached, digest
 from .cache import torch_dtype as _torch_dtype
-from .diffusers import (FlowTransformerExpert, FluxExpert, _encoded, _flux_parts, _prompt_ids, _vae_config,
-                        _vae_scale, latent_ids, load_vae, pack_latents, resolve, unpack_latents)
+from .diffusers import (FlowTransformerExpert, FluxExpert, _encoded, _flux_parts, _vae_config, _vae_scale,
+                        encode_flux_prompt, latent_ids, load_vae, pack_latents, resolve, unpack_latents)
 
 log = logging.getLogger("poegen.experts.flux_fill")
 
@@ -138,7 +138,7 @@ class FluxFillExpert(FluxExpert):
         length = min(max_sequence_length, parts["t5_tokenizer"].model_max_length)
         experts = []
         for prompt in prompts:
-            hidden, pooled = _encoded(parts, (prompt, length), lambda key: _encode(parts, *key))
+            hidden, pooled = _encoded(parts, (prompt, length), lambda key: encode_flux_prompt(parts, *key))
             experts.append(cls(model, hidden, pooled, shape, fill, guidance=guidance, micro_batch=micro_batch,
                                name=name or f"flux-fill[{prompt}]"))
         return experts
@@ -156,14 +156,6 @@ class FluxFillExpert(FluxExpert):
                              txt_ids=torch.zeros(encoder_hidden_states.shape[1], 3, device=x_t.device, dtype=x_t.dtype),
                              ).sample
         return unpack_latents(v, c, h, w)
-
-
-@torch.no_grad()
-def _encode(parts: dict, prompt: str, length: int):
-    """(T5 hidden states, pooled CLIP) of ``prompt``, as ``FluxExpert.load_prompts`` encodes it (same cache key)."""
-    t5, clip = parts["t5"], parts["clip"]
-    return (t5(_prompt_ids(parts["t5_tokenizer"], prompt, length).to(t5.device)).last_hidden_state,
-            clip(_prompt_ids(parts["clip_tokenizer"], prompt).to(clip.device)).pooler_output)
 
 
 def load_flux_fill(path: str, texts: Sequence[str], image: Tensor, mask: Tensor, guidance: float, **options) -> list:

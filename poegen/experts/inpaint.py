@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .cache import torch_dtype as _torch_dtype
-from .diffusers import TextConditionedUNetExpert, _encoded, _prompt_ids, _sd_parts, load_vae, unet_config
+from .diffusers import TextConditionedUNetExpert, _encoded, _sd_parts, encode_sd_prompt, load_vae, unet_config
 
 log = logging.getLogger("poegen.experts.inpaint")
 
@@ -102,11 +102,9 @@ class SDInpaintExpert(TextConditionedUNetExpert):
             parts["masked"][key] = inpaint_conditioning(load_vae(parts["root"]), image, mask, masked_image_latents)
         mask_latent, latents = parts["masked"][key]
         scheduler = parts["scheduler"]
-        encoder = parts["encoder"]
         return [cls(parts["unet"], scheduler.alphas_cumprod, scheduler.config.prediction_type,
-                    _encoded(parts, prompt, lambda text: encoder(
-                        _prompt_ids(parts["tokenizer"], text).to(encoder.device)).last_hidden_state),
-                    mask_latent, latents, micro_batch=micro_batch,
+                    _encoded(parts, prompt, lambda text: encode_sd_prompt(parts, text)), mask_latent, latents,
+                    micro_batch=micro_batch,
                     name=name or f"sd-inpaint[{prompt}]")
                 for prompt in prompts]
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .cache import cached
 from .cache import torch_dtype as _torch_dtype
-from .diffusers import FlowTransformerExpert, _encoded, _prompt_ids, _vae_scale, resolve, vae_decoder
+from .diffusers import FlowTransformerExpert, _encoded, _text_output, _vae_scale, resolve, vae_decoder
 from .diffusers.common import load_pretrained
 
 log = logging.getLogger("poegen.experts.sd3")
@@ -52,7 +52,7 @@ def encode_sd3_prompt(encoders, prompt: str, joint_attention_dim: int, max_seque
     length = encoders[0][0].model_max_length
     hidden, pooled = [], []
     for tokenizer, encoder in encoders[:2]:
-        out = encoder(_prompt_ids(tokenizer, prompt, length).to(encoder.device), output_hidden_states=True)
+        out = _text_output(encoder, tokenizer, prompt, length, output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
         pooled.append(out.text_embeds)
     clip = torch.cat(hidden, dim=-1)
@@ -60,7 +60,7 @@ def encode_sd3_prompt(encoders, prompt: str, joint_attention_dim: int, max_seque
         t5 = torch.zeros(1, max_sequence_length, joint_attention_dim, dtype=clip.dtype, device=clip.device)
     else:
         tokenizer, encoder = encoders[2]
-        t5 = encoder(_prompt_ids(tokenizer, prompt, max_sequence_length).to(encoder.device)).last_hidden_state
+        t5 = _text_output(encoder, tokenizer, prompt, max_sequence_length).last_hidden_state
     if clip.shape[-1] > t5.shape[-1]:
         raise ValueError(f"the CLIP hidden sizes sum to {clip.shape[-1]}, more than the T5 width {t5.shape[-1]}: "
                          "this is not an SD3 folder (the transformer's joint_attention_dim is the T5 width)")

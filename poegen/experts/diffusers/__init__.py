@@ -14,10 +14,11 @@ pipeline kind, every name re-exported here (``from poegen.experts.diffusers impo
 diffusers and transformers are imported inside the loaders only: importing this package loads neither.
 """
 # the package's names, private helpers included, as ``poegen.experts.diffusers`` offered them in one module
-from .common import _encoded, _micro_batched, _prompt_ids, _stacked_conditioning, resolve
+from .common import _encoded, _micro_batched, _stacked_conditioning, _text_output, resolve
 from .controlnet import ControlNetExpert, SDXLControlNetExpert, _ControlNetMixin, load_controlnet_prompts
-from .flow import FlowTransformerExpert, FluxExpert, _flux_parts, latent_ids, log, pack_latents, unpack_latents
+from .flow import (FlowTransformerExpert, FluxExpert, _flux_parts, encode_flux_prompt, latent_ids, log, pack_latents,
+                   unpack_latents)
 from .sdxl import SDXLExpert, _sdxl_parts, encode_sdxl_prompt
-from .unet import TextConditionedUNetExpert, VPUNetExpert, _sd_parts, unet_config
+from .unet import TextConditionedUNetExpert, VPUNetExpert, _sd_parts, encode_sd_prompt, unet_config
 from .vae import _Decode, _vae_config, _vae_scale, decoder_of, load_vae, vae_decoder
 

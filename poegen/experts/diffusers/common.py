@@ -182,6 +182,12 @@ def _prompt_ids(tokenizer, prompt: str, length: Optional[int] = None) -> Tensor:
                      return_tensors="pt").input_ids
 
 
+def _text_output(encoder, tokenizer, prompt: str, length: Optional[int] = None, **kwargs):
+    """``encoder``'s output on ``prompt``'s token ids (``_prompt_ids``), sent to the encoder's device (it may
+    already be on an accelerator)."""
+    return encoder(_prompt_ids(tokenizer, prompt, length).to(encoder.device), **kwargs)
+
+
 @torch.no_grad()
 def _encoded(parts: dict, prompt: str, encode):
     """``encode(prompt)``, once per prompt and loaded model."""

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ...schedules import flow_input, sigma_to_flow
 from ..cache import cached
-from .common import _encoded, _micro_batched, _prompt_ids, _stacked_conditioning, load_pretrained, resolve
+from .common import _encoded, _micro_batched, _stacked_conditioning, _text_output, load_pretrained, resolve
 from .vae import _vae_config, _vae_scale
 
 log = logging.getLogger("poegen.experts.diffusers")
@@ -111,6 +111,13 @@ def _flux_parts(path_or_id: str, torch_dtype=None) -> dict:
     return cached("flux", path_or_id, torch_dtype, None, load)
 
 
+def encode_flux_prompt(parts: dict, prompt: str, length: int):
+    """(T5 hidden states, pooled CLIP) of ``prompt`` on FLUX parts (``t5``, ``t5_tokenizer``, ``clip``,
+    ``clip_tokenizer``); callers cache it under the key (prompt, length) with ``_encoded``."""
+    return (_text_output(parts["t5"], parts["t5_tokenizer"], prompt, length).last_hidden_state,
+            _text_output(parts["clip"], parts["clip_tokenizer"], prompt).pooler_output)
+
+
 class FluxExpert(FlowTransformerExpert):
     """FLUX.1 (``FluxTransformer2DModel``) for one prompt, through the same flow -> VE conversion.
 
@@ -151,14 +158,9 @@ class FluxExpert(FlowTransformerExpert):
         side = 2 * ((resolution or parts["sample_size"]) // (2 * parts["vae_scale"]))
         shape = (model.config.in_channels // 4, side, side)
         length = min(max_sequence_length, parts["t5_tokenizer"].model_max_length)
-
-        def encode(prompt):
-            t5, clip = parts["t5"], parts["clip"]
-            return (t5(_prompt_ids(parts["t5_tokenizer"], prompt, length).to(t5.device)).last_hidden_state,
-                    clip(_prompt_ids(parts["clip_tokenizer"], prompt).to(clip.device)).pooler_output)
         experts = []
         for prompt in prompts:
-            hidden, pooled = _encoded(parts, (prompt, length), lambda key: encode(key[0]))
+            hidden, pooled = _encoded(parts, (prompt, length), lambda key: encode_flux_prompt(parts, *key))
             args = dict(kwargs, name=kwargs.get("name") or f"flux[{prompt}]")
             experts.append(cls(model, hidden, pooled, shape, **args))
         return experts

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from ..cache import cached
-from .common import _encoded, _prompt_ids, load_pretrained, read_config, resolve
+from .common import _encoded, _text_output, load_pretrained, read_config, resolve
 from .unet import TextConditionedUNetExpert
 from .vae import _vae_scale
 
@@ -96,6 +96,6 @@ def encode_sdxl_prompt(encoders, prompt: str):
     penultimate layers concatenated, and the second encoder's projected embedding."""
     hidden = []
     for tokenizer, encoder in encoders:
-        out = encoder(_prompt_ids(tokenizer, prompt).to(encoder.device), output_hidden_states=True)
+        out = _text_output(encoder, tokenizer, prompt, output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
     return torch.cat(hidden, dim=-1), out.text_embeds

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ...schedules import sigma_to_vp_t, vp_input, vp_sigmas
 from ..cache import cached
-from .common import (_encoded, _micro_batched, _prompt_ids, _stacked_conditioning, load_pretrained, read_config,
+from .common import (_encoded, _micro_batched, _stacked_conditioning, _text_output, load_pretrained, read_config,
                      resolve)
 
 
@@ -92,6 +92,12 @@ class VPUNetExpert:
         return out
 
 
+def encode_sd_prompt(parts: dict, text: str) -> Tensor:
+    """The text encoder's last hidden states of ``text`` on Stable Diffusion parts (``tokenizer``, ``encoder``);
+    callers cache it per prompt with ``_encoded``."""
+    return _text_output(parts["encoder"], parts["tokenizer"], text).last_hidden_state
+
+
 class TextConditionedUNetExpert(VPUNetExpert):
     """Stable Diffusion 1.x/2.x: a ``UNet2DConditionModel`` on VAE latents for one fixed text prompt.
 
@@ -117,11 +123,9 @@ class TextConditionedUNetExpert(VPUNetExpert):
     def from_parts(cls, parts: dict, prompts, **kwargs):
         """One expert per prompt on already loaded parts (``unet``, ``scheduler``, ``tokenizer``, ``encoder`` and an
         ``embeddings`` cache): a folder's (``_sd_parts``) or a user's pipeline's (``poegen.from_pipeline``)."""
-        def encode(text):
-            encoder = parts["encoder"]
-            return encoder(_prompt_ids(parts["tokenizer"], text).to(encoder.device)).last_hidden_state
         return [cls(parts["unet"], parts["scheduler"].alphas_cumprod, parts["scheduler"].config.prediction_type,
-                    _encoded(parts, prompt, encode), **dict(kwargs, name=kwargs.get("name") or f"sd[{prompt}]"))
+                    _encoded(parts, prompt, lambda text: encode_sd_prompt(parts, text)),
+                    **dict(kwargs, name=kwargs.get("name") or f"sd[{prompt}]"))
                 for prompt in prompts]
 
     def _conditioning(self, n: int) -> dict:
