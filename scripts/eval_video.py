@@ -1,5 +1,5 @@
-"""Evaluate the shapes world in motion (the image prior per frame at simulated centroids): poe against best-of-n at
-equal NFE on motion prompts, through ``poegen.compare.run`` with ``frames`` (as ``poegen compare --frames``).
+"""Evaluate the shapes world in motion (the video prior, each object's phrase at its simulated centroids): poe
+against best-of-n at equal NFE on motion prompts, through ``poegen.compare.run`` with ``frames`` (as ``poegen compare --frames``).
 
 Per prompt and sampler, for --seeds seeds, prints per frame the mean foreground IoU of the chosen clip against the
 simulation's masks (``poegen.compare.judge_clip``), the mean IoU over frames and the share of exact frames (the
@@ -30,12 +30,16 @@ def main():
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the runs (results do not change)")
     ap.add_argument("--region", type=float, default=None,
                     help="regional composition's window std in pixels (default 0: off; the images' is 5)")
+    ap.add_argument("--no-video-prior", action="store_true",
+                    help="independent frames (the image prior per frame) instead of the shapes video prior as the base")
     ap.add_argument("--out", default=None, help="write the tables and report.html (clips as GIFs) to this folder")
     args = ap.parse_args()
     prompts = args.prompts.split(",")
+    options = {} if args.region is None else {"region": args.region}
+    if args.no_video_prior:
+        options["video_prior"] = False
     rows, images = compare.run(prompts, args.samplers.split(","), args.seeds, args.particles, args.mcmc_steps,
-                               args.steps, workers=args.workers, frames=args.frames,
-                               shapes_options=None if args.region is None else {"region": args.region})
+                               args.steps, workers=args.workers, frames=args.frames, shapes_options=options)
     for prompt in prompts:
         for sampler in args.samplers.split(","):
             rs = [r for r in rows if r.prompt == prompt and r.sampler == sampler]

@@ -5,12 +5,14 @@
     red_ball = prior.expert("red ball")                   # p(image | a red ball somewhere)
     left_box = prior.expert("blue box", position=(8, 26)) # ... with its centroid at pixel (col, row)
     null = prior.null()                                   # unconditional prior
+    video = load_video_prior()                            # weights/video.safetensors: clips' space-time correction
     vlm = load_vlm().expert("is the red ball on the blue box?")   # log P(yes) per image
 """
 
 from .checker import Detection, detect
 from .model import ShapesPhraseExpert, ShapesPrior, load_prior
 from .render import render, world_to_pixel
+from .video import TemporalNet, load_video_prior
 from .vlm import ShapesVLMExpert, answer_detections, answer_scene, load_vlm, parse_question, random_question
 from .vocab import Phrase, encode, parse_phrase
 from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES, Scene, SceneObject, random_scene, simulate
@@ -19,5 +21,5 @@ __all__ = [
     "Detection", "detect", "ShapesPhraseExpert", "ShapesPrior", "load_prior", "render", "world_to_pixel",
     "ShapesVLMExpert", "answer_detections", "answer_scene", "load_vlm", "parse_question", "random_question",
     "Phrase", "encode", "parse_phrase", "COLOUR_NAMES", "SHAPES", "SIZE_NAMES", "Scene", "SceneObject",
-    "random_scene", "simulate",
+    "random_scene", "simulate", "TemporalNet", "load_video_prior",
 ]
