@@ -136,7 +136,7 @@ def test_a_signal_during_generate_leaves_no_half_written_file_and_one_line(tmp_p
     time.sleep(0.2)
     if "wrote" in proc.stdout.read():  # the signal came as it exited, or not at all
         pytest.skip("generate finished before the signal")
-    assert proc.returncode == 128 + sig
+    assert proc.returncode == 128 + sig, "".join(lines[-5:])
     assert lines[-1].strip() == ("poegen: interrupted" if sig == signal.SIGINT else "poegen: terminated")
     assert not any("Traceback" in line for line in lines)
     left = sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []  # none yet, or some frames
