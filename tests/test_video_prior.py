@@ -100,12 +100,16 @@ def test_experts_of_one_phrase_and_track_share_a_forward(prior):
 
 
 def test_weights_round_trip_and_a_missing_file_names_where_and_how(tmp_path):
-    net = _randomised(TemporalNet(), seed=3).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        net = _randomised(TemporalNet(), seed=3).eval()
     save_video_prior(net, tmp_path, extra={"trained_iters": 7})
     back = load_video_prior(tmp_path)
     assert back.config["trained_iters"] == 7
     x, x0, sigma = torch.randn(2, 3, 5, 32, 32), torch.rand(2, 3, 5, 32, 32) * 2 - 1, torch.tensor([0.5, 3.0])
-    torch.testing.assert_close(back.correct(x, x0, sigma), net.correct(x, x0, sigma), atol=2e-3, rtol=0)
+    want = net.correct(x, x0, sigma)
+    assert (want - x0).abs().max() > 0.05  # a correction that is not zero, stored in fp16
+    torch.testing.assert_close(back.correct(x, x0, sigma), want, atol=5e-3, rtol=5e-3)
     with pytest.raises(FileNotFoundError, match=r"video\.safetensors.*train_shapes_video\.py"):
         load_video_prior(tmp_path / "nowhere")
 
