@@ -316,7 +316,7 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
                         vlm=None, temporal=None, guidance: Optional[float] = None, vlm_weight: Optional[float] = None,
                         schedule="linear", dtype: str = "auto", trajectory_weight: float = TRAJECTORY_WEIGHT,
                         region: float = 0.0, video_prior: bool = True, **_ablations) -> Product:
-    """The shapes world in motion without a video model: clips (3, F, H, W) whose frames the image prior draws.
+    """The shapes world in motion: clips (3, F, H, W) from the shapes video prior and the image prior's phrases.
 
     The motion comes from a simulation: the Layout's scene (``layout.physics``) or the scene of a motion prompt
     ("a red ball rolls off a blue box", ``specs.motion_scene``), recorded at F = ``frames`` times (fps: the given
@@ -326,11 +326,10 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
     when all are, the count questions (``PerFrame``, mean over frames), the regions' agreement with the simulated
     masks (``RegionalMotionPotential``, mean over frames) and the centroids' (``TrajectoryPotential``, lambda
     ``trajectory_weight``, exponential schedule). A prompt without a motion verb gives a still clip: its placed
-    objects in every frame. ``video_prior``: the base distribution is the shapes video prior (the unconditional
-    frames corrected by ``temporal``, a ``TemporalNet`` (default: the shipped one, trained on simulated clips)) instead
-    of independent frames: experts
-    video^1 * null^(1 - 1 - sum w) * prod phrase^w. ``region``: regional composition frame by frame
-    (``regional_masks``), off by default:
+    objects in every frame. ``video_prior``: the base is the video prior, the unconditional frames corrected by
+    ``temporal`` (a ``TemporalNet``; default: the shipped one, trained on simulated clips), so the experts are
+    video^1 * null^(1 - 1 - sum w) * prod phrase^w (False: independent frames, null^(1 - sum w) * prod phrase^w).
+    ``region``: regional composition frame by frame (``regional_masks``), off by default:
     with ``REGION_PX`` poe's mean clip IoU over the three motion prompts of ``eval_video.py`` fell from 0.888 to
     0.863 (4 seeds, 8 particles, 20 steps)."""
     import math

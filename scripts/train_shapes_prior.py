@@ -61,6 +61,15 @@ def atomic_save(obj, path: Path):
     os.replace(tmp, path)
 
 
+def ema_update(ema, net, step: int, rate: float):
+    """ema <- the exponential moving average of net's parameters (warmed up: decay (1 + step) / (10 + step) until
+    it reaches ``rate``)."""
+    decay = min(rate, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pn in zip(ema.parameters(), net.parameters()):
+            pe.lerp_(pn, 1 - decay)
+
+
 def make_batch(pool, rng: np.random.Generator, args):
     """Render a batch: (x0 (B,3,32,32), ids (B,3) long, pos_map (B,1,32,32))."""
     xs, ids, positions = [], [], []
@@ -184,10 +193,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1 - decay)
+        ema_update(ema, net, step, args.ema)
         losses.append(loss.item())
         minutes = minutes0 + (time.time() - t_start) / 60
         if step % 100 == 0:

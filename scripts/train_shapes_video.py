@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from poegen.experts.motion import trajectory  # noqa: E402
 from poegen.experts.shapes.model import WEIGHTS_DIR, forward, load_prior, phrase_ids  # noqa: E402
 from poegen.experts.shapes.video import TemporalNet, count_parameters, save_video_prior  # noqa: E402
@@ -33,6 +34,7 @@ from poegen.experts.shapes.world import (COLOUR_NAMES, SHAPES, SIZES, VIEW_WIDTH
 from poegen.hardware import pick_dtype  # noqa: E402
 from poegen.scene import SceneError, parse_scene  # noqa: E402
 from poegen.specs import PUSH  # noqa: E402
+from train_shapes_prior import atomic_save, ema_update  # noqa: E402
 
 KINDS = ("push-off", "pushed", "dropped", "still")
 MIX = (0.4, 0.25, 0.15, 0.2)
@@ -115,13 +117,6 @@ def make_clips(n: int, frames: int, seed: int, workers: int) -> torch.Tensor:
     with Pool(workers) as pool:
         parts = pool.map(_simulate, jobs)
     return torch.from_numpy(np.concatenate(parts))
-
-
-def atomic_save(obj, path: Path):
-    """torch.save to a temporary file, then os.replace."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def losses(net: TemporalNet, prior, clips: torch.Tensor, gen: torch.Generator, args):
@@ -212,10 +207,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pn in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(pn, 1 - decay)
+        ema_update(ema, net, step, args.ema)
         seen.append(loss.item())
         seen_frames.append(frames_loss.item())
         minutes = minutes0 + (time.time() - t_start) / 60

@@ -65,6 +65,9 @@ def test_untrained_correction_is_the_image_prior_frame_by_frame(prior):
     assert with_video.weights[0] == pytest.approx(plain.weights[0] - 1.0)
     torch.testing.assert_close(_x0(untrained, x, sigma), _x0(plain, x, sigma), atol=1e-5, rtol=1e-5)
     assert (_x0(with_video, x, sigma) - _x0(plain, x, sigma)).abs().max() > 1e-3  # the trained one acts
+    regional = shapes_clip_product(layout, dtype="float32", vlm_weight=0.0, region=5.0)  # windows per frame
+    assert len(regional.masks) == len(regional.experts) and regional.masks[-1].eq(1).all()
+    torch.testing.assert_close(regional.total_weight(x.shape[1:], x.device, x.dtype), torch.ones(1, *x.shape[1:]))
 
 
 def test_correction_couples_frames_and_takes_any_length(prior):

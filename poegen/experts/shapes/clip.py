@@ -1,4 +1,5 @@
-"""The shapes world in motion without a video model: a clip's expert is the image prior applied to every frame.
+"""The shapes world in motion: a clip's expert is the image prior applied to every frame (or, with ``temporal``,
+the video prior).
 
 ``ClipExpert(net, phrase, track)`` denoises clips x (N, 3, F, H, W) by folding the frames into the batch and giving
 frame f the phrase expert at ``track[f]`` (pixel (col, row) of the object's centre at that frame, e.g. a simulated
