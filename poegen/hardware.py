@@ -94,6 +94,15 @@ def pick_dtype(requested: str = "auto", device="cpu"):
 _warned: set = set()
 
 
+def autocast(requested: str, device):
+    """A ``torch.autocast`` context computing at ``pick_dtype(requested, device)`` (off where that is float32)."""
+    import torch
+
+    device = torch.device(device)
+    half = pick_dtype(requested, device)[0]
+    return torch.autocast(device.type, dtype=half, enabled=half != torch.float32)
+
+
 # ---- threads ------------------------------------------------------------------------------------------------
 
 def cgroup_cpus() -> Optional[float]:

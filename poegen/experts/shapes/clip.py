@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...hardware import check_dtype, pick_dtype
+from ...hardware import autocast, check_dtype
 from ...product import PerFrame
 from .model import ShapesDenoiser, forward, phrase_ids, position_map
 from .video import TemporalNet
@@ -90,8 +90,7 @@ class ClipExpert:
         for e, u in zip(experts, which):
             x0 = out[u]
             if e.temporal is not None:
-                half = pick_dtype(e.dtype, dev)[0]
-                with torch.autocast(dev.type, dtype=half, enabled=half != torch.float32):
+                with autocast(e.dtype, dev):
                     x0 = e.temporal.correct(xd, x0, sig).float().clamp(-1, 1)
             results.append(x0.to(x.device, x.dtype))
         return results

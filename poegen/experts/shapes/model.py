@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ...hardware import check_dtype, pick_dtype
+from ...hardware import autocast, check_dtype
 from . import weights_io
 from .unet import UNet
 from .vocab import Phrase, parse_phrase
@@ -146,8 +146,7 @@ class ShapesPhraseExpert:
 def forward(net, dtype: str, x: Tensor, sigma: Tensor, ids: Tensor, pos: Tensor) -> Tensor:
     """The prior's x0_hat of stacked rows (on the net's device) in float32, computed at ``dtype`` (a name for
     ``pick_dtype``: autocast where it is not float32); shared by the phrase and clip experts' batched forwards."""
-    half = pick_dtype(dtype, x.device)[0]
-    with torch.autocast(x.device.type, dtype=half, enabled=half != torch.float32):
+    with autocast(dtype, x.device):
         return net(x, sigma, ids, pos).float()
 
 
