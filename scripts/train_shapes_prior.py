@@ -61,13 +61,41 @@ def atomic_save(obj, path: Path):
     os.replace(tmp, path)
 
 
-def ema_update(ema, net, step: int, rate: float):
-    """ema <- the exponential moving average of net's parameters (warmed up: decay (1 + step) / (10 + step) until
-    it reaches ``rate``)."""
-    decay = min(rate, (1 + step) / (10 + step))
+def optimise(opt, net, ema, loss, lr: float, step: int, ema_rate: float):
+    """One Adam step of ``loss`` at learning rate lr (gradients clipped to norm 1), then ema <- the exponential
+    moving average of net's parameters after step + 1 steps (warmed up: decay (1 + s) / (10 + s) until ema_rate)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    decay = min(ema_rate, (2 + step) / (11 + step))
     with torch.no_grad():
         for pe, pn in zip(ema.parameters(), net.parameters()):
             pe.lerp_(pn, 1 - decay)
+
+
+def resume(ckpt: Path, net, ema, opt):
+    """(step, minutes) of the checkpoint ``ckpt``, its weights and optimizer state loaded; None when it is missing."""
+    if not ckpt.exists():
+        return None
+    ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+    net.load_state_dict(ck["net"])
+    ema.load_state_dict(ck["ema"])
+    opt.load_state_dict(ck["opt"])
+    print(f"resumed from {ckpt} at step {ck['step']} ({ck['minutes']:.1f} min)", flush=True)
+    return ck["step"], ck["minutes"]
+
+
+def loss_log(path: Path, header):
+    """(open file, csv writer) appending to ``path``; the header row goes into a new file."""
+    new = not path.exists()
+    logf = open(path, "a", newline="")
+    writer = csv.writer(logf)
+    if new:
+        writer.writerow(header)
+    return logf, writer
 
 
 def make_batch(pool, rng: np.random.Generator, args):
@@ -132,13 +160,9 @@ def main():
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     step, minutes = 0, 0.0
     ckpt = out / "ckpt.pt"
-    if args.resume and ckpt.exists():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        net.load_state_dict(ck["net"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        step, minutes = ck["step"], ck["minutes"]
-        print(f"resumed from {ckpt} at step {step} ({minutes:.1f} min)", flush=True)
+    resumed = resume(ckpt, net, ema, opt) if args.resume else None
+    if resumed:
+        step, minutes = resumed
     elif args.resume and (Path(args.export_dir) / "prior.safetensors").exists():
         # a fresh checkout has no checkpoint: go on from the committed EMA weights (optimizer restarts)
         shipped = load_prior(args.export_dir).net
@@ -159,12 +183,7 @@ def main():
         pool_file.write_bytes(pickle.dumps(pool))
     print(f"scene pool: {len(pool)} scenes ({time.time() - t0:.0f} s)", flush=True)
 
-    log_file = out / "loss.csv"
-    new_log = not log_file.exists()
-    logf = open(log_file, "a", newline="")
-    writer = csv.writer(logf)
-    if new_log:
-        writer.writerow(["step", "minutes", "loss", "lr", "sec_per_iter", "pool"])
+    logf, writer = loss_log(out / "loss.csv", ["step", "minutes", "loss", "lr", "sec_per_iter", "pool"])
     losses, t_last_ckpt, t_start, t_log = [], time.time(), time.time(), time.time()
     minutes0 = minutes
 
@@ -185,15 +204,9 @@ def main():
             pool[rng.integers(len(pool))] = scene
         x0, ids, pos_map = make_batch(pool, rng, args)
         lr = args.lr * min(1.0, (step + 1) / 500)
-        for g in opt.param_groups:
-            g["lr"] = lr
         loss = edm_loss(net, x0, ids, pos_map, args)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        optimise(opt, net, ema, loss, lr, step, args.ema)
         step += 1
-        ema_update(ema, net, step, args.ema)
         losses.append(loss.item())
         minutes = minutes0 + (time.time() - t_start) / 60
         if step % 100 == 0:

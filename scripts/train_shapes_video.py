@@ -13,7 +13,6 @@ loss of the image prior's frames alone (the correction at zero), so the gain is 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import sys
@@ -34,7 +33,7 @@ from poegen.experts.shapes.world import (COLOUR_NAMES, SHAPES, SIZES, VIEW_WIDTH
 from poegen.hardware import pick_dtype  # noqa: E402
 from poegen.scene import SceneError, parse_scene  # noqa: E402
 from poegen.specs import PUSH  # noqa: E402
-from train_shapes_prior import atomic_save, ema_update  # noqa: E402
+from train_shapes_prior import atomic_save, loss_log, optimise, resume  # noqa: E402
 
 KINDS = ("push-off", "pushed", "dropped", "still")
 MIX = (0.4, 0.25, 0.15, 0.2)
@@ -169,24 +168,12 @@ def main():
     ema = TemporalNet()
     ema.load_state_dict(net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    step, minutes = 0, 0.0
     ckpt = out / "ckpt.pt"
-    if args.resume and ckpt.exists():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        net.load_state_dict(ck["net"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["opt"])
-        step, minutes = ck["step"], ck["minutes"]
-        print(f"resumed from {ckpt} at step {step} ({minutes:.1f} min)", flush=True)
+    step, minutes = (resume(ckpt, net, ema, opt) if args.resume else None) or (0, 0.0)
     print(f"TemporalNet: {count_parameters(net)} parameters; {len(clips)} clips of {clips.shape[2]} frames; "
           f"prior dtype {pick_dtype('auto', torch.device('cpu'))[0]}", flush=True)
     gen = torch.Generator().manual_seed(args.seed * 7919 + step)
-    log_file = out / "loss.csv"
-    new_log = not log_file.exists()
-    logf = open(log_file, "a", newline="")
-    writer = csv.writer(logf)
-    if new_log:
-        writer.writerow(["step", "minutes", "loss", "frames_loss", "lr", "sec_per_iter"])
+    logf, writer = loss_log(out / "loss.csv", ["step", "minutes", "loss", "frames_loss", "lr", "sec_per_iter"])
     seen, seen_frames, t_ckpt, t_start, t_log, minutes0 = [], [], time.time(), time.time(), time.time(), minutes
 
     def save():
@@ -199,15 +186,9 @@ def main():
         flip = torch.rand(args.batch, generator=gen) < 0.5
         batch[flip] = batch[flip].flip(-1)
         lr = args.lr * min(1.0, (step + 1) / 200)
-        for g in opt.param_groups:
-            g["lr"] = lr
         loss, frames_loss = losses(net, prior, batch, gen, args)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        optimise(opt, net, ema, loss, lr, step, args.ema)
         step += 1
-        ema_update(ema, net, step, args.ema)
         seen.append(loss.item())
         seen_frames.append(frames_loss.item())
         minutes = minutes0 + (time.time() - t_start) / 60
