@@ -116,9 +116,10 @@ def main():
     late_v, late_f = (float(np.mean([consistent(c[:, 1:]) for c in clips])) for clips in (video, frames))
     print(f"same_objects_every_frame video={rate_v:.3f} frames={rate_f:.3f} (n={args.samples})", flush=True)
     print(f"same_objects_from_frame_2 video={late_v:.3f} frames={late_f:.3f} (n={args.samples})", flush=True)
-    grid = Image.new("RGB", (2 * strip(video[:8]).width + 12, strip(video[:8]).height), "white")
-    grid.paste(strip(video[:8]), (0, 0))
-    grid.paste(strip(frames[:8]), (strip(video[:8]).width + 12, 0))
+    left, right = strip(video[:8]), strip(frames[:8])
+    grid = Image.new("RGB", (left.width + 12 + right.width, left.height), "white")
+    grid.paste(left, (0, 0))
+    grid.paste(right, (left.width + 12, 0))
     grid.save(out / "video_samples.png")
 
     table = "\n".join(f"| {s:g} | {v:.4f} | {f:.4f} | {v / f:.3f} |" for s, (v, f) in held.items())

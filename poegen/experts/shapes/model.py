@@ -56,6 +56,13 @@ def position_map(positions, size: int = 32, blob_sigma: float = 1.5) -> Tensor:
     return out
 
 
+def edm_scales(sigma: Tensor, sigma_data: float):
+    """EDM's (c_in, c_out) for noise levels sigma: the network's input and output scales."""
+    c_in = 1 / (sigma**2 + sigma_data**2).sqrt()
+    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    return c_in, c_out
+
+
 def phrase_ids(phrase: Phrase | None) -> tuple[int, int, int]:
     """Embedding indices (colour, shape, size) of a phrase; the last index of each table is null."""
     if phrase is None:
@@ -87,8 +94,7 @@ class ShapesDenoiser(nn.Module):
         sd = c["sigma_data"]
         sigma = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
         c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sigma**2 + sd**2).sqrt()
+        c_in, c_out = edm_scales(sigma, sd)
         log_lo, log_hi = math.log(c["sigma_min"]), math.log(c["sigma_max"])
         t = 1000 * (sigma.flatten().clamp(c["sigma_min"], c["sigma_max"]).log() - log_lo) / (log_hi - log_lo)
         cls = self.colour_emb(ids[:, 0]) + self.shape_emb(ids[:, 1]) + self.size_emb(ids[:, 2])

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from . import weights_io
+from .model import edm_scales
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +29,6 @@ TRAIN_SCRIPT = "scripts/train_shapes_video.py (then --export)"
 
 DEFAULT_CONFIG = {"channels": [32, 64, 64], "emb": 64, "groups": 8, "sigma_data": 0.5, "sigma_min": 0.002,
                   "sigma_max": 80.0}
-
-
-def edm_scales(sigma: Tensor, sigma_data: float):
-    """EDM's (c_in, c_out) for noise levels sigma."""
-    c_in = 1 / (sigma**2 + sigma_data**2).sqrt()
-    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
-    return c_in, c_out
 
 
 class _Block(nn.Module):
