@@ -24,6 +24,7 @@ Tune on --seed0 1000 and --prompt-seed 1000; report the defaults (0).
 
     python scripts/eval_shapes.py --workers 2 --tiers B --ablations
     python scripts/eval_shapes.py --workers 2 --tiers B --budgets 1,4,16,48 --samplers poe,best-of-n --plot nfe.png
+    python scripts/eval_shapes.py --report runs/main runs/noplace    # the tables of runs saved with --out, merged
 """
 import argparse
 import json
@@ -71,7 +72,12 @@ def main():
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the runs")
     ap.add_argument("--out", default=None, help="write every row (JSON) and the images (.pt) here")
     ap.add_argument("--time", action="store_true", help="also time `poegen generate` on a tier B prompt (3 runs)")
+    ap.add_argument("--report", nargs="+", default=None, metavar="DIR",
+                    help="run nothing: print the tables from these --out folders' rows, merged (e.g. samplers or "
+                         "ablations run separately on the same prompts and seeds)")
     args = ap.parse_args()
+    if args.report:
+        return report_saved(args.report, args.particles)
 
     unknown = [a for a in (args.ablations or "").split(",") if a and a not in ABLATIONS]
     if unknown:
@@ -159,6 +165,25 @@ def report(rows, where, budget):
         diff = paired(rs, groups.get((tier, cat, search))) if sampler == "poe" else None
         if diff:
             print(f"{tier}_{cat}_poe_minus_{search}={diff} (n={len(rs)})")
+
+
+def report_saved(folders, budget):
+    """``report`` over the rows that earlier runs wrote with --out (a sampler run twice is refused)."""
+    from poegen.compare import Row
+
+    rows, where, seen = [], {}, set()
+    for folder in folders:
+        path = Path(folder) / "rows.json"
+        if not path.is_file():
+            sys.exit(f"--report: no {path}; write one with eval_shapes.py --out {folder}")
+        for d in json.loads(path.read_text()):
+            where[d["prompt"]] = (d.pop("tier"), d.pop("category"))
+            key = (d["sampler"], d["prompt"], d["seed"], d["particles"])
+            if key in seen:
+                sys.exit(f"--report: {d['sampler']} on {d['prompt']!r} seed {d['seed']} is in two of the folders")
+            seen.add(key)
+            rows.append(Row(**d))
+    report(rows, where, budget)
 
 
 def misses(rows):

@@ -132,3 +132,34 @@ def test_a_negation_that_asks_every_shape_makes_the_absent_one_a_coloured_shape(
     assert len(shapeseval.items("B", 4, 1002, ["negation"])) == 4
     prompts = [it.prompt for it in shapeseval.items("B", 4, 1006, ["negation"])]
     assert "a yellow wedge, a red box and a magenta ball, no cyan wedge" in prompts
+
+
+def test_eval_report_merges_saved_runs(tmp_path):
+    """eval_shapes.py --report prints the tables from samplers run separately: the paired difference of the merged
+    rows is the one computed by hand, and a run present in two folders is refused."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "eval_shapes.py"
+    prompts = ["two red balls", "a blue box and no ball"]
+
+    def write(folder, sampler, exact):
+        rows = [dict(sampler=sampler, prompt=p, seed=s, present=True, relation=True, exact=e, vlm=0.0, log_Z=0.0,
+                     nfe=320, seconds=1.0, ess=[], particles=8, metrics={"pool_exact": float(e)}, lenient=e,
+                     atoms=1.0, tier="B", category="counts")
+                for (p, s), e in zip([(p, s) for p in prompts for s in (0, 1)], exact)]
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "rows.json").write_text(json.dumps(rows))
+
+    write("a", "poe", [True, True, True, False])
+    write("b", "best-of-n", [True, False, False, False])
+    run = lambda *dirs: subprocess.run([sys.executable, str(script), "--report", *dirs],  # noqa: E731
+                                       capture_output=True, text=True)
+    out = run(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert out.returncode == 0, out.stderr
+    assert "B_poe_strict=0.750" in out.stdout and "B_best-of-n_strict=0.250" in out.stdout
+    assert "diff_vs_best_of_n=+0.500" in out.stdout
+    twice = run(str(tmp_path / "a"), str(tmp_path / "a"))
+    assert twice.returncode != 0 and "in two of the folders" in twice.stderr
