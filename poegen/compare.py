@@ -301,7 +301,11 @@ def _pool_exact(product, final, verdict) -> float:
 
 
 def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str], shapes_options: Optional[dict]):
-    """The tasks' (row, image) results in order: here, or in ``workers`` spawned processes sharing torch's threads."""
+    """The tasks' (row, image) results in order: here, or in ``workers`` spawned processes sharing torch's threads
+    (as many as ``hardware.configure_threads`` finds free: a core another process keeps busy is not oversubscribed)."""
+    from .hardware import configure_threads
+
+    configure_threads()
     if workers <= 1:
         _init_worker(0, config, metrics, shapes_options)
         yield from map(_run_task, tasks)
