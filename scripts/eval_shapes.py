@@ -169,8 +169,6 @@ def report(rows, where, budget):
 
 def report_saved(folders, budget):
     """``report`` over the rows that earlier runs wrote with --out (a sampler run twice is refused)."""
-    from poegen.compare import Row
-
     rows, where, seen = [], {}, set()
     for folder in folders:
         path = Path(folder) / "rows.json"
@@ -182,7 +180,7 @@ def report_saved(folders, budget):
             if key in seen:
                 sys.exit(f"--report: {d['sampler']} on {d['prompt']!r} seed {d['seed']} is in two of the folders")
             seen.add(key)
-            rows.append(Row(**d))
+            rows.append(compare.Row(**d))
     report(rows, where, budget)
 
 
