@@ -63,6 +63,12 @@ def edm_scales(sigma: Tensor, sigma_data: float):
     return c_in, c_out
 
 
+def noise_time(sigma: Tensor, config: dict) -> Tensor:
+    """The networks' time input: log sigma mapped linearly from [sigma_min, sigma_max] (``config``) to [0, 1000]."""
+    lo, hi = math.log(config["sigma_min"]), math.log(config["sigma_max"])
+    return 1000 * (sigma.clamp(config["sigma_min"], config["sigma_max"]).log() - lo) / (hi - lo)
+
+
 def phrase_ids(phrase: Phrase | None) -> tuple[int, int, int]:
     """Embedding indices (colour, shape, size) of a phrase; the last index of each table is null."""
     if phrase is None:
@@ -95,8 +101,7 @@ class ShapesDenoiser(nn.Module):
         sigma = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
         c_skip = sd**2 / (sigma**2 + sd**2)
         c_in, c_out = edm_scales(sigma, sd)
-        log_lo, log_hi = math.log(c["sigma_min"]), math.log(c["sigma_max"])
-        t = 1000 * (sigma.flatten().clamp(c["sigma_min"], c["sigma_max"]).log() - log_lo) / (log_hi - log_lo)
+        t = noise_time(sigma.flatten(), c)
         cls = self.colour_emb(ids[:, 0]) + self.shape_emb(ids[:, 1]) + self.size_emb(ids[:, 2])
         h = torch.cat([x * c_in, pos_map.to(x.dtype)], dim=1)
         f = self.unet(h, t, cls)

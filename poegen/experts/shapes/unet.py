@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def timestep_embedding(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding of (N,) timesteps, cosines first (diffusers' flip_sin_to_cos=True, shift 0)."""
+def timestep_embedding(t: Tensor, dim: int, cos_first: bool = True) -> Tensor:
+    """Sinusoidal embedding of (N,) timesteps, cosines first by default (diffusers' flip_sin_to_cos, shift 0)."""
     half = dim // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     arg = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1)
+    parts = [torch.cos(arg), torch.sin(arg)]
+    return torch.cat(parts if cos_first else parts[::-1], dim=-1)
 
 
 class TimestepEmbedding(nn.Module):

@@ -14,14 +14,14 @@ clips of any length (trained on 5 frames spread over the simulated time).
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from . import weights_io
-from .model import edm_scales
+from .model import count_parameters, edm_scales, noise_time
+from .unet import timestep_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,8 @@ class TemporalNet(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def _embed(self, sigma: Tensor) -> Tensor:
-        """Sinusoidal features of t = 1000 * (log sigma - log sigma_min) / (log sigma_max - log sigma_min)."""
-        lo, hi = math.log(self.config["sigma_min"]), math.log(self.config["sigma_max"])
-        t = 1000 * (sigma.float().clamp(self.config["sigma_min"], self.config["sigma_max"]).log() - lo) / (hi - lo)
-        freqs = torch.exp(torch.arange(8, dtype=torch.float32, device=sigma.device) * -(math.log(10000.0) / 8))
-        a = t.reshape(-1, 1) * freqs
-        return self.emb(torch.cat([a.sin(), a.cos()], dim=1))
+        """The noise level's embedding: sinusoidal features (sines first) of the prior's time input."""
+        return self.emb(timestep_embedding(noise_time(sigma.float().reshape(-1), self.config), 16, cos_first=False))
 
     def forward(self, x: Tensor, frames_x0: Tensor, sigma: Tensor) -> Tensor:
         """TemporalNet(c_in x, x0 of the image prior, sigma), unscaled; sigma (N,)."""
@@ -100,11 +96,6 @@ class TemporalNet(nn.Module):
         (N,): frames_x0 + c_out(sigma) * TemporalNet(...)."""
         _, c_out = edm_scales(sigma.reshape(-1, 1, 1, 1, 1).to(x.dtype), self.config["sigma_data"])
         return frames_x0 + c_out * self(x, frames_x0, sigma)
-
-
-def count_parameters(net: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in net.parameters())
 
 
 def save_video_prior(net: TemporalNet, out_dir: str | Path, extra: dict | None = None) -> Path:
