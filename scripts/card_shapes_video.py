@@ -26,9 +26,9 @@ from PIL import Image  # noqa: E402
 from poegen import samplers  # noqa: E402
 from poegen.experts.shapes.checker import detect  # noqa: E402
 from poegen.experts.shapes.clip import ClipExpert  # noqa: E402
-from poegen.experts.shapes.model import load_prior  # noqa: E402
+from poegen.experts.shapes.model import count_parameters, load_prior  # noqa: E402
 from poegen.experts.shapes.render import to_uint8  # noqa: E402
-from poegen.experts.shapes.video import count_parameters, load_video_prior  # noqa: E402
+from poegen.experts.shapes.video import load_video_prior  # noqa: E402
 from poegen.experts.shapes.weights_io import WEIGHTS_DIR  # noqa: E402
 from poegen.product import Product  # noqa: E402
 

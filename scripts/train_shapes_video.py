@@ -26,11 +26,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from poegen.experts.motion import trajectory  # noqa: E402
-from poegen.experts.shapes.model import WEIGHTS_DIR, forward, load_prior, phrase_ids  # noqa: E402
-from poegen.experts.shapes.video import TemporalNet, count_parameters, save_video_prior  # noqa: E402
+from poegen.experts.shapes.model import WEIGHTS_DIR, count_parameters, forward, load_prior, phrase_ids  # noqa: E402
+from poegen.experts.shapes.video import TemporalNet, save_video_prior  # noqa: E402
 from poegen.experts.shapes.world import (COLOUR_NAMES, SHAPES, SIZES, VIEW_WIDTH, random_objects,  # noqa: E402
                                          random_scene)
 from poegen.hardware import pick_dtype  # noqa: E402
+from poegen.product import PerFrame  # noqa: E402
 from poegen.scene import SceneError, parse_scene  # noqa: E402
 from poegen.specs import PUSH  # noqa: E402
 from train_shapes_prior import atomic_save, loss_log, optimise, resume  # noqa: E402
@@ -124,7 +125,7 @@ def losses(net: TemporalNet, prior, clips: torch.Tensor, gen: torch.Generator, a
     sd = net.config["sigma_data"]
     sigma = torch.exp(args.p_mean + args.p_std * torch.randn(n, generator=gen)).clamp(0.002, 80.0)
     x = clips + sigma.view(-1, 1, 1, 1, 1) * torch.randn(clips.shape, generator=gen)
-    frames = x.transpose(1, 2).flatten(0, 1)
+    frames = PerFrame.fold(x)
     ids = torch.tensor([phrase_ids(None)]).expand(n * F, 3)
     with torch.no_grad():
         x0 = forward(prior.net, "auto", frames, sigma.repeat_interleave(F), ids, torch.zeros(n * F, 1, 32, 32))
