@@ -1,9 +1,19 @@
 """Test helpers (``from helpers import ...``: pytest puts tests/ on sys.path; scripts/bench_*.py insert it):
 tiny models built from configs, saved to a folder and loaded back the way a user's checkpoint is, used by the
 tests and the benchmarks, nothing downloaded; and ``Case``, one row of the fault battery."""
+import importlib.util
 from pathlib import Path
 
 import torch
+
+
+def load_script(name: str):
+    """scripts/<name>.py imported as a module (its functions, without running main)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _clip_vocab():

@@ -189,13 +189,9 @@ def test_prior_denoise_is_finite_and_shaped():
 
 @pytest.mark.skipif(not HAVE_PRIOR, reason="prior weights not exported yet")
 def test_scorer_training_swaps_in_the_priors_denoised_renders():
-    import importlib.util
-    from pathlib import Path
+    from helpers import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_shapes_vlm.py"
-    spec = importlib.util.spec_from_file_location("train_shapes_vlm", path)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_script("train_shapes_vlm")
     prior = shapes_model.load_prior().null()
     rng = np.random.default_rng(3)
     x = torch.stack([torch.from_numpy(render(random_scene(rng))[0]) for _ in range(6)])

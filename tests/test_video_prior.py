@@ -1,12 +1,12 @@
 """The shapes world's video prior (``experts/shapes/video.py``): the image prior's frames plus a learned space-time
 correction, trained on simulated clips (``scripts/train_shapes_video.py``) and used as the clip product's base."""
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from helpers import load_script
 
 from poegen.experts.shapes.clip import ClipExpert
 from poegen.experts.shapes.model import load_prior
@@ -14,15 +14,7 @@ from poegen.experts.shapes.video import TemporalNet, load_video_prior, save_vide
 from poegen.families import shapes_clip_product
 from poegen.specs import from_prompt
 
-ROOT = Path(__file__).resolve().parents[1]
 ROLL = "a red ball rolls off a blue box"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_shapes_video", ROOT / "scripts" / "train_shapes_video.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _nan(frames):
@@ -120,7 +112,7 @@ def test_weights_round_trip_and_a_missing_file_names_where_and_how(tmp_path):
 def test_training_lowers_the_loss_below_the_frames_alone(prior):
     """The training script's loss on a fixed noisy batch of simulated clips (sigma 3): Adam steps take the video
     prior's EDM loss well below the image prior's frames alone, from equal at the zero start."""
-    mod = _script()
+    mod = load_script("train_shapes_video")
     rng = np.random.default_rng(0)
     clips = torch.from_numpy(np.stack([mod.simulated_clip(rng, 5) for _ in range(4)])).float() / 127.5 - 1
 
@@ -144,7 +136,7 @@ def test_training_lowers_the_loss_below_the_frames_alone(prior):
 def test_shipped_video_prior_beats_independent_frames_on_new_clips(prior):
     """On simulated clips it never saw (another seed), the shipped correction lowers EDM's loss against the image
     prior's frames alone at every tested noise level."""
-    mod = _script()
+    mod = load_script("train_shapes_video")
     net = load_video_prior()
     rng = np.random.default_rng(12345)
     clips = torch.from_numpy(np.stack([mod.simulated_clip(rng, 5) for _ in range(24)])).float() / 127.5 - 1
