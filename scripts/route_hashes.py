@@ -23,22 +23,34 @@ EXAMPLES = [
     "generate --scene examples/roll_off.yaml --frames 3 --out roll.png",
     "generate --layout examples/layout_two_objects.yaml --out lay.png",
     "edit examples/edits/box.png --scene examples/edits/drop_ball.yaml --out edited.png",
+    'generate "a green wedge left of a yellow ball" --vlm-weight 3 --out w.png',
+    'generate "a red ball rolls off a blue box" --video roll.gif',
 ]
+# the Python API on the layout example, with one thread set by the caller
+API = ("import torch, poegen, sys; torch.set_num_threads(1); "
+       "product = poegen.build_product(poegen.load_layout('examples/layout_two_objects.yaml')); "
+       "result = poegen.sample(product, num_particles=4, num_steps=12, generator=torch.Generator().manual_seed(0)); "
+       "poegen.decode_images(product, result)[0].save(sys.argv[1])")
 
 
 def pixels_sha(path: Path) -> str:
     from PIL import Image
+    h = hashlib.sha256()
     with Image.open(path) as im:
-        return hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()[:16]
+        for k in range(getattr(im, "n_frames", 1)):  # every frame of a GIF
+            im.seek(k)
+            h.update(im.convert("RGB").tobytes())
+    return h.hexdigest()[:16]
 
 
 def run(example: str, root: Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        args = [a if not a.endswith(".png") or a.startswith("examples/") else str(Path(tmp) / a)
+        args = [a if not a.endswith((".png", ".gif")) or a.startswith("examples/") else str(Path(tmp) / a)
                 for a in shlex.split(example)]
-        subprocess.run([sys.executable, "-m", "poegen", *args, "-q", "--threads", "1"], check=True, cwd=root,
-                       stdout=subprocess.DEVNULL)
-        written = sorted(p for p in Path(tmp).iterdir() if p.suffix == ".png")
+        cmd = ([sys.executable, "-c", API, str(Path(tmp) / "api.png")] if example == "api" else
+               [sys.executable, "-m", "poegen", *args, "-q", "--threads", "1"])
+        subprocess.run(cmd, check=True, cwd=root, stdout=subprocess.DEVNULL)
+        written = sorted(p for p in Path(tmp).iterdir() if p.suffix in (".png", ".gif"))
         return " ".join(f"{p.name}={pixels_sha(p)}" for p in written)
 
 
@@ -48,7 +60,7 @@ def main():
     ap.add_argument("--check", help="compare with the hashes in this file")
     args = ap.parse_args()
     root = Path(__file__).resolve().parent.parent
-    lines = [f"{ex} :: {run(ex, root)}" for ex in EXAMPLES]
+    lines = [f"{ex} :: {run(ex, root)}" for ex in EXAMPLES + ["api"]]
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")
