@@ -35,8 +35,8 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
     (``layout.physics``) with video kinds: ``scene_video_product``."""
     if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
         shapes_options.pop("place", None)
-        product = shapes_clip_product(layout, frames, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype,
-                                      **shapes_options)
+        product = shapes_video_product(layout, frames, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype,
+                                       **shapes_options)
     elif experts and video and layout.physics is not None:  # physics over time on named video models
         product = scene_video_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
                                       1.0 if vlm_weight is None else vlm_weight, dtype, frames, video_inputs,
@@ -312,15 +312,15 @@ SHAPES_FRAMES = 5  # a shapes-world clip's default frames: `poegen generate ... 
 TRAJECTORY_WEIGHT = 0.05  # lambda of the centroid-tracking potential, late in the schedule (early x0 are blurry)
 
 
-def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optional[float] = None, prior=None,
-                        vlm=None, temporal=None, guidance: Optional[float] = None, vlm_weight: Optional[float] = None,
-                        schedule="linear", dtype: str = "auto", trajectory_weight: float = TRAJECTORY_WEIGHT,
-                        region: float = 0.0, video_prior: bool = True, **_ablations) -> Product:
+def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Optional[float] = None, prior=None,
+                         vlm=None, temporal=None, guidance: Optional[float] = None, vlm_weight: Optional[float] = None,
+                         schedule="linear", dtype: str = "auto", trajectory_weight: float = TRAJECTORY_WEIGHT,
+                         region: float = 0.0, video_prior: bool = True, **_ablations) -> Product:
     """The shapes world in motion: clips (3, F, H, W) from the shapes video prior and the image prior's phrases.
 
     The motion comes from a simulation: the Layout's scene (``layout.physics``) or the scene of a motion prompt
     ("a red ball rolls off a blue box", ``specs.motion_scene``), recorded at F = ``frames`` times (fps: the given
-    one, else the frames spread over the simulated duration; kept as ``product.fps``). Each object's ``ClipExpert``
+    one, else the frames spread over the simulated duration; kept as ``product.fps``). Each object's ``TrackedExpert``
     puts its phrase at its simulated centroid frame by frame (the unconditional prior where it is out of view),
     over the divided-out prior; potentials: the per-frame VLM question of every object in view throughout and,
     when all are, the count questions (``PerFrame``, mean over frames), the regions' agreement with the simulated
@@ -336,7 +336,7 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
 
     import torch
     from .experts.motion import RegionalMotionPotential, TrajectoryPotential, trajectory
-    from .experts.shapes.clip import ClipExpert
+    from .experts.shapes.tracked import TrackedExpert
     from .experts.shapes.model import load_prior
     from .experts.shapes.video import load_video_prior
     from .experts.shapes.vlm import load_vlm
@@ -366,8 +366,8 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
         tracks = [torch.tensor([o.centre(size) or (math.nan, math.nan)] * frames) for o in still.objects]
         visible, steady, fps = [None] * len(phrases), phrases, fps or 1.0
     anywhere = torch.full((frames, 2), math.nan)
-    null = lambda: ClipExpert(prior.net, None, anywhere, None, dtype)  # noqa: E731
-    experts, weights = _over_null(null, [ClipExpert(prior.net, p, t, v, dtype)
+    null = lambda: TrackedExpert(prior.net, None, anywhere, None, dtype)  # noqa: E731
+    experts, weights = _over_null(null, [TrackedExpert(prior.net, p, t, v, dtype)
                                          for p, t, v in zip(phrases, tracks, visible)], guidance)
     masks = regional_masks(experts, weights, size, region)
     if video_prior:  # the base is the video prior; the frames' unconditional prior is divided out once more
@@ -377,7 +377,7 @@ def shapes_clip_product(layout: Layout, frames: Optional[int] = None, fps: Optio
         if masks is not None:  # keep each pixel's total weight: the null's share moves to the video expert
             masks[0] = (masks[0] * weights[0] - 1) / (weights[0] - 1)
             masks.append(torch.ones_like(masks[1]))
-        experts.append(ClipExpert(prior.net, None, anywhere, None, dtype, temporal=temporal))
+        experts.append(TrackedExpert(prior.net, None, anywhere, None, dtype, temporal=temporal))
         weights = [weights[0] - 1.0] + weights[1:] + [1.0]
     asked = [(q, 1.0) for q in Prompt(steady, []).object_questions()]
     if len(steady) == len(phrases):  # every object in every frame: nothing else drawn in any

@@ -47,7 +47,7 @@ def products(job: Job, cfg: Optional[dict] = None):
 
         spec, n = load_scene(job.scene), job.frames or 1
         refuse_new(spec, job.scene)
-        if job.video is not None:  # one clip of the whole simulation (the shapes world's ClipExperts)
+        if job.video is not None:  # one clip of the whole simulation (the shapes world's TrackedExperts)
             n = 1
         times = [spec.physics.duration * i / (n - 1) for i in range(n)] if n > 1 else [None]
         layouts = [(f"_f{i:02d}" if n > 1 else "", from_physics(PhysicsExpert(spec, until=t))) for i, t in enumerate(times)]

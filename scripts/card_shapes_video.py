@@ -25,7 +25,7 @@ from PIL import Image  # noqa: E402
 
 from poegen import samplers  # noqa: E402
 from poegen.experts.shapes.checker import detect  # noqa: E402
-from poegen.experts.shapes.clip import ClipExpert  # noqa: E402
+from poegen.experts.shapes.tracked import TrackedExpert  # noqa: E402
 from poegen.experts.shapes.model import count_parameters, load_prior  # noqa: E402
 from poegen.experts.shapes.render import to_uint8  # noqa: E402
 from poegen.experts.shapes.video import load_video_prior  # noqa: E402
@@ -65,7 +65,7 @@ def unconditional(prior, net, n: int, frames: int, steps: int, seed: int):
     nan = torch.full((frames, 2), math.nan)
     out = []
     for temporal in (net, None):
-        product = Product([ClipExpert(prior.net, None, nan, temporal=temporal)], weights=[1.0])
+        product = Product([TrackedExpert(prior.net, None, nan, temporal=temporal)], weights=[1.0])
         res = samplers.sample(product, "ancestral", num_particles=n, num_steps=steps,
                               generator=torch.Generator().manual_seed(seed), select="all")
         out.append(res.x.clamp(-1, 1))

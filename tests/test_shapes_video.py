@@ -1,5 +1,5 @@
 """The shapes world in motion without a video model: the image prior per frame at simulated centroids
-(``shapes.clip.ClipExpert``), routed from a scene spec or a motion prompt through --video to a GIF."""
+(``shapes.tracked.TrackedExpert``), routed from a scene spec or a motion prompt through --video to a GIF."""
 import json
 import os
 import subprocess
@@ -11,7 +11,7 @@ import torch
 
 from poegen import samplers
 from poegen.experts.motion import foreground_iou, trajectory
-from poegen.experts.shapes.clip import ClipExpert
+from poegen.experts.shapes.tracked import TrackedExpert
 from poegen.experts.shapes.render import render
 from poegen.experts.shapes.world import Scene
 from poegen.families import build_product
@@ -42,10 +42,10 @@ def test_clip_expert_is_the_image_prior_frame_by_frame():
 
     prior = load_prior()
     track = torch.tensor([[8.0, 20.0], [16.0, 12.0], [float("nan")] * 2])
-    ball = ClipExpert(prior.net, "red ball", track, torch.tensor([True, True, False]))
-    null = ClipExpert(prior.net, None, torch.full((3, 2), float("nan")))
+    ball = TrackedExpert(prior.net, "red ball", track, torch.tensor([True, True, False]))
+    null = TrackedExpert(prior.net, None, torch.full((3, 2), float("nan")))
     x, sigma = torch.randn(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2, torch.tensor(2.0)
-    got_ball, got_null = ClipExpert.denoise_batch([ball, null], x, sigma)
+    got_ball, got_null = TrackedExpert.denoise_batch([ball, null], x, sigma)
     for f, want in enumerate([prior.expert("red ball", (8.0, 20.0)), prior.expert("red ball", (16.0, 12.0)),
                               prior.null()]):
         torch.testing.assert_close(got_ball[:, :, f], want.denoise(x[:, :, f], sigma), atol=1e-4, rtol=1e-4)
@@ -67,15 +67,15 @@ def test_clip_regional_composition_follows_each_object_frame_by_frame():
             if place is not None:
                 c, r = (int(round(v)) for v in place)
                 assert abs(float(m[f, r, c]) - 1) < 0.05
-    away = ClipExpert(null.net, "red ball", torch.tensor([[8.0, 20.0], [float("nan")] * 2]),
+    away = TrackedExpert(null.net, "red ball", torch.tensor([[8.0, 20.0], [float("nan")] * 2]),
                       torch.tensor([True, False]))
-    there = ClipExpert(null.net, "blue box", torch.tensor([[24.0, 24.0]] * 2))
-    nul = ClipExpert(null.net, None, torch.full((2, 2), float("nan")))
+    there = TrackedExpert(null.net, "blue box", torch.tensor([[24.0, 24.0]] * 2))
+    nul = TrackedExpert(null.net, None, torch.full((2, 2), float("nan")))
     masks = regional_masks([nul, away, there], [-0.6, 0.8, 0.8], 32, 5.0)
     assert float(masks[1][0, 20, 8]) > 0.95 and float(masks[2][0, 20, 8]) < 0.1  # frame 0: the ball's place
     assert float(masks[1][1, 20, 8]) > 0.95 and float(masks[2][1, 24, 24]) > 0.95  # frame 1: no ball window,
     assert float(masks[1][1, 24, 24]) < 0.1  # so the ball keeps only the uncovered share, as everywhere else
-    assert regional_masks([nul, ClipExpert(null.net, "red ball", torch.full((2, 2), float("nan")))], [0.2, 0.8],
+    assert regional_masks([nul, TrackedExpert(null.net, "red ball", torch.full((2, 2), float("nan")))], [0.2, 0.8],
                           32, 5.0) is None  # an unplaced phrase: no regional composition
     default = build_product(from_prompt(ROLL), video=True, frames=3, vlm_weight=0)
     assert all(m is None for m in default.masks)  # off by default for clips (it lowered poe's clip IoU)
@@ -110,13 +110,13 @@ def test_cli_writes_a_gif_of_a_scene_and_of_a_motion_prompt(tmp_path):
     assert r.returncode == 0, r.stderr
     gif, meta = _gif(tmp_path / "scene.gif")
     assert gif.n_frames == 3 and gif.size == (32, 32)
-    assert any(k.startswith("shapes-clip[") for k in meta["experts"]) and "motion-trajectory" in meta["potentials"]
+    assert any(k.startswith("shapes-tracked[") for k in meta["experts"]) and "motion-trajectory" in meta["potentials"]
     assert gif.info["duration"] == round(1000 * 4.0 / 2)  # 3 frames over the 4 s simulated
     r = _cli(["generate", ROLL, "--video", "roll.gif", *FAST], tmp_path)
     assert r.returncode == 0, r.stderr
     gif, meta = _gif(tmp_path / "roll.gif")
     assert gif.n_frames == 5  # the shapes world's default
-    assert "shapes-clip[small red ball]" in meta["experts"] and "shapes-clip[large blue box]" in meta["experts"]
+    assert "shapes-tracked[small red ball]" in meta["experts"] and "shapes-tracked[large blue box]" in meta["experts"]
 
 
 def test_shapes_world_video_no_longer_refuses_and_bad_words_keep_their_error(tmp_path, capsys, monkeypatch):

@@ -8,10 +8,10 @@ import torch
 
 from helpers import load_script
 
-from poegen.experts.shapes.clip import ClipExpert
+from poegen.experts.shapes.tracked import TrackedExpert
 from poegen.experts.shapes.model import load_prior
 from poegen.experts.shapes.video import TemporalNet, load_video_prior, save_video_prior
-from poegen.families import shapes_clip_product
+from poegen.families import shapes_video_product
 from poegen.specs import from_prompt
 
 ROLL = "a red ball rolls off a blue box"
@@ -43,21 +43,21 @@ def test_untrained_correction_is_the_image_prior_frame_by_frame(prior):
     """The last convolution starts at zero: the video expert's x0 equals the unconditional frames' exactly, and
     so the clip product's denoiser with the video prior equals the one without it (video^1 null^-1 cancels)."""
     x, sigma = torch.randn(2, 3, 5, 32, 32, generator=torch.Generator().manual_seed(1)) * 2, torch.tensor(1.5)
-    video = ClipExpert(prior.net, None, _nan(5), temporal=TemporalNet(), dtype="float32")
-    null = ClipExpert(prior.net, None, _nan(5), dtype="float32")
-    got_video, got_null = ClipExpert.denoise_batch([video, null], x, sigma)
+    video = TrackedExpert(prior.net, None, _nan(5), temporal=TemporalNet(), dtype="float32")
+    null = TrackedExpert(prior.net, None, _nan(5), dtype="float32")
+    got_video, got_null = TrackedExpert.denoise_batch([video, null], x, sigma)
     torch.testing.assert_close(got_video, got_null, atol=0, rtol=0)
 
     layout = from_prompt(ROLL)
-    with_video = shapes_clip_product(layout, dtype="float32", vlm_weight=0.0)
-    untrained = shapes_clip_product(layout, dtype="float32", vlm_weight=0.0, temporal=TemporalNet())
-    plain = shapes_clip_product(layout, dtype="float32", vlm_weight=0.0, video_prior=False)
+    with_video = shapes_video_product(layout, dtype="float32", vlm_weight=0.0)
+    untrained = shapes_video_product(layout, dtype="float32", vlm_weight=0.0, temporal=TemporalNet())
+    plain = shapes_video_product(layout, dtype="float32", vlm_weight=0.0, video_prior=False)
     assert [e.name for e in with_video.experts][-1] == "shapes-video[null]"
     assert sum(with_video.weights) == pytest.approx(1.0) and sum(plain.weights) == pytest.approx(1.0)
     assert with_video.weights[0] == pytest.approx(plain.weights[0] - 1.0)
     torch.testing.assert_close(_x0(untrained, x, sigma), _x0(plain, x, sigma), atol=1e-5, rtol=1e-5)
     assert (_x0(with_video, x, sigma) - _x0(plain, x, sigma)).abs().max() > 1e-3  # the trained one acts
-    regional = shapes_clip_product(layout, dtype="float32", vlm_weight=0.0, region=5.0)  # windows per frame
+    regional = shapes_video_product(layout, dtype="float32", vlm_weight=0.0, region=5.0)  # windows per frame
     assert len(regional.masks) == len(regional.experts) and regional.masks[-1].eq(1).all()
     torch.testing.assert_close(regional.total_weight(x.shape[1:], x.device, x.dtype), torch.ones(1, *x.shape[1:]))
 
@@ -66,16 +66,16 @@ def test_correction_couples_frames_and_takes_any_length(prior):
     """Changing frame 0 of the noisy clip moves the video expert's frame 2 (frames are no longer independent) and
     not the image prior's; the same net takes 5 and 9 frames."""
     net = _randomised(TemporalNet()).eval()
-    video = ClipExpert(prior.net, None, _nan(5), temporal=net, dtype="float32")
-    null = ClipExpert(prior.net, None, _nan(5), dtype="float32")
+    video = TrackedExpert(prior.net, None, _nan(5), temporal=net, dtype="float32")
+    null = TrackedExpert(prior.net, None, _nan(5), dtype="float32")
     x = torch.randn(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(2))
     y = x.clone()
     y[:, :, 0] += 1.0
     sigma = torch.tensor(1.0)
-    (a_video, a_null), (b_video, b_null) = (ClipExpert.denoise_batch([video, null], z, sigma) for z in (x, y))
+    (a_video, a_null), (b_video, b_null) = (TrackedExpert.denoise_batch([video, null], z, sigma) for z in (x, y))
     assert (a_video[:, :, 2] - b_video[:, :, 2]).abs().max() > 1e-4
     torch.testing.assert_close(a_null[:, :, 2], b_null[:, :, 2], atol=1e-6, rtol=0)
-    nine = ClipExpert(prior.net, None, _nan(9), temporal=net, dtype="float32")
+    nine = TrackedExpert(prior.net, None, _nan(9), temporal=net, dtype="float32")
     assert nine.denoise(torch.zeros(2, 3, 9, 32, 32), sigma).shape == (2, 3, 9, 32, 32)
 
 
@@ -84,11 +84,11 @@ def test_experts_of_one_phrase_and_track_share_a_forward(prior):
     rows = []
     hook = prior.net.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
     try:
-        experts = [ClipExpert(prior.net, None, _nan(5), temporal=TemporalNet()),
-                   ClipExpert(prior.net, None, _nan(5)),
-                   ClipExpert(prior.net, "red ball", torch.tensor([[8.0, 20.0]] * 5))]
+        experts = [TrackedExpert(prior.net, None, _nan(5), temporal=TemporalNet()),
+                   TrackedExpert(prior.net, None, _nan(5)),
+                   TrackedExpert(prior.net, "red ball", torch.tensor([[8.0, 20.0]] * 5))]
         assert len({e.batch_key for e in experts}) == 1
-        ClipExpert.denoise_batch(experts, torch.zeros(3, 3, 5, 32, 32), torch.tensor(1.0))
+        TrackedExpert.denoise_batch(experts, torch.zeros(3, 3, 5, 32, 32), torch.tensor(1.0))
     finally:
         hook.remove()
     assert rows == [2 * 3 * 5]

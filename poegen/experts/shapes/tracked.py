@@ -1,7 +1,7 @@
-"""The shapes world in motion: a clip's expert is the image prior applied to every frame (or, with ``temporal``,
-the video prior).
+"""The shapes world in motion: an expert that tracks a phrase through a clip, the image prior applied to every
+frame at the phrase's place in that frame (or, with ``temporal``, the video prior).
 
-``ClipExpert(net, phrase, track)`` denoises clips x (N, 3, F, H, W) by folding the frames into the batch and giving
+``TrackedExpert(net, phrase, track)`` denoises clips x (N, 3, F, H, W) by folding the frames into the batch and giving
 frame f the phrase expert at ``track[f]`` (pixel (col, row) of the object's centre at that frame, e.g. a simulated
 centroid from ``motion.trajectory``; NaN: anywhere); where ``visible[f]`` is False (out of view) frame f gets the
 unconditional prior.
@@ -9,7 +9,7 @@ So a simulator drives the motion and the prior draws each frame. Experts of one 
 evaluation (``batch_key`` / ``denoise_batch``): E experts, N clips and F frames in one batch of E*N*F images (experts
 with the same phrase and track computed once).
 
-``ClipExpert(net, None, track, temporal=video)`` is the video prior (``video.TemporalNet``): the unconditional
+``TrackedExpert(net, None, track, temporal=video)`` is the video prior (``video.TemporalNet``): the unconditional
 frames corrected by the learned space-time network, so frames are no longer independent.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .video import TemporalNet
 from .vocab import Phrase, parse_phrase
 
 
-class ClipExpert:
+class TrackedExpert:
     """Generative expert p(clip | phrase, track) = prod_f p_prior(frame_f | phrase, track[f]) (frames independent
     given the track), in the engine's VE convention on clips (3, F, H, W)."""
 
@@ -38,7 +38,7 @@ class ClipExpert:
             phrase = parse_phrase(phrase)
         track = torch.as_tensor(track, dtype=torch.float32)
         if track.dim() != 2 or track.shape[1] != 2 or len(track) < 1:
-            raise ValueError(f"ClipExpert: track must be (frames, 2) pixel positions, got shape {tuple(track.shape)}")
+            raise ValueError(f"TrackedExpert: track must be (frames, 2) pixel positions, got shape {tuple(track.shape)}")
         self.net, self.phrase, self.track, self.temporal = net, phrase, track, temporal
         self.dtype = check_dtype(dtype)
         self.sigma_min, self.sigma_max = float(net.config["sigma_min"]), float(net.config["sigma_max"])
@@ -46,18 +46,18 @@ class ClipExpert:
         self.shape = (3, F, size, size)
         seen = torch.ones(F, dtype=torch.bool) if visible is None else torch.as_tensor(visible, dtype=torch.bool)
         if seen.shape != (F,):
-            raise ValueError(f"ClipExpert: visible has shape {tuple(seen.shape)} for a track of {F} frames")
+            raise ValueError(f"TrackedExpert: visible has shape {tuple(seen.shape)} for a track of {F} frames")
         self.ids = torch.tensor([phrase_ids(phrase if v else None) for v in seen.tolist()], dtype=torch.long)
         # the pixel position per frame (None out of view or NaN); (F, 1, H, W) maps, zero where None
         self.places = [p if v and not any(math.isnan(c) for c in p) else None
                        for p, v in zip(track.tolist(), seen.tolist())]
         self.pos_map = position_map(self.places, size, net.config["blob_sigma_px"])
-        kind = "shapes-clip" if temporal is None else "shapes-video"
+        kind = "shapes-tracked" if temporal is None else "shapes-video"
         self.name = name or f"{kind}[{phrase if phrase is not None else 'null'}]"
 
     @property
     def batch_key(self):
-        return (ClipExpert, id(self.net), self.dtype, self.shape)
+        return (TrackedExpert, id(self.net), self.dtype, self.shape)
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.denoise_batch([self], x, sigma)[0]
@@ -96,5 +96,5 @@ class ClipExpert:
         return results
 
     def __repr__(self) -> str:
-        return f"ClipExpert({self.name}, {self.shape[1]} frames)"
+        return f"TrackedExpert({self.name}, {self.shape[1]} frames)"
 
