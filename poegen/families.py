@@ -262,7 +262,7 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
     scene's layout potential and hard constraint (weights from its spec). ``region``: each placed phrase expert
     acts within a Gaussian window of that std in pixels (``regional_masks``; 0: everywhere, an ablation)."""
     from .experts.shapes.model import load_prior
-    from .experts.shapes.vlm import load_vlm
+    from .experts.shapes.scorer import load_vlm
 
     physics = layout.physics
     if physics is not None and layout.prompt.strip():
@@ -339,7 +339,7 @@ def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Opti
     from .experts.shapes.tracked import TrackedExpert
     from .experts.shapes.model import load_prior
     from .experts.shapes.video import load_video_prior
-    from .experts.shapes.vlm import load_vlm
+    from .experts.shapes.scorer import load_vlm
     from .product import lambda_schedule
     from .specs import motion_scene
 

@@ -1,4 +1,4 @@
-"""Train the shapes-world yes/no scorer (poegen.experts.shapes.vlm) on balanced random questions.
+"""Train the shapes-world yes/no scorer (poegen.experts.shapes.scorer) on balanced random questions.
 
 Each batch holds pool scenes (colours permuted, maybe mirrored), two 'yes' and two 'no' questions per
 image, the renderer's per-pixel labels (colour / shape / size / object density) as auxiliary targets,
@@ -30,8 +30,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from poegen.experts.shapes.model import load_prior  # noqa: E402
 from poegen.experts.shapes.render import render  # noqa: E402
-from poegen.experts.shapes.vlm import (WEIGHTS_DIR, ShapesVLM, answer_scene, encode_batch,  # noqa: E402
-                                       load_vlm, parse_question, random_question, save_vlm)
+from poegen.experts.shapes.question_sampler import random_question  # noqa: E402
+from poegen.experts.shapes.questions import encode_batch, parse_question  # noqa: E402
+from poegen.experts.shapes.scorer import WEIGHTS_DIR, ShapesVLM, load_vlm, save_vlm  # noqa: E402
+from poegen.experts.shapes.truth import answer_scene  # noqa: E402
 from poegen.experts.shapes.shapeseval import TIERS, make  # noqa: E402
 from poegen.experts.shapes.world import (COLOUR_NAMES, SHAPES, SIZE_NAMES, in_view, random_objects,  # noqa: E402
                                          random_scene, simulate)

@@ -10,14 +10,17 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from poegen.experts.shapes import model as shapes_model  # noqa: E402
-from poegen.experts.shapes import vlm as shapes_vlm  # noqa: E402
+from poegen.experts.shapes import scorer as shapes_scorer  # noqa: E402
+from poegen.experts.shapes.question_sampler import random_question  # noqa: E402
+from poegen.experts.shapes.questions import parse_question  # noqa: E402
 from poegen.experts.shapes.checker import detect  # noqa: E402
 from poegen.experts.shapes.render import centroid, render, world_to_pixel  # noqa: E402
+from poegen.experts.shapes.truth import answer_detections, answer_scene  # noqa: E402
 from poegen.experts.shapes.vocab import Phrase, encode, parse_phrase, vocabulary  # noqa: E402
 from poegen.experts.shapes.world import COLOUR_NAMES, Scene, SceneObject, random_scene, simulate  # noqa: E402
 
 HAVE_PRIOR = (shapes_model.WEIGHTS_DIR / "prior.safetensors").exists()
-HAVE_VLM = (shapes_vlm.WEIGHTS_DIR / "vlm.safetensors").exists()
+HAVE_VLM = (shapes_scorer.WEIGHTS_DIR / "vlm.safetensors").exists()
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +142,7 @@ def test_questions_parse_and_answer_on_a_simulated_scene():
     ball = SceneObject("ball", "blue", "small", x=-1.45, y=3.5)
     wedge = SceneObject("wedge", "green", "large", x=1.5, y=1.0)
     scene = simulate([box, ball, wedge])
-    ans = shapes_vlm.answer_scene
+    ans = answer_scene
     assert ans("is there a blue ball?", scene) and not ans("is there a red ball?", scene)
     assert ans("is the blue ball on the red box?", scene) and not ans("is the red box on the blue ball?", scene)
     assert ans("is the red box left of the green wedge?", scene)
@@ -147,10 +150,10 @@ def test_questions_parse_and_answer_on_a_simulated_scene():
     assert ans("are there one boxes?", scene) and not ans("are there two boxes?", scene)
     assert ans("is the ball above the wedge?", scene)
     with pytest.raises(ValueError, match="grammar"):
-        shapes_vlm.parse_question("ball red is there")
+        parse_question("ball red is there")
     dets = detect(render(scene)[0])
     for q in ("is the blue ball on the red box?", "is the red box on the blue ball?", "are there one wedges"):
-        assert shapes_vlm.answer_detections(q, dets) == ans(q, scene)
+        assert answer_detections(q, dets) == ans(q, scene)
 
 
 def test_missing_prior_checkpoint_says_where_and_how(tmp_path):
@@ -158,7 +161,7 @@ def test_missing_prior_checkpoint_says_where_and_how(tmp_path):
         shapes_model.load_prior(tmp_path)
     assert str(tmp_path) in str(e.value) and "train_shapes_prior.py" in str(e.value)
     with pytest.raises(FileNotFoundError, match="train_shapes_vlm.py"):
-        shapes_vlm.load_vlm(tmp_path)
+        shapes_scorer.load_vlm(tmp_path)
 
 
 def test_prior_save_load_roundtrip(tmp_path):
@@ -216,25 +219,25 @@ def test_training_questions_cover_every_kind_with_both_answers_and_crowded_count
     for n in (1, 2, 3, 4, 5, 6) * 8:
         scene = random_scene(rng, n_objects=n, max_objects=6)
         for want in (True, False):
-            q = shapes_vlm.random_question(scene, rng, want)
+            q = random_question(scene, rng, want)
             if q is None:
                 continue
-            assert shapes_vlm.answer_scene(q, scene) == want, q
-            kind = shapes_vlm.parse_question(q).kind
+            assert answer_scene(q, scene) == want, q
+            kind = parse_question(q).kind
             seen.add((kind, want))
             if kind == "count" and want:
-                assert sum(o.shape == shapes_vlm.parse_question(q).a.shape for o in scene.objects) <= 4
+                assert sum(o.shape == parse_question(q).a.shape for o in scene.objects) <= 4
     assert seen == {(k, w) for k in ("exists", "relation", "count") for w in (True, False)}, seen
 
 
 @pytest.mark.skipif(not HAVE_VLM, reason="VLM weights not trained yet: run scripts/train_shapes_vlm.py")
 def test_vlm_answers_rendered_scenes():
-    scorer = shapes_vlm.load_vlm()
+    scorer = shapes_scorer.load_vlm()
     rng = np.random.default_rng(777)
     imgs, qs, ys = [], [], []
     while len(imgs) < 100:  # 50 fresh scenes, one yes and one no question each
         scene = random_scene(rng)
-        pair = [shapes_vlm.random_question(scene, rng, want) for want in (True, False)]
+        pair = [random_question(scene, rng, want) for want in (True, False)]
         if any(q is None for q in pair):
             continue
         img = torch.from_numpy(render(scene)[0])

@@ -13,7 +13,10 @@ from .checker import Detection, detect
 from .model import ShapesPhraseExpert, ShapesPrior, load_prior
 from .render import render, world_to_pixel
 from .video import TemporalNet, load_video_prior
-from .vlm import ShapesVLMExpert, answer_detections, answer_scene, load_vlm, parse_question, random_question
+from .question_sampler import random_question
+from .questions import parse_question
+from .scorer import ShapesVLMExpert, load_vlm
+from .truth import answer_detections, answer_scene
 from .vocab import Phrase, encode, parse_phrase
 from .world import COLOUR_NAMES, SHAPES, SIZE_NAMES, Scene, SceneObject, random_scene, simulate
 

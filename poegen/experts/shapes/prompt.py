@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 from .vocab import NUMBERS, PLURAL_OF, PLURALS, SPECIALS, WORD_TO_ID, Phrase, parse_phrase, split_words, vocabulary
-from .vlm import RELATION_WORDS
+from .questions import RELATION_WORDS
 
 PROMPT_WORDS = ("and", "no", "objects")  # "no red objects": nothing red
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}

@@ -20,7 +20,7 @@ import numpy as np
 
 from .prompt import OPPOSITE, Prompt, parse_prompt, placement
 from .render import pixel_to_world
-from .vlm import THRESHOLD, holds
+from .truth import THRESHOLD, holds
 from .vocab import NUMBERS, PLURAL_OF, Phrase
 from .world import (COLOUR_NAMES, SHAPES, SIZE_NAMES, SIZES, WEDGE_SCALE, Scene, SceneObject, bounds, in_view,
                     simulate)
