@@ -107,6 +107,12 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import run
+
+    return run(args)
+
+
 def cmd_experts(args) -> int:
     from .experts.registry import GENERATIVE, OPTIONS, POTENTIALS
 
@@ -261,6 +267,11 @@ def main(argv=None) -> int:
     c.add_argument("--out", default="poegen-compare")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(fn=cmd_compare)
+    from .evaluate import add_parsers
+    ev = sub.add_parser("eval", help="the shapes world's benchmarks (shapes, physics, edit, video): samplers at equal "
+                                     "NFE judged by the checker")
+    add_parsers(ev)
+    ev.set_defaults(fn=cmd_eval)
     e = sub.add_parser("experts", help="list the expert kinds that --expert and --potential accept")
     e.set_defaults(fn=cmd_experts)
     s = sub.add_parser("samplers", help="list the named samplers and their presets")

@@ -10,7 +10,7 @@ code (issue 24), and write them to docs/readme_figures.json; tests/test_ux.py ch
   and a headless-Chromium screenshot of its report.html (1000 x 1400, as tests/test_compare.py renders it) becomes
   docs/compare_report.png.
 Speeds depend on the CPU and on what else runs: each part waits (--wait) for a quiet machine, and the file records
-the CPU, the dtype auto picked and the load average before each part. ShapesEval's figures are not in scope (scripts/eval_shapes.py).
+the CPU, the dtype auto picked and the load average before each part. ShapesEval's figures are not in scope (`poegen eval shapes`).
 """
 import argparse
 import hashlib

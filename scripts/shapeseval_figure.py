@@ -1,4 +1,4 @@
-"""Four tier B prompts of a ShapesEval run (``eval_shapes.py --out DIR``) with poe's and best-of-n's image side by
+"""Four tier B prompts of a ShapesEval run (``poegen eval shapes --out DIR``) with poe's and best-of-n's image side by
 side, for the README: prompts where poe is exact and best-of-n is not come first, then any poe exact.
 
     python scripts/shapeseval_figure.py /tmp/shapeseval docs/shapeseval_tierb.png
@@ -15,7 +15,7 @@ from poegen.experts.shapes.render import to_uint8
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", help="the folder eval_shapes.py --out wrote")
+    ap.add_argument("run", help="the folder `poegen eval shapes --out` wrote")
     ap.add_argument("out", help="PNG to write")
     ap.add_argument("--scale", type=int, default=4)
     args = ap.parse_args()

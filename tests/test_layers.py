@@ -12,7 +12,7 @@ LEVELS = {
     "validation": 1, "memory": 1,
     "experts": 2, "scene": 2,
     "layout": 3, "specs": 3, "families": 3, "pipeline": 3, "job": 3, "edit": 3, "interop": 3,
-    "cli": 4, "__main__": 4, "batch": 4, "jobs": 4, "compare": 4, "report": 4, "envinfo": 4,
+    "cli": 4, "__main__": 4, "batch": 4, "jobs": 4, "compare": 4, "report": 4, "envinfo": 4, "evaluate": 4,
 }
 
 

@@ -134,15 +134,13 @@ def test_a_negation_that_asks_every_shape_makes_the_absent_one_a_coloured_shape(
     assert "a yellow wedge, a red box and a magenta ball, no cyan wedge" in prompts
 
 
-def test_eval_report_merges_saved_runs(tmp_path):
-    """eval_shapes.py --report prints the tables from samplers run separately: the paired difference of the merged
-    rows is the one computed by hand, and a run present in two folders is refused."""
+def test_eval_report_merges_saved_runs(tmp_path, capsys):
+    """`poegen eval shapes --report` prints the tables from samplers run separately: the paired difference of the
+    merged rows is the one computed by hand, and a run present in two folders is refused (exit 2, one line)."""
     import json
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "eval_shapes.py"
+    from poegen.cli import main
+
     prompts = ["two red balls", "a blue box and no ball"]
 
     def write(folder, sampler, exact):
@@ -155,11 +153,10 @@ def test_eval_report_merges_saved_runs(tmp_path):
 
     write("a", "poe", [True, True, True, False])
     write("b", "best-of-n", [True, False, False, False])
-    run = lambda *dirs: subprocess.run([sys.executable, str(script), "--report", *dirs],  # noqa: E731
-                                       capture_output=True, text=True)
-    out = run(str(tmp_path / "a"), str(tmp_path / "b"))
-    assert out.returncode == 0, out.stderr
-    assert "B_poe_strict=0.750" in out.stdout and "B_best-of-n_strict=0.250" in out.stdout
-    assert "diff_vs_best_of_n=+0.500" in out.stdout
-    twice = run(str(tmp_path / "a"), str(tmp_path / "a"))
-    assert twice.returncode != 0 and "in two of the folders" in twice.stderr
+    assert main(["eval", "shapes", "--report", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "B_poe_strict=0.750" in out and "B_best-of-n_strict=0.250" in out
+    assert "diff_vs_best_of_n=+0.500" in out
+    assert main(["eval", "shapes", "--report", str(tmp_path / "a"), str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("poegen: error: --report:") and "in two of the folders" in err and err.count("\n") == 1
