@@ -14,6 +14,7 @@ from .experts.registry import (GENERATIVE, GENERATIVE_FIELDS, OPTIONS, POTENTIAL
 from .experts.shapes.prompt import (COUNT_WEIGHT, GUIDANCE, REGION_PX, RELATION_WEIGHT, VLM_WEIGHT, Prompt,
                                     _check_scene_prompt, count_questions, parse_prompt, placement)
 from .experts.shapes.vocab import parse_phrase
+from .hardware import configure_threads
 from .layout import Layout, LayoutObject, check_relations
 from .product import PerFrame, Product, merge_experts
 from .specs import from_physics, from_prompt
@@ -32,7 +33,9 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
     gives none (auto: as loaded). An edit's ``Edit`` is kept as ``product.edit``. ``video``: clips of ``frames``
     frames (None: the model's default) from video kinds (``registry.VIDEO``), every potential scoring each frame;
     ``video_inputs``: files every video entry takes as its options (first_frame, control). A scene's Layout
-    (``layout.physics``) with video kinds: ``scene_video_product``."""
+    (``layout.physics``) with video kinds: ``scene_video_product``. Torch's threads are picked as the CLI picks
+    them (``hardware.configure_threads``) unless the caller set them."""
+    configure_threads()
     if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
         shapes_options.pop("place", None)
         product = shapes_video_product(layout, frames, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype,

@@ -2,7 +2,7 @@
 
 bf16 only where it is native (a CUDA device with bf16, or a CPU with AVX512-BF16 or AMX): emulated bf16 on an
 AVX2-only CPU was measured 45x slower per convolution than fp32. Threads: never more than the free cores, since
-torch's spinning threads on a core another process is using made a run 15x slower (shared/ENVIRONMENT.md).
+torch's spinning threads on a core another process is using made a run 15x slower.
 """
 from __future__ import annotations
 
@@ -187,20 +187,83 @@ def pick_threads(requested: Optional[int] = None) -> ThreadPick:
     return ThreadPick(cores, ", ".join(why))
 
 
-_configured: Optional[ThreadPick] = None
+REPICK_AFTER_S = 10.0  # an automatic pick is reused this long (a pick samples /proc/stat for about 30 ms)
+
+
+@dataclass
+class _Threads:
+    """What poegen did to torch's intra-op threads in this process."""
+    pinned: Optional[ThreadPick] = None  # a count asked for (--threads, configure_threads(n)): never re-picked
+    set_to: Optional[int] = None         # the count the last automatic pick left torch with
+    pick: Optional[ThreadPick] = None    # that pick, and when it was made
+    at: float = -math.inf
+    left: Optional[str] = None           # why the caller's count was last left alone (logged once)
+
+
+_state = _Threads()
+
+
+def _thread_env() -> Optional[Tuple[str, int]]:
+    """(name, count) of the environment variable torch takes its thread count from, if one is set."""
+    for name in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):  # torch reads both, MKL's last
+        env = os.environ.get(name, "").strip()
+        if env.isdigit() and int(env) >= 1:
+            return name, int(env)
+    return None
+
+
+def torch_default_threads() -> int:
+    """The intra-op thread count torch starts a process with where neither MKL_NUM_THREADS nor OMP_NUM_THREADS is
+    set: its count of physical cores, which ``torch.get_num_interop_threads`` reports until someone sets that."""
+    import torch
+
+    return torch.get_num_interop_threads()
+
+
+def _callers(current: int) -> Optional[str]:
+    """Why torch's current thread count is the caller's to keep, or None when poegen may pick it: a count poegen
+    did not set, other than torch's own default, was set by the caller (torch.set_num_threads). A caller's count
+    equal to torch's default cannot be told from it: ``configure_threads(n)`` pins any count."""
+    if _state.pinned is not None:
+        return f"{_state.pinned.threads} asked for with --threads or configure_threads"
+    if _state.set_to is not None:
+        return None if current == _state.set_to else f"changed by the caller since poegen set {_state.set_to}"
+    env = _thread_env()
+    if env is not None:
+        return f"the environment's {env[0]}={env[1]}"
+    default = torch_default_threads()
+    return None if current == default else f"set by the caller (torch's default here is {default})"
 
 
 def configure_threads(requested: Optional[int] = None) -> ThreadPick:
-    """Set torch's intra-op threads from ``pick_threads``; the automatic pick is made once per process."""
+    """Set torch's intra-op threads: ``requested`` (--threads), pinned for the rest of the process; else the
+    automatic ``pick_threads``, unless the caller chose the count (``_callers``). Every entry of the library
+    (``samplers.sample``, ``build_product``, a comparison, the CLI) calls it, so the API runs as fast as the CLI;
+    the automatic pick is redone when it is older than REPICK_AFTER_S, as other processes come and go."""
     import torch
 
-    global _configured
-    if requested is None and _configured is not None:
-        return _configured
-    pick = pick_threads(requested)
-    if pick.threads != torch.get_num_threads():
+    current = torch.get_num_threads()
+    if requested is not None:
+        pick = pick_threads(requested)
+        if pick.threads != current:
+            torch.set_num_threads(pick.threads)
+        _state.pinned = pick
+        log.info("intra-op threads: %d (%s)", pick.threads, pick.why)
+        return pick
+    reason = _callers(current)
+    if reason is not None:
+        if reason != _state.left:
+            log.info("intra-op threads: %d left as they are (%s)", current, reason)
+            _state.left = reason
+        return ThreadPick(current, reason)
+    now = time.monotonic()
+    if _state.set_to == current and now - _state.at < REPICK_AFTER_S:
+        return _state.pick
+    pick = pick_threads()
+    if pick.threads != current:
         torch.set_num_threads(pick.threads)
-    log.info("intra-op threads: %d (%s)", pick.threads, pick.why)
-    if requested is None:
-        _configured = pick
+    first = _state.set_to is None
+    _state.set_to, _state.pick, _state.at = pick.threads, pick, now
+    log.log(logging.INFO if first or pick.threads != current else logging.DEBUG, "intra-op threads: %d (%s)",
+            pick.threads, pick.why)
     return pick

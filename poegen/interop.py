@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .hardware import configure_threads
 from .schedules import vp_sigmas
 
 log = logging.getLogger("poegen.interop")
@@ -198,6 +199,7 @@ def decode_images(product, x, pil: bool = True):
     """Images of samples ``x`` (a SampleResult's ``x`` or the result itself) through the product's ``decode``
     (none: x is the image): a list of PIL images, or with ``pil=False`` an (N, 3, H, W) float tensor in [0, 1]."""
     x = getattr(x, "x", x)
+    configure_threads()  # as samplers.sample: a decoder's convolutions run on the free cores
     with torch.no_grad():
         images = product.decode(x) if product.decode is not None else x
     images = ((images.float() + 1) / 2).clamp(0, 1)

@@ -1,4 +1,5 @@
 """The dtype and thread picks of `auto`, with the hardware probes mocked."""
+import os
 import subprocess
 import sys
 
@@ -132,3 +133,107 @@ def test_env_reports_the_picks():
     out = subprocess.run([sys.executable, "-m", "poegen.cli", "env"], capture_output=True, text=True, check=True).stdout
     assert "torch " in out and "dtype auto on cpu: " in out and "threads auto: " in out and "prior.safetensors" in out
 
+
+
+# ---- the API's threads: picked as the CLI picks them, unless the caller chose them --------------------------
+
+API = """
+import logging, sys, torch
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
+{before}
+import poegen
+from poegen import hardware
+{mocks}
+from poegen.experts.analytic import Gaussian
+poegen.sample(poegen.Product([Gaussian(torch.zeros(2), torch.eye(2))]), num_particles=2, num_steps=2)
+poegen.build_product(poegen.from_prompt("a red ball"))
+print("threads", torch.get_num_threads())
+"""
+# 6 cores, 2 busy elsewhere: the automatic pick is 4 (never torch's own default, the machine's physical cores)
+BUSY = ("hardware.os.sched_getaffinity = lambda pid: set(range(6)); hardware.cgroup_cpus = lambda: None; "
+        "hardware.busy_elsewhere = lambda: 2.0")
+
+
+def _api(before: str = "", mocks: str = BUSY, **env):
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LOCAL_WORLD_SIZE")}
+    out = subprocess.run([sys.executable, "-c", API.format(before=before, mocks=mocks)], capture_output=True,
+                         text=True, check=True, env={**clean, **env}).stdout
+    return int(out.split("threads ")[-1]), out
+
+
+def test_the_api_picks_threads_as_the_cli_does():
+    """Untouched, torch's default count gives way to configure_threads' pick (the free cores), and the pick is
+    logged with its reasons."""
+    threads, log = _api()
+    assert threads == 4
+    assert "poegen.hardware: intra-op threads: 4 (6 cores in this process's affinity, 2.0 busy with other " \
+           "processes)" in log
+
+
+def test_the_callers_thread_count_wins():
+    """torch.set_num_threads before poegen is imported is kept (and said to be kept), whatever the load."""
+    threads, log = _api("torch.set_num_threads(torch.get_num_interop_threads() + 1)")
+    assert threads == torch.get_num_interop_threads() + 1 != 4
+    assert "left as they are (set by the caller" in log and "intra-op threads: 4" not in log
+
+
+@pytest.mark.parametrize("name", ["OMP_NUM_THREADS", "MKL_NUM_THREADS"])
+def test_the_environments_thread_count_wins(name):
+    threads, log = _api(**{name: "1"})
+    assert threads == 1 and f"the environment's {name}=1" in log
+
+
+@pytest.fixture
+def state(monkeypatch):
+    """A process where poegen has not touched the threads yet, torch's default being 2, on 4 mocked cores."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(hardware, "_state", hardware._Threads())
+    monkeypatch.setattr(hardware, "torch_default_threads", lambda: 2)
+    busy = {"now": 0.0, "looks": 0}
+
+    def looked():
+        busy["looks"] += 1
+        return busy["now"]
+    _threads(monkeypatch, 4, 0.0)
+    monkeypatch.setattr(hardware, "busy_elsewhere", looked)
+    torch.set_num_threads(2)
+    yield busy
+    torch.set_num_threads(before)
+
+
+def test_the_pick_is_reused_for_a_while_then_follows_the_load(state, monkeypatch, caplog):
+    with caplog.at_level("DEBUG", logger="poegen.hardware"):
+        assert hardware.configure_threads().threads == 4 and torch.get_num_threads() == 4
+        state["now"] = 2.0
+        assert hardware.configure_threads().threads == 4 and state["looks"] == 1  # within REPICK_AFTER_S: kept
+        monkeypatch.setattr(hardware, "REPICK_AFTER_S", 0.0)
+        assert hardware.configure_threads().threads == 2 and torch.get_num_threads() == 2 and state["looks"] == 2
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["intra-op threads: 4 (4 cores in this process's affinity)",
+                    "intra-op threads: 2 (4 cores in this process's affinity, 2.0 busy with other processes)"]
+
+
+def test_a_count_the_caller_sets_later_is_kept(state, monkeypatch, caplog):
+    monkeypatch.setattr(hardware, "REPICK_AFTER_S", 0.0)
+    hardware.configure_threads()
+    torch.set_num_threads(3)
+    with caplog.at_level("INFO", logger="poegen.hardware"):
+        assert hardware.configure_threads().threads == 3 and hardware.configure_threads().threads == 3
+    assert torch.get_num_threads() == 3 and state["looks"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "intra-op threads: 3 left as they are (changed by the caller since poegen set 4)"]
+
+
+def test_threads_asked_for_are_never_repicked(state, monkeypatch):
+    """--threads (configure_threads(n)) pins the count: the API's later automatic calls keep it."""
+    monkeypatch.setattr(hardware, "REPICK_AFTER_S", 0.0)
+    assert hardware.configure_threads(1).threads == 1
+    state["now"] = 0.0
+    assert hardware.configure_threads().threads == 1 and torch.get_num_threads() == 1 and state["looks"] == 0
+
+
+def test_torch_default_threads_is_what_a_fresh_torch_starts_with():
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    code = "import torch; n = torch.get_num_threads(); from poegen import hardware; print(n, hardware.torch_default_threads())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=clean).stdout
+    assert out.split()[0] == out.split()[1]

@@ -43,7 +43,7 @@ class SamplerConfig:
 
     proposal: str = "auto"             # "euler" (DDIM), "stochastic" (DDPM posterior), "none", or "auto":
     #                                    euler when weights are exact (see run), else stochastic
-    mcmc_steps: int = 2                # Langevin moves per level
+    mcmc_steps: int = 1                # Langevin moves per level (every preset names its own; 1 is poe's)
     step_scale: float = 0.1            # Langevin step = step_scale * sigma^2 / B
     kernel: str = "auto"               # "ula", "mala", or "auto" (MALA when every expert has log_density)
     potentials: bool = True            # weight by the discriminative experts

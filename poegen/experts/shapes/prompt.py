@@ -11,14 +11,15 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from ... import defaults
 from .vocab import NUMBERS, PLURAL_OF, PLURALS, SPECIALS, WORD_TO_ID, Phrase, parse_phrase, split_words, vocabulary
 from .questions import RELATION_WORDS
 
 PROMPT_WORDS = ("and", "no", "objects")  # "no red objects": nothing red
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 # defaults of the shapes world, tuned on seeds 1000-1003 of the pair prompts (the evaluation uses seeds from 0)
-GUIDANCE = 2.5     # composable-diffusion weight of each phrase expert
-VLM_WEIGHT = 3.0   # lambda of each yes/no question
+GUIDANCE = defaults.SHAPES_GUIDANCE           # composable-diffusion weight of each phrase expert
+VLM_WEIGHT = defaults.SHAPES_POTENTIAL_WEIGHT  # lambda of each yes/no question
 COUNT_WEIGHT = 2.0  # a count question's lambda, as a multiple of VLM_WEIGHT (issue 15, seeds 1000+)
 RELATION_WEIGHT = 2.0  # a relation question's lambda, as a multiple of VLM_WEIGHT (likewise)
 REGION_PX = 5.0  # std (pixels) of the Gaussian window each placed phrase expert is confined to (issue 25, seeds 1000+)

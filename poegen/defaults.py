@@ -1,0 +1,28 @@
+"""The defaults of a generation job, in one place.
+
+``Job``, the options of ``poegen generate``, ``edit``, ``batch``, ``compare`` and ``eval`` (their values and help
+texts), ``samplers.sample``, ``compare.run`` and the shapes world's product all read them from here, so a job run
+from Python and the same job run from the command line mean the same thing. A sampler's own switches (MCMC moves,
+resampling threshold, ...) are its preset in ``samplers.PRESETS``. Importing this module loads nothing else.
+"""
+
+SAMPLER = "poe"   # the named sampler (samplers.PRESETS)
+PARTICLES = 8     # in the shapes world, 8 particles with one MCMC move a level were as often exact as 16 with two,
+#                   at a third of the cost
+STEPS = 20        # noise levels; 20 kept the shapes world's exact rates of 30 at two thirds of the time
+SEED = 0
+SELECT = "best"   # which particle becomes the image: "best" (the highest final reward) or "draw" (a weighted draw)
+GRAD_GUIDANCE = 0.0  # the stochastic proposal's step along the potentials' gradient (SamplerConfig.grad_guidance)
+REWARD_EVERY = 1  # score the potentials every k levels (SamplerConfig.reward_every)
+DEVICE = "cpu"
+MARGIN = 2        # an edit with a scene: pixels of change around the new objects' footprint
+
+# the weights of a job that names none (Job.guidance and the potential weight left None)
+SHAPES_GUIDANCE = 2.5          # the shapes world: composable-diffusion weight of each phrase expert
+SHAPES_POTENTIAL_WEIGHT = 3.0  # the shapes world: lambda of each yes/no question of its scorer
+MODEL_GUIDANCE = 1.0           # named models: the weight of each generative expert
+MODEL_POTENTIAL_WEIGHT = 1.0   # named models: lambda of each potential (--potential, a config's potentials)
+
+# sampler comparisons (`poegen compare`, `poegen eval`, compare.run)
+COMPARE_SAMPLERS = ("poe", "smc", "best-of-n", "ancestral")
+COMPARE_SEEDS = 8
