@@ -9,8 +9,11 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# torch first, pinned to the CPU build that satisfies pyproject.toml's torch>=2.2: installed by the package's
+	@# dependencies alone, pip would pull the default build from PyPI, several GB of CUDA libraries
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	@# the video extra (imageio, imageio-ffmpeg) too, so that the test of --video out.mp4 runs
+	$(PY) -m pip install -q -e '.[test,video]'
 	@# headless Chromium renders the HTML report in a test; its test is skipped where apt cannot install it
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium not installed: its test will be skipped"
 	touch $@
