@@ -97,7 +97,7 @@ def cmd_compare(args) -> int:
     # named models are large: one process unless asked; the shapes world uses one per core
     workers = args.workers or (1 if config else min(os.cpu_count() or 1, 4))
     rows, images = compare.run(args.targets, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
-                               args.guidance, args.vlm_weight, progress=not args.quiet, workers=workers,
+                               args.guidance, args.potential_weight, progress=not args.quiet, workers=workers,
                                config=config, metrics=args.metrics or (), budgets=budgets, frames=args.frames,
                                options={"reward_every": args.reward_every} if args.reward_every != 1 else None)
     summary = reports.summarise(rows, images)
@@ -163,8 +163,9 @@ def main(argv=None) -> int:
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--guidance", type=float, default=None,
                         help="composable-diffusion weight of each phrase (shapes world: 2.5) or a model's guidance (1)")
-    common.add_argument("--vlm-weight", type=float, default=None,
-                        help="lambda of each VLM question (shapes world: 3; 0: none) or of each --potential (1)")
+    common.add_argument("--potential-weight", "--vlm-weight", dest="potential_weight", type=float, default=None,
+                        metavar="W", help="lambda of each potential: the shapes world's questions (3; 0: none), each "
+                                          "--potential's (1); --vlm-weight is its deprecated old name")
     common.add_argument("--select", default="best", choices=("best", "draw"),
                         help="which particle becomes the image: the highest final reward, or a weighted draw")
     common.add_argument("--grad-guidance", type=float, default=0.0,
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
     common.add_argument("--expert", dest="experts", action="append", default=None, metavar="KIND:PATH",
                         help="a generative expert from a local model (see `poegen experts`); repeatable")
     common.add_argument("--potential", dest="potentials", action="append", default=None, metavar="KIND:PATH",
-                        help="a discriminative expert from a local model, weighted by --vlm-weight; repeatable")
+                        help="a discriminative expert from a local model, weighted by --potential-weight; repeatable")
     common.add_argument("--config", default=None, metavar="FILE",
                         help="a YAML/JSON file of experts and potentials with their options (see README)")
     common.add_argument("--device", default="cpu", help="torch device for experts and particles, e.g. cuda")
@@ -256,7 +257,8 @@ def main(argv=None) -> int:
                    help="poe/ais moves per level; the others get equal NFE")
     c.add_argument("--steps", type=int, default=20)
     c.add_argument("--guidance", type=float, default=None, help="phrase weight (default 2.5)")
-    c.add_argument("--vlm-weight", type=float, default=None, help="lambda of each question (default 3)")
+    c.add_argument("--potential-weight", "--vlm-weight", dest="potential_weight", type=float, default=None,
+                   metavar="W", help="lambda of each question (default 3); --vlm-weight is its deprecated old name")
     c.add_argument("--reward-every", type=int, default=1, metavar="K", help="score the potentials every K levels")
     c.add_argument("--frames", type=int, default=None, metavar="N",
                    help="compare clips of N frames of shapes-world motion prompts ('a red ball rolls off a blue box'), "
@@ -385,7 +387,7 @@ class _BarSafeHandler(logging.StreamHandler):
 def _exit_code(e: Exception):
     """(exit code, hint) of an error: 2 bad input, 3 all particles died, 4 files and disks, 5 anything else."""
     if isinstance(e, samplers.AllParticlesDead):
-        return 3, (" From the command line: raise --particles, lower --vlm-weight, or widen a hard constraint's "
+        return 3, (" From the command line: raise --particles, lower --potential-weight, or widen a hard constraint's "
                    "tolerance in the scene spec.")
     if isinstance(e, (ValueError, FileNotFoundError)):
         return 2, ""

@@ -208,19 +208,19 @@ def _metric_scorers(layout) -> List:
     return out
 
 
-def _target(target: str, guidance: Optional[float], vlm_weight: Optional[float], frames: Optional[int] = None):
+def _target(target: str, guidance: Optional[float], potential_weight: Optional[float], frames: Optional[int] = None):
     """(product, metrics function, verdict function) of a prompt, layout spec or scene spec (with ``frames``: a
     shapes-world motion prompt's clips of that many frames), built once per process."""
     from .families import build_product
     from .specs import load_target
 
-    key = target, guidance, vlm_weight, frames
+    key = target, guidance, potential_weight, frames
     if key not in _WORKER["targets"]:
         layout = load_target(target)
         cfg = _WORKER["config"]
         shapes = not cfg["experts"]
         extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"], **_WORKER["shapes_options"]) if shapes else {}
-        product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, vlm_weight, video=bool(frames),
+        product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, potential_weight, video=bool(frames),
                                 frames=frames, **extra)
         verdict = (lambda x: {"present": None, "relation": None, "exact": None})
         if frames:
@@ -266,8 +266,8 @@ def _scores(product, scorers, image) -> Tuple[float, Dict[str, float]]:
 
 def _run_task(task):
     """One (sampler, target, seed, budget): sample, then score; (row, decoded image)."""
-    sampler, target, seed, particles, mcmc_steps, steps, guidance, vlm_weight, options, frames = task
-    product, scorers, verdict = _target(target, guidance, vlm_weight, frames)
+    sampler, target, seed, particles, mcmc_steps, steps, guidance, potential_weight, options, frames = task
+    product, scorers, verdict = _target(target, guidance, potential_weight, frames)
     if replaces_known(product):  # as `poegen edit`
         options = {"replace_known": True, **options}
     t = time.perf_counter()
@@ -318,7 +318,7 @@ def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str]
 
 
 def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 1,
-        steps: int = 30, guidance: Optional[float] = None, vlm_weight: Optional[float] = None, progress: bool = True,
+        steps: int = 30, guidance: Optional[float] = None, potential_weight: Optional[float] = None, progress: bool = True,
         workers: int = 1, seed0: int = 0, options: Optional[dict] = None, config: Optional[dict] = None,
         metrics: Sequence[str] = (), budgets: Optional[Sequence[int]] = None, shapes_options: Optional[dict] = None,
         frames: Optional[int] = None):
@@ -362,7 +362,7 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
     budgets = list(budgets or [particles])
     if any(not isinstance(b, int) or b < 1 for b in budgets):
         raise ValueError(f"budgets {budgets}: expected particle counts >= 1, e.g. 1,4,16")
-    tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, vlm_weight, dict(options or {}), frames)
+    tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, potential_weight, dict(options or {}), frames)
              for b in budgets for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
     results = []  # the first result waits for the models: the bar says so until then
     with tqdm(total=len(tasks), desc="compare: loading models", disable=None if progress else True) as bar:

@@ -23,7 +23,7 @@ log = logging.getLogger("poegen.families")
 
 
 def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[float] = None,
-                  vlm_weight: Optional[float] = None, dtype: str = "auto", video: bool = False,
+                  potential_weight: Optional[float] = None, dtype: str = "auto", video: bool = False,
                   frames: Optional[int] = None, video_inputs: Optional[dict] = None, **shapes_options):
     """The Product of a Layout in its family: the named models in ``experts`` and ``potentials`` (registry
     entries; guidance and lambdas default to 1), or the embedded shapes world when none is named (its tuned
@@ -38,19 +38,19 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
     configure_threads()
     if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
         shapes_options.pop("place", None)
-        product = shapes_video_product(layout, frames, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype,
-                                       **shapes_options)
+        product = shapes_video_product(layout, frames, guidance=guidance, potential_weight=potential_weight,
+                                       dtype=dtype, **shapes_options)
     elif experts and video and layout.physics is not None:  # physics over time on named video models
         product = scene_video_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
-                                      1.0 if vlm_weight is None else vlm_weight, dtype, frames, video_inputs,
-                                      shapes_options.get("fps"))
+                                      1.0 if potential_weight is None else potential_weight, dtype, frames,
+                                      video_inputs, shapes_options.get("fps"))
     elif experts:
         check_relations(layout)
         product = named_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
-                        1.0 if vlm_weight is None else vlm_weight, dtype, video, frames, video_inputs)
+                        1.0 if potential_weight is None else potential_weight, dtype, video, frames, video_inputs)
     elif potentials:
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
-                         "(weight it with --vlm-weight)")
+                         "(weight it with --potential-weight)")
     else:
         place = shapes_options.pop("place", True)
         if not layout.objects and layout.physics is None:  # a prompt: the shapes world always composes (a
@@ -63,7 +63,8 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
                 "the shapes world draws the layout's objects and has no background: its prompt %r is not used",
                 layout.prompt[:60])
         check_relations(layout, f"prompt {layout.text[:60]!r}" if layout.text is not None else "relations")
-        product = shapes_product(layout, guidance=guidance, vlm_weight=vlm_weight, dtype=dtype, **shapes_options)
+        product = shapes_product(layout, guidance=guidance, potential_weight=potential_weight, dtype=dtype,
+                                 **shapes_options)
     product.edit = layout.edit  # an edit's image and mask ride along (metrics, replace_known)
     return product
 
@@ -255,7 +256,7 @@ def shapes_layout(prompt: Union[str, Prompt], place: bool = True) -> Layout:
 
 
 def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
-                   vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
+                   potential_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
                    counts: bool = True, footprint: bool = True, region: float = REGION_PX) -> Product:
     """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
     or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
@@ -277,13 +278,13 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
         except ValueError as e:
             raise ValueError(f"objects[{i}].phrase: {e}") from None
     guidance = GUIDANCE if guidance is None else guidance
-    vlm_weight = VLM_WEIGHT if vlm_weight is None else vlm_weight
+    potential_weight = VLM_WEIGHT if potential_weight is None else potential_weight
     prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
     size = prior.config["image_size"]
     experts, weights = _over_null(lambda: prior.null(dtype), [prior.expert(str(p), o.centre(size), dtype) for p, o
                                                               in zip(phrases, layout.objects) if not o.known], guidance)
     potentials, lambdas = [], []
-    # (question, its lambda as a multiple of vlm_weight, whether the answer asked is no)
+    # (question, its lambda as a multiple of potential_weight, whether the answer asked is no)
     asked = [(q, 1.0, False) for q in layout.questions or []]
     if layout.questions is None:
         prompt = Prompt(phrases, [(i, rel.replace(" of", ""), j) for i, rel, j in layout.relations])
@@ -292,10 +293,10 @@ def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[floa
         asked += [(f"is there a {a}?", COUNT_WEIGHT, True) for a in layout.absent]
         if layout.edit is None and counts:  # the layout lists every object of the image: ask for nothing else
             asked += [(q, COUNT_WEIGHT, False) for q in count_questions(phrases)]
-    if vlm_weight and asked:
+    if potential_weight and asked:
         scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
         potentials = [scorer.expert(q, negate) for q, _, negate in asked]
-        lambdas = [vlm_weight * m for _, m, _ in asked]
+        lambdas = [potential_weight * m for _, m, _ in asked]
     if layout.edit is not None:  # the given image outside the edit mask; the new objects' footprints stand in
         potentials.append(layout.edit.known_pixels())  # the given image outside the edit mask
         lambdas.append(1.0)
@@ -316,9 +317,10 @@ TRAJECTORY_WEIGHT = 0.05  # lambda of the centroid-tracking potential, late in t
 
 
 def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Optional[float] = None, prior=None,
-                         vlm=None, temporal=None, guidance: Optional[float] = None, vlm_weight: Optional[float] = None,
-                         schedule="linear", dtype: str = "auto", trajectory_weight: float = TRAJECTORY_WEIGHT,
-                         region: float = 0.0, video_prior: bool = True, **_ablations) -> Product:
+                         vlm=None, temporal=None, guidance: Optional[float] = None,
+                         potential_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
+                         trajectory_weight: float = TRAJECTORY_WEIGHT, region: float = 0.0, video_prior: bool = True,
+                         **_ablations) -> Product:
     """The shapes world in motion: clips (3, F, H, W) from the shapes video prior and the image prior's phrases.
 
     The motion comes from a simulation: the Layout's scene (``layout.physics``) or the scene of a motion prompt
@@ -348,7 +350,7 @@ def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Opti
 
     frames = frames or SHAPES_FRAMES
     guidance = GUIDANCE if guidance is None else guidance
-    vlm_weight = VLM_WEIGHT if vlm_weight is None else vlm_weight
+    potential_weight = VLM_WEIGHT if potential_weight is None else potential_weight
     prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
     size = prior.config["image_size"]
     spec = layout.physics.spec if layout.physics is not None else motion_scene(layout.prompt)
@@ -385,22 +387,22 @@ def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Opti
     asked = [(q, 1.0) for q in Prompt(steady, []).object_questions()]
     if len(steady) == len(phrases):  # every object in every frame: nothing else drawn in any
         asked += [(q, COUNT_WEIGHT) for q in count_questions(phrases)]
-    if vlm_weight and asked:
+    if potential_weight and asked:
         scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
         potentials += [PerFrame(scorer.expert(q), reduce="mean") for q, _ in asked]
-        lambdas += [vlm_weight * m for _, m in asked]
+        lambdas += [potential_weight * m for _, m in asked]
     product = Product(experts, weights=weights, masks=masks, potentials=potentials, lambdas=lambdas, schedule=schedule)
     product.fps = fps
     return product
 
 
 def shapes_prompt_product(prompt: Union[str, Prompt], prior=None, vlm=None, guidance: Optional[float] = None,
-                          vlm_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
+                          potential_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
     """The shapes world's product for a prompt: phrase experts over the divided-out prior, VLM potentials."""
-    return shapes_product(shapes_layout(prompt), prior, vlm, guidance, vlm_weight, schedule, dtype)
+    return shapes_product(shapes_layout(prompt), prior, vlm, guidance, potential_weight, schedule, dtype)
 
 
 def shapes_scene_product(physics, prior=None, guidance: Optional[float] = None, vlm=None,
-                         vlm_weight: Optional[float] = None, dtype: str = "auto") -> Product:
+                         potential_weight: Optional[float] = None, dtype: str = "auto") -> Product:
     """The shapes world's product for a simulated scene (a PhysicsExpert), through its Layout (``from_physics``)."""
-    return shapes_product(from_physics(physics), prior, vlm, guidance, vlm_weight, dtype=dtype)
+    return shapes_product(from_physics(physics), prior, vlm, guidance, potential_weight, dtype=dtype)

@@ -40,7 +40,7 @@ class Job:
     mcmc_steps: Optional[int] = None
     seed: int = 0
     guidance: Optional[float] = None         # None: the shapes world's default, 1.0 for named models
-    vlm_weight: Optional[float] = None       # None: the shapes world's default, 1.0 for named models
+    potential_weight: Optional[float] = None # None: the shapes world's default, 1.0 for named models
     select: str = "best"
     grad_guidance: float = 0.0               # gradient guidance of the stochastic proposal (SamplerConfig)
     reward_every: int = 1                    # score the potentials every k levels (SamplerConfig)
@@ -54,7 +54,7 @@ class Job:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
-        job = cls(**check_keys(d, where, [f.name for f in fields(cls)]))
+        job = cls(**check_keys(_renamed(d, where), where, [f.name for f in fields(cls)]))
         _check_types(job, where)
         if job.image is not None:
             if (job.mask is None) == (job.scene is None) or job.layout is not None:
@@ -117,12 +117,27 @@ def _check_video(job: Job, where: str):
         raise ValueError(f"{where}: fps is for a video (--video) or a scene's frames (--frames N)")
 
 
+RENAMED = {"vlm_weight": "potential_weight"}  # a field's old name -> its name now: job files may still use the old
+
+
+def _renamed(d, where: str):
+    """``d`` with every field given by its old name (``RENAMED``) under its name now; both names at once: an error."""
+    if not isinstance(d, dict):
+        return d
+    for old, new in RENAMED.items():
+        if old in d:
+            if new in d:
+                raise ValueError(f"{where}: {old} is the old name of {new}; give only {new}")
+            d = {(new if k == old else k): v for k, v in d.items()}
+    return d
+
+
 # the fields naming files a job reads, in the order batch fingerprints them (control may be a folder of PNG frames)
 READS = ("scene", "layout", "config", "image", "mask", "first_frame", "control")
 _TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "select", "device", "dtype", "video",
          "first_frame", "control")
 _WHOLE = ("frames", "particles", "steps", "mcmc_steps", "seed", "reward_every", "margin")
-_REAL = ("guidance", "vlm_weight", "grad_guidance", "max_memory", "fps")
+_REAL = ("guidance", "potential_weight", "grad_guidance", "max_memory", "fps")
 _FLAG = ("compose", "resize", "replace_known")
 _TEXTS = ("parts", "questions", "experts", "potentials")
 

@@ -64,7 +64,7 @@ def products(job: Job, cfg: Optional[dict] = None):
     for _, layout in layouts:
         if questions is not None:
             layout.questions = list(questions)
-    return [(label, build_product(layout, experts, potentials, job.guidance, job.vlm_weight, job_dtype(job, cfg),
+    return [(label, build_product(layout, experts, potentials, job.guidance, job.potential_weight, job_dtype(job, cfg),
                                   video=job.video is not None, frames=job.frames if job.video else None,
                                   video_inputs=inputs, **({"fps": job.fps} if job.video and job.fps else {})))
             for label, layout in layouts]
@@ -91,7 +91,7 @@ def _edit_product(job: Job, cfg: dict, experts, potentials):
         size = scene.camera.resolution
         image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
     layout = edit_layout(image, prompt, mask, scene, job.margin)
-    product = build_product(layout, experts, potentials, job.guidance, job.vlm_weight, job_dtype(job, cfg))
+    product = build_product(layout, experts, potentials, job.guidance, job.potential_weight, job_dtype(job, cfg))
     with torch.no_grad():
         made = tuple((product.decode(torch.zeros(1, *product.shape)) if product.decode is not None
                       else torch.zeros(1, *product.shape)).shape[-2:])
@@ -102,7 +102,7 @@ def _edit_product(job: Job, cfg: dict, experts, potentials):
                              "resize it, or pass --resize")
         edit = layout.edit.resized(*made)
         layout = edit_layout(edit.image, prompt, edit.mask, None, job.margin)
-        product = build_product(layout, experts, potentials, job.guidance, job.vlm_weight, job_dtype(job, cfg))
+        product = build_product(layout, experts, potentials, job.guidance, job.potential_weight, job_dtype(job, cfg))
     return product
 
 

@@ -258,7 +258,7 @@ CASES = {
         ["generate", *FAST, "--config", "{tmp}/c.yaml", *OUT], 2, "experts[0].weight: inf is not a finite number",
         files={"c.yaml": SD_CFG % ", weight: .inf"}, sd=True),
     "3 CLI: --guidance inf": Row(GEN + ["--guidance", "inf"], 2, "guidance 'inf' is not a finite number"),
-    "3 CLI: --vlm-weight nan": Row(GEN + ["--vlm-weight", "nan"], 2, "vlm_weight 'nan' is not a finite number"),
+    "3 CLI: --vlm-weight nan": Row(GEN + ["--vlm-weight", "nan"], 2, "potential_weight 'nan' is not a finite number"),
     "3 CLI: --grad-guidance -1": Row(GEN + ["--grad-guidance", "-1"], 2, "grad_guidance >= 0"),
     "3 CLI: --grad-guidance 1 --sampler smc": Row(GEN + ["--grad-guidance", "1", "--sampler", "smc"], 0,
                                                   "wrote {tmp}/x.png", check=_pngs("x.png", "x_raw.png")),

@@ -30,7 +30,7 @@ potentials:
     product = build(spec["prompt"], spec["experts"], spec["potentials"], guidance=1.0, lambdas=0.5)
     assert product.names == ["flux[a red ball]"]
     assert product.potential_names == ["vqa[a red ball]", "vqa[a blue box]"]
-    assert product.lambdas == [2.0, 0.5]  # an entry's weight, else --vlm-weight
+    assert product.lambdas == [2.0, 0.5]  # an entry's weight, else --potential-weight
     flux_expert, vqa = product.experts[0], product.potentials[0]
     assert flux_expert.guidance == 2.5 and flux_expert.micro_batch == 2 and flux_expert.shape == (4, 8, 8)
     assert len(vqa.answer_ids) == 2  # versus "No"

@@ -169,7 +169,7 @@ def test_placement_puts_objects_apart_and_keeps_the_relations():
     assert placement(Prompt(three, [(0, "on", 2), (1, "on", 2)])) is None  # two on one
     assert placement(parse_prompt("a red ball left of a blue box and a green wedge on a red ball and "
                                   "a blue box left of a green wedge")) is None
-    product = build_product("a red ball left of a blue box", vlm_weight=1.0)
+    product = build_product("a red ball left of a blue box", potential_weight=1.0)
     assert dict(zip(product.potential_names, product.lambdas))["vlm[is the red ball left of the blue box?]"] == \
         RELATION_WEIGHT
     assert product.names == ["shapes[null]", "shapes[red ball at (10.7, 27.0)]", "shapes[blue box at (21.3, 27.0)]"]

@@ -58,7 +58,7 @@ def test_clip_regional_composition_follows_each_object_frame_by_frame():
     full weight at that frame's simulated centroid, and a frame where it is out of view gives it no window."""
     from poegen.families import regional_masks
 
-    product = build_product(from_prompt(ROLL), video=True, frames=3, vlm_weight=0, region=5.0)
+    product = build_product(from_prompt(ROLL), video=True, frames=3, potential_weight=0, region=5.0)
     null, *phrases = product.experts
     B = product.total_weight((3, 3, 32, 32), "cpu", torch.float32)
     assert torch.allclose(B, torch.ones_like(B), atol=1e-5)  # the weights sum to one at every pixel of every frame
@@ -77,7 +77,7 @@ def test_clip_regional_composition_follows_each_object_frame_by_frame():
     assert float(masks[1][1, 24, 24]) < 0.1  # so the ball keeps only the uncovered share, as everywhere else
     assert regional_masks([nul, TrackedExpert(null.net, "red ball", torch.full((2, 2), float("nan")))], [0.2, 0.8],
                           32, 5.0) is None  # an unplaced phrase: no regional composition
-    default = build_product(from_prompt(ROLL), video=True, frames=3, vlm_weight=0)
+    default = build_product(from_prompt(ROLL), video=True, frames=3, potential_weight=0)
     assert all(m is None for m in default.masks)  # off by default for clips (it lowered poe's clip IoU)
 
 

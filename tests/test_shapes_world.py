@@ -282,7 +282,7 @@ def test_regional_composition_confines_each_phrase_to_its_window():
     from poegen.families import shapes_layout, shapes_product
 
     layout = shapes_layout("a red ball left of a blue box")
-    product = shapes_product(layout, vlm_weight=0)
+    product = shapes_product(layout, potential_weight=0)
     null, *phrases = product.experts
     assert null.phrase is None and all(e.position is not None for e in phrases)
     B = product.total_weight((3, 32, 32), "cpu", torch.float32)
@@ -291,7 +291,7 @@ def test_regional_composition_confines_each_phrase_to_its_window():
         c, r = (int(round(v)) for v in e.position)
         assert abs(w * float(m[0, r, c]) - w) < 0.05 * w  # its full weight at its own place
     x, sigma = torch.randn(2, 3, 32, 32) * 3, torch.tensor(3.0)
-    flat = shapes_product(layout, vlm_weight=0, region=0)  # the ablation: every phrase everywhere
+    flat = shapes_product(layout, potential_weight=0, region=0)  # the ablation: every phrase everywhere
     assert all(m is None for m in flat.masks)
     with torch.no_grad():
         x0 = product.evaluate(x, sigma, B).x0
