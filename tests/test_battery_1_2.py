@@ -1,6 +1,6 @@
-"""The fault battery (/work/shared/battery.md), groups "1 prompts" and "2 scene": one row per case, each asserting
-what poegen should do now (a clear one-line error with its exit code, or the correct success), not what the
-battery saw when it was run."""
+"""The fault battery, groups "1 prompts" and "2 scene": bad or odd inputs fed to the command line, one row per case,
+each asserting what poegen must do (a clear one-line error with its exit code, or the correct success); the exit
+codes are those of docs/reliability.md."""
 import json
 
 import pytest

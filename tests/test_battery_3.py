@@ -1,5 +1,5 @@
-"""Battery group "3 CLI" (/work/shared/battery.md), one row per case: what each input must do now (clear
-one-line refusals with their exit code, or the correct success), not what it did when the battery ran."""
+"""The fault battery, group "3 CLI": odd command lines and options, one row per case: what each input must do
+(a clear one-line refusal with its exit code, or the correct success; exit codes as in docs/reliability.md)."""
 import errno
 import json
 import os

@@ -1,6 +1,7 @@
-"""The fault battery (/work/shared/battery.md), groups 4 batch, 5 API and 6 security: one row per case, each asserting
-what should happen now. CLI rows go through ``Case`` (tests/helpers.py); rows that need a fault simulated (a kill, a
-full disk, a read-only folder, no network) patch it in and then run Cases; API rows call the library."""
+"""The fault battery, groups 4 batch, 5 API and 6 security: one row per case, each asserting what must happen
+(docs/reliability.md lists what a batch survives). CLI rows go through ``Case`` (tests/helpers.py); rows that need
+a fault simulated (a kill, a full disk, a read-only folder, no network) patch it in and then run Cases; API rows
+call the library."""
 import errno
 import json
 import logging

@@ -1,6 +1,6 @@
-"""A rerun of the fault battery (/work/shared/battery.md) with new inputs, none of them among its cases: one row per
-case that was unclear or silently wrong (each asserting what poegen does now that it is fixed), and a few of the
-new cases that were already handled well, so the table documents the rerun (/tmp/battery_rerun.md)."""
+"""The fault battery's second round: new inputs, none of them among the other tables' cases. One row per case that
+was once unclear or silently wrong (each asserting what poegen does now), and a few cases that were handled well
+from the start, so that this table is the record of the round."""
 import json
 import logging
 from pathlib import Path
