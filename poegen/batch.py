@@ -55,6 +55,12 @@ class JobFile:
             self.handle = open(path, encoding="utf-8-sig")  # a BOM is not content
         else:
             self.data = _read_list(path)
+        if next(self.lines(), None) is None:  # an empty file would "finish" having run nothing
+            self.__exit__()
+            example = ('one job a line, e.g. {"prompt": "a red ball"}' if self.data is None else
+                       'a list of jobs, e.g. [{"prompt": "a red ball"}]' if path.suffix.lower() == ".json" else
+                       "a list of jobs, e.g. - {prompt: a red ball}")
+            raise ValueError(f"no jobs in {path}; write {example} (see examples/jobs.jsonl)")
 
     def __enter__(self):
         return self
@@ -143,6 +149,8 @@ def _read_list(path: Path) -> list:
         if len(lines) > 1 and all(ln.lstrip().startswith("{") for ln in lines):
             raise ValueError(f"{path}: this looks like one JSON job a line; name the file .jsonl") from None
         raise
+    if data is None:  # an empty YAML file: no jobs, said as such by JobFile
+        return []
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a list of jobs")
     return data

@@ -264,3 +264,26 @@ def test_fingerprint_leaves_out_fields_left_none(tmp_path):
     before = fingerprint(clip)
     (frames / "001.png").write_bytes(b"another frame")
     assert fingerprint(clip) != before
+
+
+def test_an_empty_job_file_is_an_error_naming_it(tmp_path, capsys):
+    """A file with no jobs (empty, blank lines, an empty list, an empty YAML file) is refused with exit 2 and one
+    line, before any folder is made: a batch that "finished" having run nothing would hide the mistake."""
+    from poegen.cli import main
+
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("none.json", "[]"), ("none.yaml", "")):
+        path = tmp_path / name
+        path.write_text(text)
+        assert main(["batch", str(path), "--out", str(tmp_path / "out"), "-q"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"poegen: error: no jobs in {path}; write ") and err.count("\n") == 1, err
+        assert not (tmp_path / "out").exists()
+
+
+def test_the_example_job_file_runs(tmp_path):
+    """examples/jobs.jsonl, the job file the batch docs start from: every item runs, its scene found beside it."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "jobs.jsonl"
+    assert run_batch(example, tmp_path / "out", progress=False) == {"done": 4, "skipped": 0, "failed": 0}
+    assert sorted(read_manifest(tmp_path / "out")) == ["counted", "left-of", "pair", "stack"]
+    for name in ("pair", "stack", "left-of", "counted"):
+        Image.open(tmp_path / "out" / f"{name}.png").verify()
