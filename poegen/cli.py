@@ -81,8 +81,8 @@ def cmd_compare(args) -> int:
     names = args.samplers.split(",")
     for n in names:
         samplers.config(n)  # unknown names fail before any work
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; compare writes a folder of tables and a report: name a folder")
     config = None
     if args.config:
@@ -101,9 +101,13 @@ def cmd_compare(args) -> int:
                                config=config, metrics=args.metrics or (), budgets=budgets, frames=args.frames,
                                options={"reward_every": args.reward_every} if args.reward_every != 1 else None)
     summary = reports.summarise(rows, images)
-    report = reports.write(Path(args.out), rows, images, summary, progress=not args.quiet)
+    if out is None:  # never into the working directory unasked: a fresh folder under the system's temp dir
+        import tempfile
+        out = Path(tempfile.mkdtemp(prefix="poegen-compare-"))
+        print(f"poegen compare: no --out given; writing the report to {out}", file=sys.stderr)
+    report = reports.write(out, rows, images, summary, progress=not args.quiet)
     print(reports.table(summary))
-    print(f"wrote {report} and CSV/JSON tables in {args.out}")
+    print(f"wrote {report} and CSV/JSON tables in {out}")
     return 0
 
 
@@ -266,7 +270,9 @@ def main(argv=None) -> int:
     c.add_argument("--workers", type=int, default=0,
                    help="processes sharing the runs (results do not change); 0 = one per CPU core, at most 4 "
                         "(one with --config)")
-    c.add_argument("--out", default="poegen-compare")
+    c.add_argument("--out", default=None, metavar="DIR",
+                   help="the folder for the tables and report.html (default: a new folder under the system's temp "
+                        "directory, printed)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(fn=cmd_compare)
     from .evaluate import add_parsers

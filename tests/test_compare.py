@@ -109,3 +109,23 @@ def test_run_refuses_a_sampler_or_target_named_twice():
         compare.run(["a red ball"], ["poe", "ancestral", "poe"], 1)
     with pytest.raises(ValueError, match="targets: 'a red ball' is named twice"):
         compare.run(["a red ball", "a blue box", "a red ball"], ["poe"], 1)
+
+
+def test_compare_without_out_writes_under_the_temp_dir_and_says_where(tmp_path, monkeypatch, capsys):
+    """Without --out the report goes to a fresh folder under the system's temp directory, named on stderr; nothing is
+    written into the working directory."""
+    import tempfile
+    from pathlib import Path
+
+    work, temp = tmp_path / "work", tmp_path / "temp"
+    work.mkdir(), temp.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    assert main(["compare", "a red ball", "--samplers", "poe", "--seeds", "1", "--steps", "2", "--particles", "2",
+                 "--quiet", "--workers", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert list(work.iterdir()) == []
+    (folder,) = temp.iterdir()
+    assert folder.name.startswith("poegen-compare-") and (folder / "report.html").is_file()
+    assert f"writing the report to {folder}" in err and f"tables in {folder}" in out
+    assert Path(folder).parent == temp
