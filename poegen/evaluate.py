@@ -477,7 +477,7 @@ def write_edit_cases(folder: Path) -> List[str]:
     from .experts.shapes import render
     from .experts.shapes.world import Scene
     from .pipeline import to_pil
-    from .scene import parse_scene, world_objects
+    from .experts.scene import parse_scene, world_objects
 
     paths = []
     for name, old, (shape, colour, size, x, y) in EDIT_CASES:

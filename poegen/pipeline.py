@@ -43,7 +43,7 @@ def products(job: Job, cfg: Optional[dict] = None):
         return [("", _edit_product(job, cfg, experts, potentials))]
     if job.scene is not None:
         from .experts.physics import PhysicsExpert
-        from .scene import load_scene, refuse_new
+        from .experts.scene import load_scene, refuse_new
 
         spec, n = load_scene(job.scene), job.frames or 1
         refuse_new(spec, job.scene)
@@ -81,7 +81,7 @@ def _edit_product(job: Job, cfg: dict, experts, potentials):
     from .edit import load_image, load_mask
     from .specs import edit_layout
     from .families import build_product
-    from .scene import load_scene
+    from .experts.scene import load_scene
 
     image = load_image(job.image)
     mask = load_mask(job.mask, tuple(image.shape[-2:])) if job.mask is not None else None

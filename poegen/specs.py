@@ -164,7 +164,7 @@ def motion_scene(text: str):
     4 s. X and Y are shapes-world phrases (size defaults: X small, Y large); the prompt's errors name any other word."""
     from .experts.shapes.prompt import parse_prompt
     from .experts.shapes.world import SIZES
-    from .scene import parse_scene
+    from .experts.scene import parse_scene
 
     m = re.fullmatch(rf"\s*(.+?)\s+({'|'.join(MOTION_VERBS)})\s+off\s+(.+?)\s*", text, flags=re.IGNORECASE)
     if m is None:
@@ -231,7 +231,7 @@ def edit_layout(image: Tensor, prompt: str = "", mask: Optional[Tensor] = None, 
 def load_edit(path) -> Layout:
     """An edit spec file (YAML/JSON): ``image``, ``prompt`` (optional with a scene), and ``mask`` or ``scene`` (a
     path or an inline scene mapping); paths are relative to the spec's folder."""
-    from .scene import parse_scene, load_scene
+    from .experts.scene import parse_scene, load_scene
     from .validation import check_keys, read_file
 
     path = Path(path)
@@ -262,7 +262,7 @@ def load_target(target: str) -> Layout:
         return load_edit(target)
     if kind == "scene":
         from .experts.physics import PhysicsExpert
-        from .scene import load_scene, refuse_new
+        from .experts.scene import load_scene, refuse_new
         spec = load_scene(target)
         refuse_new(spec, target)
         return from_physics(PhysicsExpert(spec))

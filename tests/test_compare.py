@@ -33,7 +33,7 @@ def test_ancestral_runs_one_chain():
 
 def test_scene_verdict_reads_the_simulated_layout():
     from poegen.experts.physics import PhysicsExpert
-    from poegen.scene import load_scene
+    from poegen.experts.scene import load_scene
 
     physics = PhysicsExpert(load_scene("examples/stacking.yaml"))
     image = physics.image

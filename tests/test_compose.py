@@ -146,7 +146,7 @@ def test_generate_a_scene_with_sd_depth_controlnet_and_a_detector(models, tmp_pa
     assert control.shape == (1, 3, 16, 16) and control.max() > 0.7  # the simulated depth map, at pixel size
     names = [n.split("[")[1].rstrip("]") for n in product.names]
     from poegen.experts.physics import PhysicsExpert
-    from poegen.scene import load_scene
+    from poegen.experts.scene import load_scene
     physics = PhysicsExpert(load_scene("examples/stacking.yaml"))
     ball_mask = torch.nn.functional.adaptive_avg_pool2d(physics.masks[1][None, None].float(), (8, 8))[0, 0]
     ball = product.masks[names.index("a small red ball")][0]

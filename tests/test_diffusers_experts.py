@@ -79,7 +79,7 @@ def test_controlnet_expert_on_a_physics_depth_map(tmp_path):
 
     from poegen.experts.diffusers import ControlNetExpert
     from poegen.experts.physics import PhysicsExpert
-    from poegen.scene import load_scene
+    from poegen.experts.scene import load_scene
 
     root = tiny_sd_folder(tmp_path)
     unet = UNet2DConditionModel.from_pretrained(root / "unet")

@@ -106,7 +106,7 @@ def test_a_scene_edit_drops_the_new_object_onto_the_old_ones(tmp_path, capsys):
     from poegen.edit import load_image
     from poegen.specs import edit_layout
     from poegen.experts.physics import PhysicsExpert
-    from poegen.scene import parse_scene
+    from poegen.experts.scene import parse_scene
 
     old = [{"name": "box", "shape": "box", "colour": "blue", "size": "large", "position": [0.0, 1.0]}]
     ball = {"name": "ball", "shape": "ball", "colour": "red", "position": [0.05, 3.5], "new": True}

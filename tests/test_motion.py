@@ -8,7 +8,7 @@ from poegen.experts.motion import RegionalMotionPotential, TrajectoryPotential, 
 from poegen.experts.physics import PhysicsExpert
 from poegen.experts.shapes.render import render
 from poegen.experts.shapes.world import SceneObject
-from poegen.scene import SceneError, parse_scene
+from poegen.experts.scene import SceneError, parse_scene
 
 # a red ball pushed along the top of a blue box rolls off its right edge (x = -0.2) onto the floor
 SPEC = parse_scene({"prompt": "a red ball rolls off a blue box", "physics": {"duration": 3.0},

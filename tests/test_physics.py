@@ -7,7 +7,7 @@ import torch
 from poegen.cli import main
 from poegen.experts.physics import PhysicsExpert
 from poegen.experts.shapes.render import centroid, render
-from poegen.scene import load_scene, parse_scene
+from poegen.experts.scene import load_scene, parse_scene
 
 SPEC = {"objects": [{"name": "box", "shape": "box", "colour": "blue", "size": "large", "position": [-1.0, 1.0]},
                     {"name": "ball", "shape": "ball", "colour": "red", "position": [1.5, 2.0]}]}
@@ -72,7 +72,7 @@ def test_regional_prompt_experts_follow_the_simulated_masks(tmp_path):
     import poegen
     from poegen.families import named_product as build
     from poegen.specs import from_physics
-    from poegen.scene import load_scene
+    from poegen.experts.scene import load_scene
     from helpers import tiny_sd_folder
 
     physics = PhysicsExpert(load_scene("examples/stacking.yaml"))

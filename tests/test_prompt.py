@@ -90,7 +90,7 @@ def test_product_to_moves_every_module_and_tensor():
     from poegen.experts.physics import PhysicsExpert
     from poegen.experts.shapes import load_prior, load_vlm
     from poegen.families import shapes_prompt_product as build_product, shapes_scene_product as build_scene_product
-    from poegen.scene import load_scene
+    from poegen.experts.scene import load_scene
 
     prior, vlm = load_prior(), load_vlm()
     scene = build_scene_product(PhysicsExpert(load_scene("examples/stacking.yaml")), prior)

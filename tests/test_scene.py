@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from poegen.scene import SceneError, load_scene, parse_scene, simulate_scene
+from poegen.experts.scene import SceneError, load_scene, parse_scene, simulate_scene
 
 EXAMPLES = sorted(p for p in Path(__file__).resolve().parents[1].joinpath("examples").glob("*.yaml")
                   if not p.name.startswith("layout_"))  # the scene specs (layout_* are layout specs)

@@ -237,7 +237,7 @@ def test_a_scene_drives_vace_by_its_simulated_depth_and_i2v_by_its_first_frame(w
     A folder pair (VACE x image-to-video) makes one product with both experts."""
     from poegen.experts.motion import trajectory
     from poegen.families import build_product
-    from poegen.scene import load_scene
+    from poegen.experts.scene import load_scene
     from poegen.specs import from_physics
     from poegen.experts.physics import PhysicsExpert
 

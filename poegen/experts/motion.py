@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..product import PerFrame
-from ..scene import SceneError, SceneSpec, simulate_scene
+from .scene import SceneError, SceneSpec, simulate_scene
 from .physics import PhysicsExpert, at_size, colour_centroids, depth_map, dice_agreement
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..scene import SceneSpec, simulate_scene
+from .scene import SceneSpec, simulate_scene
 from .shapes.world import FLOOR_FRACTION, VIEW_WIDTH
 
 Comparator = Callable[[Tensor, Tensor, Tensor], Tensor]  # (images, masks, colours) -> (N, K) agreement in [0, 1]

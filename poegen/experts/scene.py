@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .validation import check_keys, read_file
+from ..validation import check_keys, read_file
 
-log = logging.getLogger("poegen.scene")
+log = logging.getLogger("poegen.experts.scene")
 
 MAX_SIM_STEPS = 20_000
 
@@ -97,7 +97,7 @@ def _choice(v: Any, where: str, allowed: Tuple[str, ...]) -> str:
 
 def parse_scene(data: Dict) -> SceneSpec:
     """A validated SceneSpec from a parsed YAML/JSON mapping."""
-    from .experts.shapes.world import COLOUR_NAMES, SHAPES, SIZE_NAMES
+    from .shapes.world import COLOUR_NAMES, SHAPES, SIZE_NAMES
 
     _keys(data, "scene", ("objects", "physics", "camera", "prompt", "constraints"), ("objects",))
     raw = data["objects"]
@@ -163,7 +163,7 @@ def load_scene(path: str | Path) -> SceneSpec:
 
 def world_objects(spec: SceneSpec):
     """The shapes world's SceneObjects at the spec's initial poses."""
-    from .experts.shapes.world import SceneObject
+    from .shapes.world import SceneObject
 
     return [SceneObject(o.shape, o.colour, o.size, o.position[0], o.position[1], math.radians(o.angle))
             for o in spec.objects]
@@ -173,7 +173,7 @@ def _polygon(o):
     """Convex outline (K, 2) of a world object; balls as 24-gons."""
     import numpy as np
 
-    from .experts.shapes.world import world_outline
+    from .shapes.world import world_outline
     if o.shape != "ball":
         return world_outline(o)
     t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
@@ -194,7 +194,7 @@ def _overlap(a, b, tol: float = 1e-3) -> bool:
 
 
 def _check_geometry(spec: SceneSpec):
-    from .experts.shapes.world import in_view
+    from .shapes.world import in_view
     objs = world_objects(spec)
     polys = [_polygon(o) for o in objs]
     for i in range(len(objs)):
@@ -215,7 +215,7 @@ def simulate_scene(spec: SceneSpec, until: Optional[float] = None, observe=None)
     """Simulate the spec (to ``until`` seconds, default the full duration) and return the final shapes Scene.
     Objects that leave the view or do not settle are logged as warnings. ``observe(step, poses)`` sees the
     objects' (x, y, angle) at every time step (``shapes.world.simulate``)."""
-    from .experts.shapes.world import in_view, simulate
+    from .shapes.world import in_view, simulate
 
     duration = spec.physics.duration if until is None else min(until, spec.physics.duration)
     steps = max(0, round(duration / spec.physics.time_step))
