@@ -95,7 +95,7 @@ CASES = {
     "1 prompts: punctuation only '!!!'": Case(gen("!!!"), 2, "empty prompt: name at least one object"),
     "1 prompts: unknown word 'purple'": Case(gen("a purple ball"), 2,
                                              "unknown word 'purple' in prompt 'a purple ball'; the shapes world knows: "),
-    "1 prompts: German 'ein roter Ball'": Case(gen("ein roter Ball"), 2, "unknown word 'ein'"),
+    "1 prompts: German 'ein roter Ball'": Case(gen("ein roter Ball"), 2, "unknown words 'ein' and 'roter'"),
     "1 prompts: special token '<pad>'": Case(gen("<pad> red ball"), 2, "unknown word 'pad'"),
     "1 prompts: 'A RED Ball!!!' lower-cased": Case(gen("A RED Ball!!!"), 0, "wrote", check=wrote("red ball")),
     "1 prompts: punctuation between phrases": Case(gen("a red, ball; and... a blue box?"), 0, "wrote",

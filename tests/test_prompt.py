@@ -38,6 +38,42 @@ def test_cli_reports_prompt_errors(capsys):
     assert "unknown word 'purple'" in err and "knows: " in err
 
 
+def test_every_unknown_word_is_named_with_prompts_that_work(capsys):
+    """All unknown words in one message (not one per run), a near spelling suggested, and examples that parse."""
+    from poegen.experts.shapes.prompt import EXAMPLE
+
+    assert main(["generate", "a purple sphere and a blu box", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "unknown words 'purple', 'sphere' and 'blu' in prompt 'a purple sphere and a blu box'" in err
+    assert "'blu': did you mean 'blue'?" in err and "'sphere': did you mean" not in err
+    assert f"e.g. {EXAMPLE}" in err
+    for example in EXAMPLE.strip("'").split("', '"):
+        parse_prompt(example)
+
+
+@pytest.mark.parametrize("prompt,fixes", [
+    ("a red ball on two blue boxes", ["a red ball on a blue box", "a red ball and two blue boxes"]),
+    ("a red ball on blue boxes", ["a red ball on a blue box"]),
+    ("a red ball on no box", ["a red ball on a box"]),
+    ("a green ball on a red box left of three small wedges",
+     ["a green ball on a red box left of a small wedge", "a green ball and a red box and three small wedges"]),
+])
+def test_a_counted_object_in_a_relation_is_explained_with_prompts_that_work(prompt, fixes, capsys):
+    """A count inside a relation: the message says relations join single objects (not "needs a count") and offers
+    the relation with one object and the count without the relation, each of which parses."""
+    with pytest.raises(ValueError) as e:
+        parse_prompt(prompt)
+    message = str(e.value)
+    assert "a relation" in message and "joins single objects, not counted or absent ones" in message
+    assert "needs a count" not in message
+    assert message.endswith("e.g. " + " or ".join(repr(f) for f in fixes)), message
+    for fix in fixes:
+        parse_prompt(fix)
+    assert main(["generate", prompt, "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"poegen: error: {message.split(':')[0]}")
+
+
 def test_generate_writes_upscaled_and_raw_png(tmp_path, capsys):
     from PIL import Image
 
@@ -129,7 +165,8 @@ def test_gradient_guidance_through_the_shapes_prior_and_scorer():
     ("two red ball", r"a count above one takes the plural, e.g. 'two red balls'"),
     ("a red ball and 2 blue boxes", r"'2' in prompt 'a red ball and 2 blue boxes': write counts as words"),
     ("red balls", r"'balls' in prompt 'red balls' needs a count \(one to four\) or 'no'"),
-    ("two balls on a box", r"counted or absent objects take no relation"),
+    ("two balls on a box", r"'two balls' in prompt 'two balls on a box': a relation \(on\) joins single objects, not "
+                           r"counted or absent ones; e.g. 'a ball on a box' or 'two balls and a box'"),
     ("a ball and no ball", r"asks for a ball and for no ball"),
     ("a red box and no red objects", r"asks for a red box and for no red objects"),
     ("two red balls and two red balls", r"names red ball twice; say how many once"),

@@ -130,9 +130,9 @@ def parse_prompt(text: str) -> Prompt:
     for w in words:
         if w.isdigit():
             raise ValueError(f"{w!r} in prompt {quoted}: write counts as words (one to four), e.g. {EXAMPLE}")
-        if (w not in WORD_TO_ID or w in SPECIALS) and w not in PROMPT_WORDS:
-            raise ValueError(f"unknown word {_short(w, 24)} in prompt {quoted}; the shapes world knows: "
-                             f"{', '.join(vocabulary() + PROMPT_WORDS)}")
+    unknown = list(dict.fromkeys(w for w in words if (w not in WORD_TO_ID or w in SPECIALS) and w not in PROMPT_WORDS))
+    if unknown:  # every one at once: fixing them one run at a time is tedious
+        raise ValueError(_unknown_words(unknown, quoted))
     if not words:
         raise ValueError("empty prompt: name at least one object, e.g. 'a red ball'")
     objects: List[Phrase] = []
@@ -161,8 +161,7 @@ def parse_prompt(text: str) -> Prompt:
         rel_at = [k for k, x in enumerate(clause) if x in RELATION_WORDS]
         if head == "no" or head in NUMBERS:
             if rel_at:
-                raise ValueError(f"{_short(' '.join(clause))} in prompt {quoted}: counted or absent objects take no "
-                                 f"relation; relate single objects, e.g. {EXAMPLE}")
+                raise ValueError(_counted_in_relation(clause, rel_at, quoted))
             p, n = _counted(clause, quoted)
             if head == "no":
                 absent.append(p)
@@ -172,6 +171,8 @@ def parse_prompt(text: str) -> Prompt:
                 objects.extend([p] * n)
                 if n > 1:
                     counted.add(p)
+        elif rel_at and any(x in NUMBERS or x == "no" or x in PLURALS for x in clause):
+            raise ValueError(_counted_in_relation(clause, rel_at, quoted))
         elif any(x in PLURALS for x in clause):
             plural = next(x for x in clause if x in PLURALS)
             raise ValueError(f"{plural!r} in prompt {quoted} needs a count (one to four) or 'no', e.g. {EXAMPLE}")
@@ -204,6 +205,52 @@ def parse_prompt(text: str) -> Prompt:
             raise ValueError(f"prompt {quoted} asks for a {next(o for o in objects if a.matches(o))} and for no "
                              f"{a if a.shape else f'{a} objects'}")
     return Prompt(objects, relations, absent)
+
+
+def _unknown_words(unknown: List[str], quoted: str) -> str:
+    """The error for words outside the vocabulary: every one named, a near spelling suggested, the words known and
+    prompts that work."""
+    import difflib
+
+    known = vocabulary() + PROMPT_WORDS
+    names = [_short(w, 24) for w in unknown]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    words = [w for w in known if w not in ("is", "are", "there")]  # the questions' words: no prompt needs them
+    close = {w: difflib.get_close_matches(w, words, 1, cutoff=0.75) for w in unknown}
+    near = [f"{n}: did you mean {close[w][0]!r}?" for w, n in zip(unknown, names) if close[w]]
+    return (f"unknown word{'s' if len(unknown) > 1 else ''} {listed} in prompt {quoted}"
+            + (f" ({'; '.join(near)})" if near else "")
+            + f"; the shapes world knows: {', '.join(known)}; e.g. {EXAMPLE}")
+
+
+def _counted_in_relation(clause: List[str], rel_at: List[int], quoted: str) -> str:
+    """The error for a counted or absent object inside a relation ("a red ball on two blue boxes"), with the two
+    prompts that say what it can: the relation with one object, or the count without the relation."""
+    parts, rels = _chain(clause, rel_at, quoted)
+    bad = next(p for p in parts if any(x in NUMBERS or x == "no" or x in PLURALS for x in p))
+    fixes = []
+    try:
+        one = _phrase([x for x in bad if x not in NUMBERS and x != "no"], quoted)
+        words = [x for k, part in enumerate(parts) for x in ((["a", *str(one).split()] if part is bad else part)
+                                                             + (_rel_words(rels[k]) if k < len(rels) else []))]
+        fixes.append(" ".join(words))
+    except ValueError:
+        pass
+    if bad[0] in NUMBERS[2:]:  # the count kept, the relation dropped
+        fixes.append(" and ".join(" ".join(p) for p in parts))
+    works = []
+    for fix in fixes:
+        try:
+            parse_prompt(fix)
+            works.append(repr(fix))
+        except ValueError:
+            pass
+    return (f"{_short(' '.join(bad))} in prompt {quoted}: a relation ({', '.join(dict.fromkeys(rels))}) joins single "
+            f"objects, not counted or absent ones; e.g. {' or '.join(works) if works else EXAMPLE}")
+
+
+def _rel_words(rel: str) -> List[str]:
+    return [rel, "of"] if rel in ("left", "right") else [rel]
 
 
 FLOOR_ROW = 27.0   # pixel row (of 32) of a floor object's centre in ``placement`` (a small object's)
