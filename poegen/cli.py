@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import samplers
+from . import defaults, samplers
 from .hardware import DTYPES
 
 
@@ -99,7 +99,8 @@ def cmd_compare(args) -> int:
     rows, images = compare.run(args.targets, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
                                args.guidance, args.potential_weight, progress=not args.quiet, workers=workers,
                                config=config, metrics=args.metrics or (), budgets=budgets, frames=args.frames,
-                               options={"reward_every": args.reward_every} if args.reward_every != 1 else None)
+                               options=({"reward_every": args.reward_every}
+                                        if args.reward_every != defaults.REWARD_EVERY else None))
     summary = reports.summarise(rows, images)
     if out is None:  # never into the working directory unasked: a fresh folder under the system's temp dir
         import tempfile
@@ -154,35 +155,41 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    from .job import Job
-
     ap = _Parser(prog="poegen", description="Generate images from a product of experts.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = ap.add_subparsers(dest="command", required=True)
     common = _Parser(add_help=False)  # the sampler and the models, shared by generate and edit
-    common.add_argument("--sampler", default="poe", choices=samplers.available())
-    common.add_argument("--particles", type=int, default=Job.particles)
-    common.add_argument("--steps", type=int, default=Job.steps)
+    common.add_argument("--sampler", default=defaults.SAMPLER, choices=samplers.available(),
+                        help="a named sampler (`poegen samplers`; default %(default)s)")
+    common.add_argument("--particles", type=int, default=defaults.PARTICLES, help="default %(default)s")
+    common.add_argument("--steps", type=int, default=defaults.STEPS, help="noise levels (default %(default)s)")
     common.add_argument("--mcmc-steps", type=int, default=None, help="Langevin moves per level (preset default)")
-    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--seed", type=int, default=defaults.SEED, help="default %(default)s")
     common.add_argument("--guidance", type=float, default=None,
-                        help="composable-diffusion weight of each phrase (shapes world: 2.5) or a model's guidance (1)")
+                        help=f"composable-diffusion weight of each phrase (shapes world: {defaults.SHAPES_GUIDANCE:g}) "
+                             f"or a model's guidance ({defaults.MODEL_GUIDANCE:g})")
     common.add_argument("--potential-weight", "--vlm-weight", dest="potential_weight", type=float, default=None,
-                        metavar="W", help="lambda of each potential: the shapes world's questions (3; 0: none), each "
-                                          "--potential's (1); --vlm-weight is its deprecated old name")
-    common.add_argument("--select", default="best", choices=("best", "draw"),
-                        help="which particle becomes the image: the highest final reward, or a weighted draw")
-    common.add_argument("--grad-guidance", type=float, default=0.0,
-                        help="follow the potentials' gradient in the stochastic proposal (weights keep the target)")
-    common.add_argument("--reward-every", type=int, default=1, metavar="K",
-                        help="score the potentials every K levels and at the last (weights stay valid)")
+                        metavar="W", help="lambda of each potential: the shapes world's questions "
+                                          f"({defaults.SHAPES_POTENTIAL_WEIGHT:g}; 0: none), each --potential's "
+                                          f"({defaults.MODEL_POTENTIAL_WEIGHT:g}); --vlm-weight is its deprecated "
+                                          "old name")
+    common.add_argument("--select", default=defaults.SELECT, choices=("best", "draw"),
+                        help="which particle becomes the image: the highest final reward, or a weighted draw "
+                             "(default %(default)s)")
+    common.add_argument("--grad-guidance", type=float, default=defaults.GRAD_GUIDANCE,
+                        help="follow the potentials' gradient in the stochastic proposal (weights keep the target; "
+                             "default %(default)s)")
+    common.add_argument("--reward-every", type=int, default=defaults.REWARD_EVERY, metavar="K",
+                        help="score the potentials every K levels and at the last (weights stay valid; default "
+                             "%(default)s)")
     common.add_argument("--expert", dest="experts", action="append", default=None, metavar="KIND:PATH",
                         help="a generative expert from a local model (see `poegen experts`); repeatable")
     common.add_argument("--potential", dest="potentials", action="append", default=None, metavar="KIND:PATH",
                         help="a discriminative expert from a local model, weighted by --potential-weight; repeatable")
     common.add_argument("--config", default=None, metavar="FILE",
                         help="a YAML/JSON file of experts and potentials with their options (see README)")
-    common.add_argument("--device", default="cpu", help="torch device for experts and particles, e.g. cuda")
+    common.add_argument("--device", default=defaults.DEVICE,
+                        help="torch device for experts and particles, e.g. cuda (default %(default)s)")
     common.add_argument("--dtype", default=None, choices=DTYPES,
                         help="compute dtype of the shapes prior, or torch_dtype of named models that name none "
                              "(default: a config's dtype, else auto: bf16 only where the hardware has it natively)")
@@ -229,7 +236,8 @@ def main(argv=None) -> int:
     ed.add_argument("--mask", default=None, help="white where the image may change, the image's size")
     ed.add_argument("--scene", default=None, help="a scene spec listing the objects in the image and the new ones "
                                                   "(new: true); pybullet drops the new ones onto the others")
-    ed.add_argument("--margin", type=int, default=2, help="with --scene: pixels of change around the new objects")
+    ed.add_argument("--margin", type=int, default=defaults.MARGIN,
+                    help="with --scene: pixels of change around the new objects (default %(default)s)")
     ed.add_argument("--resize", action="store_true", help="resize the image (and mask) to the family's size")
     ed.add_argument("--weights-only", dest="replace_known", action="store_false", default=None,
                     help="keep the background by the KnownPixels weights alone, not by replacing the kept pixels "
@@ -253,17 +261,22 @@ def main(argv=None) -> int:
                    help="scorers that only evaluate, never steer (clip, pickscore, vqa; detector: mIoU on boxes)")
     c.add_argument("--budgets", default=None, metavar="N,N,...",
                    help="poe particle counts to run every sampler at (equal NFE each); plots reward against NFE")
-    c.add_argument("--samplers", default="poe,smc,best-of-n,ancestral")
-    c.add_argument("--seeds", type=int, default=8)
-    c.add_argument("--particles", type=int, default=8, help="poe's particles (generate's default; a 4 x 4 x 8 "
-                   "comparison takes minutes on 2 CPU cores)")
+    c.add_argument("--samplers", default=",".join(defaults.COMPARE_SAMPLERS), help="default %(default)s")
+    c.add_argument("--seeds", type=int, default=defaults.COMPARE_SEEDS, help="default %(default)s")
+    c.add_argument("--particles", type=int, default=defaults.PARTICLES, help="poe's particles (default %(default)s, "
+                   "generate's; a 4 x 4 x 8 comparison takes minutes on 2 CPU cores)")
     c.add_argument("--mcmc-steps", type=int, default=samplers.PRESETS["poe"]["mcmc_steps"],
-                   help="poe/ais moves per level; the others get equal NFE")
-    c.add_argument("--steps", type=int, default=20)
-    c.add_argument("--guidance", type=float, default=None, help="phrase weight (default 2.5)")
+                   help="poe/ais moves per level (default %(default)s, poe's preset); the others get equal NFE")
+    c.add_argument("--steps", type=int, default=defaults.STEPS, help="noise levels (default %(default)s)")
+    c.add_argument("--guidance", type=float, default=None,
+                   help=f"phrase weight (shapes world: {defaults.SHAPES_GUIDANCE:g}; named models: "
+                        f"{defaults.MODEL_GUIDANCE:g})")
     c.add_argument("--potential-weight", "--vlm-weight", dest="potential_weight", type=float, default=None,
-                   metavar="W", help="lambda of each question (default 3); --vlm-weight is its deprecated old name")
-    c.add_argument("--reward-every", type=int, default=1, metavar="K", help="score the potentials every K levels")
+                   metavar="W", help=f"lambda of each question (shapes world: {defaults.SHAPES_POTENTIAL_WEIGHT:g}; "
+                                     f"named models: {defaults.MODEL_POTENTIAL_WEIGHT:g}); --vlm-weight is its "
+                                     "deprecated old name")
+    c.add_argument("--reward-every", type=int, default=defaults.REWARD_EVERY, metavar="K",
+                   help="score the potentials every K levels (default %(default)s)")
     c.add_argument("--frames", type=int, default=None, metavar="N",
                    help="compare clips of N frames of shapes-world motion prompts ('a red ball rolls off a blue box'), "
                         "judged per frame against their simulation (IoU, exact); the report shows them as GIFs")

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from . import samplers
+from . import defaults, samplers
 from .edit import replaces_known
 
 log = logging.getLogger("poegen.compare")
@@ -186,8 +186,9 @@ _WORKER: dict = {}
 def _init_worker(threads: int, config: Optional[dict] = None, metrics: Sequence[str] = (),
                  shapes_options: Optional[dict] = None):
     """Per-process state of a comparison worker: its thread count, the experts and built targets."""
-    if threads:
-        torch.set_num_threads(threads)
+    if threads:  # pinned: the worker's share, never re-picked by its runs
+        from .hardware import configure_threads
+        configure_threads(threads)
     config = config or {"experts": [], "potentials": []}
     _WORKER.update(config=config, metrics=list(metrics), targets={}, shapes_options=dict(shapes_options or {}))
     if not config["experts"]:
@@ -317,8 +318,10 @@ def _results(tasks, workers: int, config: Optional[dict], metrics: Sequence[str]
         yield from pool.imap(_run_task, tasks)
 
 
-def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, particles: int = 16, mcmc_steps: int = 1,
-        steps: int = 30, guidance: Optional[float] = None, potential_weight: Optional[float] = None, progress: bool = True,
+def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_SAMPLERS,
+        seeds: int = defaults.COMPARE_SEEDS, particles: int = defaults.PARTICLES,
+        mcmc_steps: int = samplers.PRESETS["poe"]["mcmc_steps"], steps: int = defaults.STEPS,
+        guidance: Optional[float] = None, potential_weight: Optional[float] = None, progress: bool = True,
         workers: int = 1, seed0: int = 0, options: Optional[dict] = None, config: Optional[dict] = None,
         metrics: Sequence[str] = (), budgets: Optional[Sequence[int]] = None, shapes_options: Optional[dict] = None,
         frames: Optional[int] = None):
@@ -331,7 +334,7 @@ def run(targets: Sequence[str], sampler_names: Sequence[str], seeds: int, partic
     are shapes-world motion prompts ("a red ball rolls off a blue box"), sampled as clips of that many frames
     (images (seeds, 3, frames, H, W)) and judged against their simulation (``judge_clip``). With
     ``workers`` > 1 the runs are spread over that many processes, each with an equal share of torch's threads;
-    results do not depend on ``workers``."""
+    results do not depend on ``workers``. The defaults are a job's (``poegen.defaults``, as ``poegen compare``)."""
     from .experts.registry import POTENTIAL_FIELDS, POTENTIALS, _entry
     from .specs import load_target
 

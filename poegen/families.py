@@ -8,6 +8,7 @@ import json
 import logging
 from typing import List, Optional, Sequence, Union
 
+from . import defaults
 from .experts.cache import cached
 from .experts.registry import (GENERATIVE, GENERATIVE_FIELDS, OPTIONS, POTENTIAL_FIELDS, POTENTIALS, TUNING, VIDEO,
                                Spec, _entry)
@@ -41,13 +42,14 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
         product = shapes_video_product(layout, frames, guidance=guidance, potential_weight=potential_weight,
                                        dtype=dtype, **shapes_options)
     elif experts and video and layout.physics is not None:  # physics over time on named video models
-        product = scene_video_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
-                                      1.0 if potential_weight is None else potential_weight, dtype, frames,
+        product = scene_video_product(layout, experts, potentials, _or(guidance, defaults.MODEL_GUIDANCE),
+                                      _or(potential_weight, defaults.MODEL_POTENTIAL_WEIGHT), dtype, frames,
                                       video_inputs, shapes_options.get("fps"))
     elif experts:
         check_relations(layout)
-        product = named_product(layout, experts, potentials, 1.0 if guidance is None else guidance,
-                        1.0 if potential_weight is None else potential_weight, dtype, video, frames, video_inputs)
+        product = named_product(layout, experts, potentials, _or(guidance, defaults.MODEL_GUIDANCE),
+                                _or(potential_weight, defaults.MODEL_POTENTIAL_WEIGHT), dtype, video, frames,
+                                video_inputs)
     elif potentials:
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
                          "(weight it with --potential-weight)")
@@ -67,6 +69,11 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
                                  **shapes_options)
     product.edit = layout.edit  # an edit's image and mask ride along (metrics, replace_known)
     return product
+
+
+def _or(value: Optional[float], default: float) -> float:
+    """A weight the job gave, else the family's default (``poegen.defaults``)."""
+    return default if value is None else value
 
 
 # ---- the named models (poegen.experts.registry's kinds) ----------------------------------------------------

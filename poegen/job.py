@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import List, Optional
 
+from . import defaults
 from .hardware import check_dtype
 from .samplers import available
 from .validation import check_keys
@@ -21,7 +22,7 @@ class Job:
     layout: Optional[str] = None             # a layout spec: phrases with boxes
     image: Optional[str] = None              # editing: the image to add objects to (with mask or scene)
     mask: Optional[str] = None               # editing: white where the image may change
-    margin: int = 2                          # editing with a scene: pixels around the new objects' footprint
+    margin: int = defaults.MARGIN            # editing with a scene: pixels around the new objects' footprint
     resize: bool = False                     # editing: resize the image (and mask) to the family's size
     replace_known: Optional[bool] = None     # editing: replace the kept pixels at every level (default: for edits
     #                                          of pixel-space families; false: the KnownPixels weights alone)
@@ -34,20 +35,21 @@ class Job:
     fps: Optional[float] = None              # frames per second of a video (default 16) or a scene's GIF (4)
     first_frame: Optional[str] = None        # a video's first frame (an image file): Wan image-to-video folders
     control: Optional[str] = None            # a control video (.gif, .mp4, folder of PNG frames): Wan VACE folders
-    sampler: str = "poe"
-    particles: int = 8                       # issue 21: 8 x 1 move as exact as 16 x 2 (tuning seeds)
-    steps: int = 20                          # levels (issue 15: 20 kept the shapes world's exact rates at 2/3 the time)
-    mcmc_steps: Optional[int] = None
-    seed: int = 0
-    guidance: Optional[float] = None         # None: the shapes world's default, 1.0 for named models
-    potential_weight: Optional[float] = None # None: the shapes world's default, 1.0 for named models
-    select: str = "best"
-    grad_guidance: float = 0.0               # gradient guidance of the stochastic proposal (SamplerConfig)
-    reward_every: int = 1                    # score the potentials every k levels (SamplerConfig)
+    sampler: str = defaults.SAMPLER          # every default is poegen.defaults'
+    particles: int = defaults.PARTICLES
+    steps: int = defaults.STEPS              # noise levels
+    mcmc_steps: Optional[int] = None         # None: the sampler's preset
+    seed: int = defaults.SEED
+    guidance: Optional[float] = None         # None: defaults.SHAPES_GUIDANCE, or MODEL_GUIDANCE for named models
+    potential_weight: Optional[float] = None  # None: defaults.SHAPES_POTENTIAL_WEIGHT, or MODEL_POTENTIAL_WEIGHT
+    #                                           for named models
+    select: str = defaults.SELECT
+    grad_guidance: float = defaults.GRAD_GUIDANCE  # gradient guidance of the stochastic proposal (SamplerConfig)
+    reward_every: int = defaults.REWARD_EVERY      # score the potentials every k levels (SamplerConfig)
     experts: Optional[List[str]] = None      # e.g. ["sd:/models/sd15"]; default: the embedded shapes world
     potentials: Optional[List[str]] = None   # e.g. ["clip:/models/clip"]
     config: Optional[str] = None             # a YAML/JSON file of experts and potentials (registry.load_config)
-    device: str = "cpu"                      # "cuda" uses cuda:LOCAL_RANK under accelerate/torchrun
+    device: str = defaults.DEVICE            # "cuda" uses cuda:LOCAL_RANK under accelerate/torchrun
     max_memory: Optional[float] = None       # GB: micro-batches (and, on a GPU, offloading) keep a run under it
     dtype: Optional[str] = None              # auto, float32, bfloat16 (None: the config's, else auto: bf16 only
     #                                          where the hardware has it natively; hardware.pick_dtype)
