@@ -122,17 +122,20 @@ def _run_options(p: argparse.ArgumentParser, *, seeds: int, samplers: str, parti
 
 
 def _weights(p: argparse.ArgumentParser, potential: bool = True) -> None:
-    p.add_argument("--guidance", type=float, default=None, help="phrase weight (default: the shapes world's)")
+    from . import defaults
+
+    p.add_argument("--guidance", type=float, default=None,
+                   help=f"phrase weight (default {defaults.SHAPES_GUIDANCE:g}, the shapes world's)")
     if potential:
         p.add_argument("--potential-weight", dest="potential_weight", type=float, default=None,
-                       help="lambda of each potential (default: the shapes world's)")
+                       help=f"lambda of each potential (default {defaults.SHAPES_POTENTIAL_WEIGHT:g}, the shapes "
+                            "world's)")
         p.add_argument("--vlm-weight", dest="potential_weight", type=float, default=None, help=argparse.SUPPRESS)
 
 
 def add_parsers(parser: argparse.ArgumentParser) -> None:
     """The suites as subcommands of ``parser`` (``poegen eval``); each sets ``suite``."""
-    from . import samplers
-    from .job import Job
+    from . import defaults, samplers
 
     poe_moves = samplers.PRESETS["poe"]["mcmc_steps"]
     sub = parser.add_subparsers(dest="suite", required=True, metavar="{shapes,physics,edit,video}")
@@ -140,8 +143,8 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
     s = sub.add_parser("shapes", help="ShapesEval: benchmark prompts, strict exact per category",
                        description=SHAPES_HELP, formatter_class=raw)
-    _run_options(s, seeds=8, samplers="poe,best-of-n,smc,ancestral", particles=Job.particles,
-                 mcmc_steps=poe_moves, steps=Job.steps)
+    _run_options(s, seeds=8, samplers="poe,best-of-n,smc,ancestral", particles=defaults.PARTICLES,
+                 mcmc_steps=poe_moves, steps=defaults.STEPS)
     s.add_argument("--tiers", default="AB", help="A, B or AB")
     s.add_argument("--categories", default=None, help="only these categories (comma-separated)")
     s.add_argument("--per-category", type=int, default=8, help="prompts per category")
@@ -157,11 +160,12 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("physics", help="the example scenes: every object where the simulation put it?",
                        description=PHYSICS_HELP, formatter_class=raw)
-    _run_options(p, seeds=32, samplers="poe,best-of-n,ancestral", particles=Job.particles, mcmc_steps=poe_moves,
-                 steps=Job.steps)
+    _run_options(p, seeds=32, samplers="poe,best-of-n,ancestral", particles=defaults.PARTICLES,
+                 mcmc_steps=poe_moves, steps=defaults.STEPS)
     p.add_argument("--scenes", default="examples", help="a folder of scene specs, or comma-separated files")
     _weights(p, potential=False)
-    p.add_argument("--grad-guidance", type=float, default=0.0, help="gradient guidance of the stochastic proposals")
+    p.add_argument("--grad-guidance", type=float, default=defaults.GRAD_GUIDANCE,
+                   help="gradient guidance of the stochastic proposals (default %(default)s)")
 
     e = sub.add_parser("edit", help="objects dropped into rendered scenes: background kept, object placed?",
                        description=EDIT_HELP, formatter_class=raw)

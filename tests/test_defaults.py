@@ -1,6 +1,7 @@
-"""One set of defaults: ``Job``, the options of the CLI's commands and their help texts, ``compare.run``,
-``samplers.sample`` and the engine all take a job's defaults from ``poegen/defaults.py``. A number written into any
-of them again fails here: the CLI is checked with the defaults changed, the rest by its source."""
+"""One set of defaults: ``Job``, the options of the CLI's commands (eval's shapes and physics suites too) and their
+help texts, ``compare.run``, ``samplers.sample`` and the engine all take a job's defaults from ``poegen/defaults.py``.
+A number written into any of them again fails here: the CLI is checked with the defaults changed, the rest by its
+source."""
 import ast
 import inspect
 from pathlib import Path
@@ -21,7 +22,7 @@ JOB = {"sampler": "SAMPLER", "particles": "PARTICLES", "steps": "STEPS", "seed":
 def parsed(monkeypatch, *argv):
     """The options ``poegen ARGV`` would run its command with (the command itself not run)."""
     seen = []
-    for name in ("cmd_generate", "cmd_edit", "cmd_batch", "cmd_compare"):
+    for name in ("cmd_generate", "cmd_edit", "cmd_batch", "cmd_compare", "cmd_eval"):
         monkeypatch.setattr(cli, name, lambda args: seen.append(args) or 0)
     monkeypatch.setattr(hardware, "configure_threads", lambda requested=None: None)
     assert cli.main(list(argv)) == 0
@@ -53,6 +54,11 @@ def test_the_cli_takes_the_defaults(monkeypatch):
         (list(defaults.COMPARE_SAMPLERS), defaults.COMPARE_SEEDS, defaults.PARTICLES, defaults.STEPS,
          samplers.PRESETS["poe"]["mcmc_steps"], defaults.REWARD_EVERY)
     assert args.guidance is None and args.potential_weight is None
+    for suite in ("shapes", "physics"):
+        args = parsed(monkeypatch, "eval", suite)
+        assert (args.particles, args.steps, args.mcmc_steps) == \
+            (defaults.PARTICLES, defaults.STEPS, samplers.PRESETS["poe"]["mcmc_steps"]), suite
+        assert args.guidance is None
 
 
 def test_a_batch_item_takes_the_defaults(tmp_path):
@@ -84,6 +90,12 @@ def test_the_cli_follows_changed_defaults(monkeypatch, capsys):
             assert value in text, (command, value)
         assert "(default 7)" in text, command
     assert "default 13" in helped(capsys, "generate") and "default smc,poe" in helped(capsys, "compare")
+    for suite in ("shapes", "physics"):  # the eval suites that run at a job's defaults
+        args = parsed(monkeypatch, "eval", suite)
+        assert (args.particles, args.steps) == (13, 7), suite
+        text = helped(capsys, "eval", suite)
+        assert "9.25" in text and "(default 13)" in text and "(default 7)" in text, suite
+    assert "4.75" in helped(capsys, "eval", "shapes") and parsed(monkeypatch, "eval", "physics").grad_guidance == 0.25
 
 
 def test_the_help_texts_state_the_defaults(capsys):

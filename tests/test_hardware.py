@@ -234,6 +234,7 @@ def test_threads_asked_for_are_never_repicked(state, monkeypatch):
 
 def test_torch_default_threads_is_what_a_fresh_torch_starts_with():
     clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    code = "import torch; n = torch.get_num_threads(); from poegen import hardware; print(n, hardware.torch_default_threads())"
+    code = ("import torch; n = torch.get_num_threads(); from poegen import hardware; "
+            "print(n, hardware.torch_default_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=clean).stdout
     assert out.split()[0] == out.split()[1]
