@@ -9,7 +9,7 @@ _WHERE = {"Layout": "layout", "LayoutObject": "layout", "build_product": "famili
           "load_layout": "specs", "Product": "product", "Particles": "particles", "sample": "samplers",
           "SampleResult": "samplers", "AllParticlesDead": "samplers", "from_pipeline": "interop",
           "potential": "interop", "decode_images": "interop", "pipeline_sigmas": "interop"}
-_MODULES = ("resampling", "samplers", "schedules")
+_MODULES = ("defaults", "resampling", "samplers", "schedules")
 __all__ = [*_WHERE, *_MODULES, "__version__"]
 
 
