@@ -173,3 +173,25 @@ def test_defaults_load_nothing():
     code = "import sys; import poegen.defaults; print(sorted(m for m in sys.modules if m.startswith('poegen')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['poegen', 'poegen.defaults']"
+
+
+def test_the_api_draws_what_the_cli_draws(tmp_path, monkeypatch):
+    """The layout example through build_product and sample, at the CLI's settings, gives `poegen generate`'s image:
+    the same dtype pick, the same sampler defaults."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import poegen
+
+    monkeypatch.setattr(hardware, "_state", hardware._Threads())  # --threads 1 pins the count for this test only
+    layout = str(Path(cli.__file__).parent.parent / "examples" / "layout_two_objects.yaml")
+    out = tmp_path / "cli.png"
+    assert cli.main(["generate", "--layout", layout, "--particles", "2", "--steps", "3", "--threads", "1", "-q",
+                     "--out", str(out)]) == 0
+    product = poegen.build_product(poegen.load_layout(layout))
+    result = poegen.sample(product, num_particles=2, num_steps=3, select=defaults.SELECT,
+                           generator=torch.Generator().manual_seed(defaults.SEED))
+    api = np.asarray(poegen.decode_images(product, result)[0], dtype=int)
+    raw = np.asarray(Image.open(tmp_path / "cli_raw.png").convert("RGB"), dtype=int)  # the sample's own pixels
+    assert api.shape == raw.shape and np.abs(api - raw).max() <= 1
