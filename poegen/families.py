@@ -342,7 +342,7 @@ def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Opti
     ``temporal`` (a ``TemporalNet``; default: the shipped one, trained on simulated clips), so the experts are
     video^1 * null^(1 - 1 - sum w) * prod phrase^w (False: independent frames, null^(1 - sum w) * prod phrase^w).
     ``region``: regional composition frame by frame (``regional_masks``), off by default:
-    with ``REGION_PX`` poe's mean clip IoU over the three motion prompts of ``eval_video.py`` fell from 0.888 to
+    with ``REGION_PX`` poe's mean clip IoU over the three motion prompts of ``poegen eval video`` fell from 0.888 to
     0.863 (4 seeds, 8 particles, 20 steps)."""
     import math
 
