@@ -211,24 +211,26 @@ def _metric_scorers(layout) -> List:
 
 def _target(target: str, guidance: Optional[float], potential_weight: Optional[float], frames: Optional[int] = None):
     """(product, metrics function, verdict function) of a prompt, layout spec or scene spec (with ``frames``: a
-    shapes-world motion prompt's clips of that many frames), built once per process."""
-    from .families import build_product
+    shapes-world motion prompt's clips of that many frames), built once per process as a job's Layout is: read by
+    ``specs.load_target``, built by ``pipeline.build``."""
+    from .job import Job
+    from .layout import Layout
+    from .pipeline import build
     from .specs import load_target
 
     key = target, guidance, potential_weight, frames
     if key not in _WORKER["targets"]:
-        layout = load_target(target)
         cfg = _WORKER["config"]
         shapes = not cfg["experts"]
         extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"], **_WORKER["shapes_options"]) if shapes else {}
-        product = build_product(layout, cfg["experts"], cfg["potentials"], guidance, potential_weight, video=bool(frames),
-                                frames=frames, **extra)
+        layout = load_target(target, shapes, video=bool(frames), place=extra.pop("place", True))
+        job = Job(guidance=guidance, potential_weight=potential_weight, video="gif" if frames else None, frames=frames)
+        product = build(layout, job, cfg, **extra)
         verdict = (lambda x: {"present": None, "relation": None, "exact": None})
         if frames:
             from .experts.motion import trajectory
             from .experts.shapes.vocab import parse_phrase
-            from .specs import motion_scene
-            spec = motion_scene(target)
+            spec = layout.physics.spec
             traj = trajectory(spec, frames, product.fps, product.shape[-1])
             phrases = [parse_phrase(f"{o.size} {o.colour} {o.shape}") for o in spec.objects]
             verdict = (lambda x: judge_clip(x, traj, phrases))
@@ -237,7 +239,8 @@ def _target(target: str, guidance: Optional[float], potential_weight: Optional[f
             verdict = ((lambda x: judge_edit(x, layout)) if layout.edit is not None else
                        (lambda x: judge_scene(x, physics)) if physics is not None else
                        (lambda x: judge_layout(x, layout)) if is_scene(target) else (lambda x: judge(x, target)))
-        _WORKER["targets"][key] = (product, _metric_scorers(layout), verdict)
+        asked = Layout(layout.text) if layout.text is not None else layout  # a prompt as typed, else the spec's
+        _WORKER["targets"][key] = (product, _metric_scorers(asked), verdict)
     return _WORKER["targets"][key]
 
 
@@ -338,8 +341,6 @@ def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_
     from .experts.registry import POTENTIAL_FIELDS, POTENTIALS, _entry
     from .specs import load_target
 
-    from .experts.shapes.prompt import parse_prompt
-
     shapes = not (config and config["experts"])
     for what, given in (("--samplers", list(sampler_names)), ("targets", list(targets))):
         twice = sorted({t for t in given if given.count(t) > 1})
@@ -355,9 +356,7 @@ def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_
                 raise ValueError(f"target {target[:60]!r}: --frames compares clips of motion prompts; write one as "
                                  "'a red ball rolls off a blue box' (rolls, slides or falls off)")
     for target in targets:  # bad prompts and specs fail before any work
-        load_target(target)
-        if shapes and not is_scene(target) and frames is None:
-            parse_prompt(target)
+        load_target(target, shapes, video=frames is not None)
     for spec in metrics:
         _entry(spec, POTENTIALS, POTENTIAL_FIELDS, "--metrics")
     if options:

@@ -13,12 +13,12 @@ from .experts.cache import cached
 from .experts.registry import (GENERATIVE, GENERATIVE_FIELDS, OPTIONS, POTENTIAL_FIELDS, POTENTIALS, TUNING, VIDEO,
                                Spec, _entry)
 from .experts.shapes.prompt import (COUNT_WEIGHT, GUIDANCE, REGION_PX, RELATION_WEIGHT, VLM_WEIGHT, Prompt,
-                                    _check_scene_prompt, count_questions, parse_prompt, placement)
+                                    _check_scene_prompt, count_questions)
 from .experts.shapes.vocab import parse_phrase
 from .hardware import configure_threads
-from .layout import Layout, LayoutObject, check_relations
+from .layout import Layout, check_relations
 from .product import PerFrame, Product, merge_experts
-from .specs import from_physics, from_prompt
+from .specs import for_shapes, from_physics, from_prompt, shapes_layout
 
 log = logging.getLogger("poegen.families")
 
@@ -39,6 +39,7 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
     configure_threads()
     if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
         shapes_options.pop("place", None)
+        layout = for_shapes(layout, video=True)
         product = shapes_video_product(layout, frames, guidance=guidance, potential_weight=potential_weight,
                                        dtype=dtype, **shapes_options)
     elif experts and video and layout.physics is not None:  # physics over time on named video models
@@ -54,16 +55,11 @@ def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
                          "(weight it with --potential-weight)")
     else:
-        place = shapes_options.pop("place", True)
-        if not layout.objects and layout.physics is None:  # a prompt: the shapes world always composes (a
-            #                                  scene whose objects all left the view has none: the prior and its layout)
-            layout = Layout(**{**vars(shapes_layout(layout.prompt, place)),
-                               "questions": layout.questions,
-                               "text": layout.text, "physics": layout.physics, "edit": layout.edit})
-        elif layout.prompt.strip() and layout.physics is None and layout.edit is None:
+        if layout.objects and layout.prompt.strip() and layout.physics is None and layout.edit is None:
             log.warning(
                 "the shapes world draws the layout's objects and has no background: its prompt %r is not used",
                 layout.prompt[:60])
+        layout = for_shapes(layout, place=shapes_options.pop("place", True))  # a bare prompt's Layout read here
         check_relations(layout, f"prompt {layout.text[:60]!r}" if layout.text is not None else "relations")
         product = shapes_product(layout, guidance=guidance, potential_weight=potential_weight, dtype=dtype,
                                  **shapes_options)
@@ -249,19 +245,6 @@ def regional_masks(experts: List, weights: List[float], size: int, region: float
     return [rest / weights[0]] + masks
 
 
-def shapes_layout(prompt: Union[str, Prompt], place: bool = True) -> Layout:
-    """The Layout of a shapes-world prompt: its objects, relations and absences, each object of a prompt with
-    several in a box around the place ``placement`` gives it (``place=False``: unplaced, an ablation)."""
-    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-    places = placement(p) if place else None
-    half = 0.1  # the boxes' half-width (of the image): the prior is told their centres
-    boxes = [None] * len(p.objects) if places is None else \
-        [((c + 0.5) / 32 - half, (r + 0.5) / 32 - half, (c + 0.5) / 32 + half, (r + 0.5) / 32 + half) for c, r in places]
-    return Layout("", [LayoutObject(str(o), box=b) for o, b in zip(p.objects, boxes)],
-                  [(i, f"{rel} of" if rel in ("left", "right") else rel, j) for i, rel, j in p.relations],
-                  absent=p.absent_phrases())
-
-
 def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
                    potential_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
                    counts: bool = True, footprint: bool = True, region: float = REGION_PX) -> Product:
@@ -330,15 +313,15 @@ def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Opti
                          **_ablations) -> Product:
     """The shapes world in motion: clips (3, F, H, W) from the shapes video prior and the image prior's phrases.
 
-    The motion comes from a simulation: the Layout's scene (``layout.physics``) or the scene of a motion prompt
-    ("a red ball rolls off a blue box", ``specs.motion_scene``), recorded at F = ``frames`` times (fps: the given
+    The motion comes from a simulation: the Layout's scene (``layout.physics``: a scene spec's, or a motion
+    prompt's such as "a red ball rolls off a blue box", ``specs.for_shapes``), recorded at F = ``frames`` times (fps: the given
     one, else the frames spread over the simulated duration; kept as ``product.fps``). Each object's ``TrackedExpert``
     puts its phrase at its simulated centroid frame by frame (the unconditional prior where it is out of view),
     over the divided-out prior; potentials: the per-frame VLM question of every object in view throughout and,
     when all are, the count questions (``PerFrame``, mean over frames), the regions' agreement with the simulated
     masks (``RegionalMotionPotential``, mean over frames) and the centroids' (``TrajectoryPotential``, lambda
     ``trajectory_weight``, exponential schedule). A prompt without a motion verb gives a still clip: its placed
-    objects in every frame. ``video_prior``: the base is the video prior, the unconditional frames corrected by
+    objects (the Layout's) in every frame. ``video_prior``: the base is the video prior, the unconditional frames corrected by
     ``temporal`` (a ``TemporalNet``; default: the shipped one, trained on simulated clips), so the experts are
     video^1 * null^(1 - 1 - sum w) * prod phrase^w (False: independent frames, null^(1 - sum w) * prod phrase^w).
     ``region``: regional composition frame by frame (``regional_masks``), off by default:
@@ -353,14 +336,13 @@ def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Opti
     from .experts.shapes.video import load_video_prior
     from .experts.shapes.scorer import load_vlm
     from .product import lambda_schedule
-    from .specs import motion_scene
 
     frames = frames or SHAPES_FRAMES
     guidance = GUIDANCE if guidance is None else guidance
     potential_weight = VLM_WEIGHT if potential_weight is None else potential_weight
     prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
     size = prior.config["image_size"]
-    spec = layout.physics.spec if layout.physics is not None else motion_scene(layout.prompt)
+    spec = layout.physics.spec if layout.physics is not None else None
     potentials, lambdas = [], []
     if spec is not None:
         fps = fps or ((frames - 1) / spec.physics.duration if frames > 1 else 1.0)
@@ -373,9 +355,8 @@ def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Opti
         weight = next((c.weight for c in spec.constraints if c.type == "layout"), 1.0)
         potentials, lambdas = [RegionalMotionPotential(traj, reduce="mean"), follow], [weight, trajectory_weight]
     else:
-        still = shapes_layout(layout.prompt if layout.text is None else layout.text)
-        phrases = [parse_phrase(o.phrase) for o in still.objects]
-        tracks = [torch.tensor([o.centre(size) or (math.nan, math.nan)] * frames) for o in still.objects]
+        phrases = [parse_phrase(o.phrase) for o in layout.objects]
+        tracks = [torch.tensor([o.centre(size) or (math.nan, math.nan)] * frames) for o in layout.objects]
         visible, steady, fps = [None] * len(phrases), phrases, fps or 1.0
     anywhere = torch.full((frames, 2), math.nan)
     null = lambda: TrackedExpert(prior.net, None, anywhere, None, dtype)  # noqa: E731

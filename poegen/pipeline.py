@@ -32,55 +32,41 @@ def job_config(job: Job) -> dict:
 
 def products(job: Job, cfg: Optional[dict] = None):
     """(file label, Product) pairs: one for a prompt or a layout spec, one per frame for a scene spec; each
-    through its Layout, in the shapes world or on the named models of --expert/--config (``cfg``: the config
-    already read by ``job_config``)."""
-    from .families import build_product
-    from .specs import from_physics, from_prompt, load_layout
+    through its Layout (``specs.read_job``; an edit's: ``_edit_product``), in the shapes world or on the named
+    models of --expert/--config (``cfg``: the config already read by ``job_config``)."""
+    from .specs import read_job
 
     cfg = cfg or job_config(job)
-    experts, potentials = (job.experts or []) + cfg["experts"], (job.potentials or []) + cfg["potentials"]
     if job.image is not None:
-        return [("", _edit_product(job, cfg, experts, potentials))]
-    if job.scene is not None:
-        from .experts.physics import PhysicsExpert
-        from .experts.scene import load_scene, refuse_new
+        return [("", _edit_product(job, cfg))]
+    return [(label, build(layout, job, cfg)) for label, layout in read_job(job, cfg)]
 
-        spec, n = load_scene(job.scene), job.frames or 1
-        refuse_new(spec, job.scene)
-        if job.video is not None:  # one clip of the whole simulation (the shapes world's TrackedExperts)
-            n = 1
-        times = [spec.physics.duration * i / (n - 1) for i in range(n)] if n > 1 else [None]
-        layouts = [(f"_f{i:02d}" if n > 1 else "", from_physics(PhysicsExpert(spec, until=t))) for i, t in enumerate(times)]
-    elif job.layout is not None:
-        layouts = [("", load_layout(job.layout))]
-    else:
-        prompt = job.prompt if job.prompt is not None else cfg["prompt"]
-        if prompt is None:
-            raise ValueError("no prompt: give one on the command line or as prompt: in the config")
-        layouts = [("", from_prompt(prompt, job.compose or cfg["compose"], job.parts or cfg["parts"],
-                                    job.questions if job.questions is not None else cfg["questions"]))]
-    questions = job.questions if job.questions is not None else cfg["questions"]
-    inputs = {k: getattr(job, k) for k in ("first_frame", "control") if getattr(job, k) is not None}
-    for _, layout in layouts:
-        if questions is not None:
-            layout.questions = list(questions)
-    return [(label, build_product(layout, experts, potentials, job.guidance, job.potential_weight, job_dtype(job, cfg),
-                                  video=job.video is not None, frames=job.frames if job.video else None,
-                                  video_inputs=inputs, **({"fps": job.fps} if job.video and job.fps else {})))
-            for label, layout in layouts]
+
+def build(layout, job: Job, cfg: dict, **shapes_options):
+    """The Product of one of a job's Layouts (``families.build_product``): the job's and its config's models
+    (``cfg``: ``job_config``'s), weights, dtype and video options. ``shapes_options`` (the shapes world's: a loaded
+    prior and scorer, ablations) pass on as they are. `poegen compare` builds each target's Product here too."""
+    from .families import build_product
+
+    video = job.video is not None
+    return build_product(layout, (job.experts or []) + cfg["experts"], (job.potentials or []) + cfg["potentials"],
+                         guidance=job.guidance, potential_weight=job.potential_weight, dtype=job_dtype(job, cfg),
+                         video=video, frames=job.frames if video else None,
+                         video_inputs={k: getattr(job, k) for k in ("first_frame", "control")
+                                       if getattr(job, k) is not None},
+                         **({"fps": job.fps} if video and job.fps else {}), **shapes_options)
 
 
 def job_dtype(job: Job, cfg: dict) -> str:
     """The job's dtype name: its own, else its config's, else auto."""
-    return job.dtype or cfg["dtype"]
+    return job.dtype or cfg.get("dtype") or "auto"
 
 
-def _edit_product(job: Job, cfg: dict, experts, potentials):
+def _edit_product(job: Job, cfg: dict):
     """The Product of an edit job, its image (and mask) checked against, or resized to, the family's size; the
     edit rides along as ``product.edit``."""
     from .edit import load_image, load_mask
     from .specs import edit_layout
-    from .families import build_product
     from .experts.scene import load_scene
 
     image = load_image(job.image)
@@ -91,7 +77,7 @@ def _edit_product(job: Job, cfg: dict, experts, potentials):
         size = scene.camera.resolution
         image = torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
     layout = edit_layout(image, prompt, mask, scene, job.margin)
-    product = build_product(layout, experts, potentials, job.guidance, job.potential_weight, job_dtype(job, cfg))
+    product = build(layout, job, cfg)
     with torch.no_grad():
         made = tuple((product.decode(torch.zeros(1, *product.shape)) if product.decode is not None
                       else torch.zeros(1, *product.shape)).shape[-2:])
@@ -102,7 +88,7 @@ def _edit_product(job: Job, cfg: dict, experts, potentials):
                              "resize it, or pass --resize")
         edit = layout.edit.resized(*made)
         layout = edit_layout(edit.image, prompt, edit.mask, None, job.margin)
-        product = build_product(layout, experts, potentials, job.guidance, job.potential_weight, job_dtype(job, cfg))
+        product = build(layout, job, cfg)
     return product
 
 

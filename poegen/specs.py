@@ -71,6 +71,39 @@ def from_prompt(text: str, compose: bool = False, parts: Optional[Sequence[str]]
     return layout
 
 
+def shapes_layout(prompt, place: bool = True) -> Layout:
+    """The Layout of a shapes-world prompt (its text or a parsed ``shapes.prompt.Prompt``): its objects, relations
+    and absences, each object of a prompt with several in a box around the place ``placement`` gives it
+    (``place=False``: unplaced, an ablation)."""
+    from .experts.shapes.prompt import parse_prompt, placement
+
+    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    places = placement(p) if place else None
+    half = 0.1  # the boxes' half-width (of the image): the prior is told their centres
+    boxes = [None] * len(p.objects) if places is None else \
+        [((c + 0.5) / 32 - half, (r + 0.5) / 32 - half, (c + 0.5) / 32 + half, (r + 0.5) / 32 + half) for c, r in places]
+    return Layout("", [LayoutObject(str(o), box=b) for o, b in zip(p.objects, boxes)],
+                  [(i, f"{rel} of" if rel in ("left", "right") else rel, j) for i, rel, j in p.relations],
+                  absent=p.absent_phrases())
+
+
+def for_shapes(layout: Layout, video: bool = False, place: bool = True) -> Layout:
+    """The Layout the shapes world draws: one with objects or a scene as it is; a bare prompt's (``from_prompt``)
+    read in the shapes world's grammar: with ``video`` a motion prompt ("a red ball rolls off a blue box",
+    ``motion_scene``) as its simulated scene, else its objects, relations and absences (``shapes_layout``; ``place``
+    as there). The questions, the typed text and an edit stay."""
+    if layout.objects or layout.physics is not None:
+        return layout
+    spec = motion_scene(layout.prompt) if video else None
+    if spec is not None:
+        from .experts.physics import PhysicsExpert
+        read = from_physics(PhysicsExpert(spec))
+    else:
+        read = shapes_layout(layout.prompt, place)
+    read.questions, read.text, read.edit = layout.questions, layout.text, layout.edit
+    return read
+
+
 # ---- layout specs ----------------------------------------------------------------------------------------
 
 def _box(value, where: str) -> Tuple[float, float, float, float]:
@@ -142,6 +175,20 @@ def load_layout(path) -> Layout:
 
 
 # ---- scene specs -----------------------------------------------------------------------------------------
+
+def scene_layouts(path, frames: int = 1) -> List[Tuple[str, Layout]]:
+    """A scene spec file read once, simulated to ``frames`` times spread over its duration: (file label, Layout)
+    pairs (one frame: the end, label ""; several: _f00, _f01, ...). A spec that marks objects new (an edit's) is
+    refused."""
+    from .experts.physics import PhysicsExpert
+    from .experts.scene import load_scene, refuse_new
+
+    spec = load_scene(path)
+    refuse_new(spec, path)
+    times = [spec.physics.duration * i / (frames - 1) for i in range(frames)] if frames > 1 else [None]
+    return [(f"_f{i:02d}" if frames > 1 else "", from_physics(PhysicsExpert(spec, until=t)))
+            for i, t in enumerate(times)]
+
 
 def from_physics(physics) -> Layout:
     """The layout of a simulated scene (a ``PhysicsExpert``): each object in view with its simulated mask, "on"
@@ -253,20 +300,42 @@ def load_edit(path) -> Layout:
 
 # ---- any spec file ---------------------------------------------------------------------------------------
 
-def load_target(target: str) -> Layout:
-    """A layout from a comparison target: an edit, scene or layout spec file (``spec_kind``), or else a prompt."""
+def load_target(target: str, shapes: bool = False, video: bool = False, place: bool = True) -> Layout:
+    """A layout from a comparison target: an edit, scene or layout spec file (``spec_kind``), or else a prompt,
+    read for the shapes world when ``shapes`` (``for_shapes``, with ``video`` and ``place``), as a job's is."""
     if Path(target).suffix.lower() not in (".yaml", ".yml", ".json"):
-        return from_prompt(target)
+        layout = from_prompt(target)
+        return for_shapes(layout, video, place) if shapes else layout
     kind = spec_kind(target)
     if kind == "edit":
         return load_edit(target)
     if kind == "scene":
-        from .experts.physics import PhysicsExpert
-        from .experts.scene import load_scene, refuse_new
-        spec = load_scene(target)
-        refuse_new(spec, target)
-        return from_physics(PhysicsExpert(spec))
+        return scene_layouts(target)[0][1]
     return load_layout(target)
+
+
+def read_job(job, cfg: dict) -> List[Tuple[str, Layout]]:
+    """(file label, Layout) of each product a job (``poegen.job.Job``; an edit's is ``edit_layout``) makes, its
+    inputs read once: a scene spec (``scene_layouts``: one Layout per frame time; for a video one, the whole
+    simulation), a layout spec, or the prompt (the job's, else its config's; ``cfg`` as ``registry.load_config``
+    gives it), read in the shapes world's grammar when the job names no models (``for_shapes``). The job's
+    questions, else the config's, go on every Layout."""
+    questions = job.questions if job.questions is not None else cfg["questions"]
+    if job.scene is not None:
+        layouts = scene_layouts(job.scene, 1 if job.video is not None else job.frames or 1)
+    elif job.layout is not None:
+        layouts = [("", load_layout(job.layout))]
+    else:
+        prompt = job.prompt if job.prompt is not None else cfg["prompt"]
+        if prompt is None:
+            raise ValueError("no prompt: give one on the command line or as prompt: in the config")
+        layout = from_prompt(prompt, job.compose or cfg["compose"], job.parts or cfg["parts"], questions)
+        shapes = not (job.experts or cfg["experts"] or job.potentials or cfg["potentials"])
+        layouts = [("", for_shapes(layout, job.video is not None) if shapes else layout)]
+    for _, layout in layouts:
+        if questions is not None:
+            layout.questions = list(questions)
+    return layouts
 
 
 def spec_kind(path) -> str:

@@ -279,7 +279,8 @@ def test_exact_holds_on_renders_and_fails_on_extras_blends_and_slivers(scenes):
 
 @pytest.mark.skipif(not HAVE_PRIOR, reason="prior weights not exported yet")
 def test_regional_composition_confines_each_phrase_to_its_window():
-    from poegen.families import shapes_layout, shapes_product
+    from poegen.families import shapes_product
+    from poegen.specs import shapes_layout
 
     layout = shapes_layout("a red ball left of a blue box")
     product = shapes_product(layout, potential_weight=0)

@@ -12,7 +12,7 @@ from poegen.experts.shapes.tracked import TrackedExpert
 from poegen.experts.shapes.model import load_prior
 from poegen.experts.shapes.video import TemporalNet, load_video_prior, save_video_prior
 from poegen.families import shapes_video_product
-from poegen.specs import from_prompt
+from poegen.specs import for_shapes, from_prompt
 
 ROLL = "a red ball rolls off a blue box"
 
@@ -48,7 +48,7 @@ def test_untrained_correction_is_the_image_prior_frame_by_frame(prior):
     got_video, got_null = TrackedExpert.denoise_batch([video, null], x, sigma)
     torch.testing.assert_close(got_video, got_null, atol=0, rtol=0)
 
-    layout = from_prompt(ROLL)
+    layout = for_shapes(from_prompt(ROLL), video=True)  # the motion prompt read as its scene
     with_video = shapes_video_product(layout, dtype="float32", potential_weight=0.0)
     untrained = shapes_video_product(layout, dtype="float32", potential_weight=0.0, temporal=TemporalNet())
     plain = shapes_video_product(layout, dtype="float32", potential_weight=0.0, video_prior=False)
