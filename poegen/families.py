@@ -23,34 +23,35 @@ from .specs import for_shapes, from_physics, from_prompt, shapes_layout
 log = logging.getLogger("poegen.families")
 
 
-def build_product(layout: Layout, experts=(), potentials=(), guidance: Optional[float] = None,
+def build_product(layout: Layout, experts=(), potentials=(), *, guidance: Optional[float] = None,
                   potential_weight: Optional[float] = None, dtype: str = "auto", video: bool = False,
-                  frames: Optional[int] = None, video_inputs: Optional[dict] = None, **shapes_options):
+                  frames: Optional[int] = None, fps: Optional[float] = None, video_inputs: Optional[dict] = None,
+                  **shapes_options):
     """The Product of a Layout in its family: the named models in ``experts`` and ``potentials`` (registry
     entries; guidance and lambdas default to 1), or the embedded shapes world when none is named (its tuned
     defaults; ``shapes_options``: prior, vlm, schedule, and the ablations ``place``, ``counts`` and
     ``footprint``). ``dtype`` (auto, float32, bfloat16): the shapes prior's compute dtype (auto: bf16 only
     where the hardware has it natively, ``hardware.pick_dtype``), or the named models' torch_dtype where an entry
     gives none (auto: as loaded). An edit's ``Edit`` is kept as ``product.edit``. ``video``: clips of ``frames``
-    frames (None: the model's default) from video kinds (``registry.VIDEO``), every potential scoring each frame;
-    ``video_inputs``: files every video entry takes as its options (first_frame, control). A scene's Layout
-    (``layout.physics``) with video kinds: ``scene_video_product``. Torch's threads are picked as the CLI picks
+    frames (None: the model's default) from video kinds (``registry.VIDEO``), every potential scoring each frame,
+    played at ``fps`` (None: the frames over the simulated duration, else the model's); ``video_inputs``: files
+    every video entry takes as its options (first_frame, control). A scene's Layout (``layout.physics``) with
+    video kinds: ``scene_video_product``. Torch's threads are picked as the CLI picks
     them (``hardware.configure_threads``) unless the caller set them."""
     configure_threads()
     if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
-        shapes_options.pop("place", None)
-        layout = for_shapes(layout, video=True)
-        product = shapes_video_product(layout, frames, guidance=guidance, potential_weight=potential_weight,
-                                       dtype=dtype, **shapes_options)
+        layout = for_shapes(layout, video=True, place=shapes_options.pop("place", True))
+        product = shapes_video_product(layout, frames=frames, fps=fps, guidance=guidance,
+                                       potential_weight=potential_weight, dtype=dtype, **shapes_options)
     elif experts and video and layout.physics is not None:  # physics over time on named video models
-        product = scene_video_product(layout, experts, potentials, _or(guidance, defaults.MODEL_GUIDANCE),
-                                      _or(potential_weight, defaults.MODEL_POTENTIAL_WEIGHT), dtype, frames,
-                                      video_inputs, shapes_options.get("fps"))
+        product = scene_video_product(layout, experts, potentials, guidance=_or(guidance, defaults.MODEL_GUIDANCE),
+                                      lambdas=_or(potential_weight, defaults.MODEL_POTENTIAL_WEIGHT), dtype=dtype,
+                                      frames=frames, fps=fps, video_inputs=video_inputs)
     elif experts:
         check_relations(layout)
-        product = named_product(layout, experts, potentials, _or(guidance, defaults.MODEL_GUIDANCE),
-                                _or(potential_weight, defaults.MODEL_POTENTIAL_WEIGHT), dtype, video, frames,
-                                video_inputs)
+        product = named_product(layout, experts, potentials, guidance=_or(guidance, defaults.MODEL_GUIDANCE),
+                                lambdas=_or(potential_weight, defaults.MODEL_POTENTIAL_WEIGHT), dtype=dtype,
+                                video=video, frames=frames, video_inputs=video_inputs)
     elif potentials:
         raise ValueError("--potential needs --expert or --config: the shapes world asks its own scorer "
                          "(weight it with --potential-weight)")
@@ -81,9 +82,9 @@ def _with_dtype(entry: dict, dtype: str) -> dict:
     return dict(entry, options={**entry["options"], "torch_dtype": dtype})
 
 
-def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), guidance: float = 1.0,
-          lambdas: float = 1.0, dtype: str = "auto", video: bool = False, frames: Optional[int] = None,
-          video_inputs: Optional[dict] = None, extra: Sequence = ()):
+def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), *, guidance: float = 1.0,
+                  lambdas: float = 1.0, dtype: str = "auto", video: bool = False, frames: Optional[int] = None,
+                  fps: Optional[float] = None, video_inputs: Optional[dict] = None, extra: Sequence = ()) -> Product:
     """The Product of named experts for a Layout (or a prompt): on each generative entry's model, the background
     prompt's expert outside the objects' regions, each located object's phrase inside its region, each unlocated
     object's phrase everywhere (composable diffusion), and the empty prompt's expert to make guidance a product;
@@ -96,7 +97,8 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
     every entry must be a video kind, given ``frames`` as its num_frames, and every potential scores each frame
     (``PerFrame``: the sum over frames); without it a video kind is refused. ``video_inputs`` (first_frame,
     control: files, or tensors that an entry's own options override) become options of every video entry, as
-    ``frames`` does. ``extra``: further (potential, lambda) pairs, used as they are."""
+    ``frames`` does; ``fps``: the clip's, kept as ``product.fps``. ``extra``: further (potential, lambda) pairs,
+    used as they are."""
     if not isinstance(layout, Layout):
         layout = from_prompt(layout)
     gen, weights, masks, backbones = [], [], [], {}
@@ -145,7 +147,7 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
     pots, lams = pots + [p for p, _ in extra], lams + [float(lam) for _, lam in extra]
     decode = next((bb.decode for bb in backbones.values() if bb.decode is not None), None)
     gen, weights, masks = merge_experts(gen, weights, masks)
-    return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode)
+    return Product(gen, weights=weights, masks=masks, potentials=pots, lambdas=lams, decode=decode, fps=fps)
 
 
 def _with_frames(entry: dict, video: bool, frames: Optional[int], where: str, inputs: Optional[dict] = None) -> dict:
@@ -169,9 +171,9 @@ def _with_frames(entry: dict, video: bool, frames: Optional[int], where: str, in
 WAN_FRAMES = 81  # Wan 2.1's default clip length (num_frames)
 
 
-def scene_video_product(layout: Layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (),
+def scene_video_product(layout: Layout, experts: Sequence[Spec], potentials: Sequence[Spec] = (), *,
                         guidance: float = 1.0, lambdas: float = 1.0, dtype: str = "auto", frames: Optional[int] = None,
-                        video_inputs: Optional[dict] = None, fps: Optional[float] = None) -> Product:
+                        fps: Optional[float] = None, video_inputs: Optional[dict] = None) -> Product:
     """Physics over time on named video models: the Layout's scene (``layout.physics``) simulated once at the
     clip's F = ``frames`` times (default Wan's 81; fps: the given one, else the frames spread over the simulated
     duration, kept as ``product.fps``). Every video entry gets what its folder reads: a VACE folder the simulated
@@ -190,10 +192,9 @@ def scene_video_product(layout: Layout, experts: Sequence[Spec], potentials: Seq
     made = {"control": traj.depth[None, None].expand(1, 3, -1, -1, -1) * 2 - 1, "first_frame": traj.images[:1]}
     text = layout.prompt.strip() or " and ".join(o.phrase for o in layout.objects)
     motion = [(RegionalMotionPotential(traj, reduce="mean"), lambdas), (TrajectoryPotential(traj), lambdas)]
-    product = named_product(Layout(text), experts, potentials, guidance, lambdas, dtype, True, frames,
-                            {**made, **(video_inputs or {})}, extra=motion)
-    product.fps = fps
-    return product
+    return named_product(Layout(text), experts, potentials, guidance=guidance, lambdas=lambdas, dtype=dtype,
+                         video=True, frames=frames, fps=fps, video_inputs={**made, **(video_inputs or {})},
+                         extra=motion)
 
 
 def _absences(entry: dict, layout: Layout) -> List:
@@ -245,7 +246,7 @@ def regional_masks(experts: List, weights: List[float], size: int, region: float
     return [rest / weights[0]] + masks
 
 
-def shapes_product(layout: Layout, prior=None, vlm=None, guidance: Optional[float] = None,
+def shapes_product(layout: Layout, *, prior=None, vlm=None, guidance: Optional[float] = None,
                    potential_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
                    counts: bool = True, footprint: bool = True, region: float = REGION_PX) -> Product:
     """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
@@ -306,27 +307,28 @@ SHAPES_FRAMES = 5  # a shapes-world clip's default frames: `poegen generate ... 
 TRAJECTORY_WEIGHT = 0.05  # lambda of the centroid-tracking potential, late in the schedule (early x0 are blurry)
 
 
-def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Optional[float] = None, prior=None,
+def shapes_video_product(layout: Layout, *, frames: Optional[int] = None, fps: Optional[float] = None, prior=None,
                          vlm=None, temporal=None, guidance: Optional[float] = None,
                          potential_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
-                         trajectory_weight: float = TRAJECTORY_WEIGHT, region: float = 0.0, video_prior: bool = True,
-                         **_ablations) -> Product:
+                         trajectory_weight: float = TRAJECTORY_WEIGHT, region: float = 0.0,
+                         video_prior: bool = True) -> Product:
     """The shapes world in motion: clips (3, F, H, W) from the shapes video prior and the image prior's phrases.
 
     The motion comes from a simulation: the Layout's scene (``layout.physics``: a scene spec's, or a motion
-    prompt's such as "a red ball rolls off a blue box", ``specs.for_shapes``), recorded at F = ``frames`` times (fps: the given
-    one, else the frames spread over the simulated duration; kept as ``product.fps``). Each object's ``TrackedExpert``
-    puts its phrase at its simulated centroid frame by frame (the unconditional prior where it is out of view),
-    over the divided-out prior; potentials: the per-frame VLM question of every object in view throughout and,
-    when all are, the count questions (``PerFrame``, mean over frames), the regions' agreement with the simulated
-    masks (``RegionalMotionPotential``, mean over frames) and the centroids' (``TrajectoryPotential``, lambda
-    ``trajectory_weight``, exponential schedule). A prompt without a motion verb gives a still clip: its placed
-    objects (the Layout's) in every frame. ``video_prior``: the base is the video prior, the unconditional frames corrected by
-    ``temporal`` (a ``TemporalNet``; default: the shipped one, trained on simulated clips), so the experts are
-    video^1 * null^(1 - 1 - sum w) * prod phrase^w (False: independent frames, null^(1 - sum w) * prod phrase^w).
-    ``region``: regional composition frame by frame (``regional_masks``), off by default:
-    with ``REGION_PX`` poe's mean clip IoU over the three motion prompts of ``poegen eval video`` fell from 0.888 to
-    0.863 (4 seeds, 8 particles, 20 steps)."""
+    prompt's such as "a red ball rolls off a blue box", ``specs.for_shapes``), recorded at F = ``frames`` times
+    (fps: the given one, else the frames spread over the simulated duration; kept as ``product.fps``). Each
+    object's ``TrackedExpert`` puts its phrase at its simulated centroid frame by frame (the unconditional prior
+    where it is out of view), over the divided-out prior; potentials: the per-frame VLM question of every object
+    in view throughout and, when all are, the count questions (``PerFrame``, mean over frames), the regions'
+    agreement with the simulated masks (``RegionalMotionPotential``, mean over frames) and the centroids'
+    (``TrajectoryPotential``, lambda ``trajectory_weight``, exponential schedule). A prompt without a motion verb
+    gives a still clip: its placed objects (the Layout's) in every frame. ``video_prior``: the base is the video
+    prior, the unconditional frames corrected by ``temporal`` (a ``TemporalNet``; default: the shipped one,
+    trained on simulated clips), so the experts are video^1 * null^(1 - 1 - sum w) * prod phrase^w (False:
+    independent frames, null^(1 - sum w) * prod phrase^w). ``region``: regional composition frame by frame
+    (``regional_masks``), off by default: with ``REGION_PX`` poe's mean clip IoU over the three motion prompts of
+    ``poegen eval video`` fell from 0.888 to 0.863 (4 seeds, 8 particles, 20 steps). The image ablations (counts,
+    footprint) have no meaning for clips: they are refused, not ignored."""
     import math
 
     import torch
@@ -379,18 +381,16 @@ def shapes_video_product(layout: Layout, frames: Optional[int] = None, fps: Opti
         scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
         potentials += [PerFrame(scorer.expert(q), reduce="mean") for q, _ in asked]
         lambdas += [potential_weight * m for _, m in asked]
-    product = Product(experts, weights=weights, masks=masks, potentials=potentials, lambdas=lambdas, schedule=schedule)
-    product.fps = fps
-    return product
+    return Product(experts, weights=weights, masks=masks, potentials=potentials, lambdas=lambdas, schedule=schedule,
+                   fps=fps)
 
 
-def shapes_prompt_product(prompt: Union[str, Prompt], prior=None, vlm=None, guidance: Optional[float] = None,
-                          potential_weight: Optional[float] = None, schedule="linear", dtype: str = "auto") -> Product:
-    """The shapes world's product for a prompt: phrase experts over the divided-out prior, VLM potentials."""
-    return shapes_product(shapes_layout(prompt), prior, vlm, guidance, potential_weight, schedule, dtype)
+def shapes_prompt_product(prompt: Union[str, Prompt], **options) -> Product:
+    """The shapes world's product for a prompt (``specs.shapes_layout``); ``options``: ``shapes_product``'s."""
+    return shapes_product(shapes_layout(prompt), **options)
 
 
-def shapes_scene_product(physics, prior=None, guidance: Optional[float] = None, vlm=None,
-                         potential_weight: Optional[float] = None, dtype: str = "auto") -> Product:
-    """The shapes world's product for a simulated scene (a PhysicsExpert), through its Layout (``from_physics``)."""
-    return shapes_product(from_physics(physics), prior, vlm, guidance, potential_weight, dtype=dtype)
+def shapes_scene_product(physics, **options) -> Product:
+    """The shapes world's product for a simulated scene (a PhysicsExpert), through its Layout (``from_physics``);
+    ``options``: ``shapes_product``'s."""
+    return shapes_product(from_physics(physics), **options)

@@ -51,10 +51,9 @@ def build(layout, job: Job, cfg: dict, **shapes_options):
     video = job.video is not None
     return build_product(layout, (job.experts or []) + cfg["experts"], (job.potentials or []) + cfg["potentials"],
                          guidance=job.guidance, potential_weight=job.potential_weight, dtype=job_dtype(job, cfg),
-                         video=video, frames=job.frames if video else None,
+                         video=video, frames=job.frames if video else None, fps=job.fps if video else None,
                          video_inputs={k: getattr(job, k) for k in ("first_frame", "control")
-                                       if getattr(job, k) is not None},
-                         **({"fps": job.fps} if video and job.fps else {}), **shapes_options)
+                                       if getattr(job, k) is not None}, **shapes_options)
 
 
 def job_dtype(job: Job, cfg: dict) -> str:
@@ -276,7 +275,7 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
                 log.info("%s: background MSE outside the mask %.2e", out, meta["background_mse"])
             bar.update(), bar.set_description("writing")
             if job.video is not None:  # a clip (3, F, H, W): one file, its metadata inside
-                write_video(x, path, meta, job.fps or getattr(product, "fps", None) or VIDEO_FPS)
+                write_video(x, path, meta, job.fps or product.fps or VIDEO_FPS)
             else:
                 img = to_pil(x)
                 save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)

@@ -144,7 +144,7 @@ class Product:
     def __init__(self, experts: Sequence, weights: Optional[Sequence[float]] = None,
                  masks: Optional[Sequence[Optional[Tensor]]] = None, potentials: Sequence = (),
                  lambdas: Optional[Sequence[float]] = None, schedule: Schedule = "constant",
-                 decode: Optional[Callable[[Tensor], Tensor]] = None):
+                 decode: Optional[Callable[[Tensor], Tensor]] = None, fps: Optional[float] = None):
         self.experts = list(experts)
         self.potentials = list(potentials)
         if not self.experts:
@@ -175,6 +175,7 @@ class Product:
         self.shape = self._event_shape()
         self.nfe: Dict[str, int] = {n: 0 for n in self.names + self.potential_names}
         self.edit = None  # an edit's image and mask (poegen.edit.Edit), set by families.build_product
+        self.fps = fps  # a clip's frames per second (a video product's), else None
 
     def _event_shape(self):
         shapes = {n: tuple(e.shape) for n, e in zip(self.names, self.experts) if getattr(e, "shape", None) is not None}

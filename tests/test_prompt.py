@@ -129,7 +129,7 @@ def test_product_to_moves_every_module_and_tensor():
     from poegen.experts.scene import load_scene
 
     prior, vlm = load_prior(), load_vlm()
-    scene = build_scene_product(PhysicsExpert(load_scene("examples/stacking.yaml")), prior)
+    scene = build_scene_product(PhysicsExpert(load_scene("examples/stacking.yaml")), prior=prior)
     for product in (build_product("a red ball left of a blue box", prior=prior, vlm=vlm), scene):
         product.to("meta")  # a device without data: every tensor it can reach must have moved
         left = [(type(o).__name__, k) for o in product.experts + product.potentials for k, v in vars(o).items()

@@ -81,6 +81,17 @@ def test_clip_regional_composition_follows_each_object_frame_by_frame():
     assert all(m is None for m in default.masks)  # off by default for clips (it lowered poe's clip IoU)
 
 
+def test_clip_products_keep_their_fps_and_refuse_the_image_ablations():
+    """A clip's fps is the Product's own (the frames over the simulated duration); an image's is None; the image
+    ablations, which a clip would ignore, are refused by name."""
+    clip = build_product(from_prompt(ROLL), video=True, frames=3, potential_weight=0)
+    assert clip.fps == pytest.approx(2 / 4.0)  # 3 frames over the motion scene's 4 s
+    assert build_product(from_prompt("a red ball"), potential_weight=0).fps is None
+    for ablation in ("counts", "footprint"):
+        with pytest.raises(TypeError, match=ablation):
+            build_product(from_prompt(ROLL), video=True, frames=3, **{ablation: False})
+
+
 def test_sampled_clip_follows_the_simulation():
     """Per-frame foreground IoU of the sampled clip against the simulated masks (measured: mean 0.84 and 0.89
     for seeds 0 and 1 at 3 frames, 2 particles, 6 steps), and it is the motion that matches: the same clip played
