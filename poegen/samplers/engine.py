@@ -150,154 +150,210 @@ class _Monitor:
 def run(product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int,
         generator: Optional[torch.Generator] = None, shape: Optional[Sequence[int]] = None,
         device=None, dtype: torch.dtype = torch.float32) -> SampleResult:
-    """Run the annealed SMC loop described in the module docstring."""
-    for name, value in (("num_particles", num_particles), ("num_steps", num_steps)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
-    if num_particles < 1 or num_steps < 1:
-        raise ValueError(f"num_particles and num_steps must be >= 1, got {num_particles} and {num_steps}")
-    shape = tuple(shape or product.shape or ())
-    if not shape:
-        raise ValueError("no expert declares a sample shape: pass shape=(...) to sample()")
-    device = torch.device(device or (generator.device if generator is not None else "cpu"))
-    N, K = num_particles, num_steps
-    if cfg.sigmas is not None:
+    """Run the annealed SMC loop described in the module docstring: level 0, then at each level a proposal,
+    MCMC moves, the reweighting by the potentials' change and an adaptive resampling (``_Run``'s steps)."""
+    r = _Run(product, cfg, num_particles, num_steps, generator, shape, device, dtype)
+    nfe0 = dict(product.nfe)
+    state = r.level_zero()
+    diag = {k: [] for k in ("sigma", "ess", "resampled", "acceptance", "reward", "log_Z")}
+    for k in tqdm(range(r.K), desc="sampling", disable=None if cfg.progress else True, leave=False):
+        x, ev, g = r.propose(state, k)                         # 1. proposal to the next level
+        x, ev, bad, accepted = r.move(x, ev, k)                # 2. MCMC moves on the generative product there
+        f, per = r.rescore(state, ev, g, k)                    # 3. the potentials' change reweights
+        state = r.settle(x, state, g + f - state.aux["f"], ev, bad, f, per, float(r.sigmas[k + 1]))
+        log_w = state.log_w
+        state, e, do = r.resample(state, k)                    # 4. resampling when the ESS is low
+        r.record(diag, k, e, do, accepted, log_w, f, state.log_Z)
+    r.monitor.flush()
+    diagnostics = {k: torch.stack([v.to("cpu", torch.float64) if v.dtype != torch.bool else v.cpu() for v in vals]).tolist()
+                   for k, vals in diag.items()}
+    final = state.replace(x=state.aux["x0"])
+    return SampleResult(*_select(final, cfg.select, generator), float(state.log_Z), diagnostics,
+                        {k: v - nfe0[k] for k, v in product.nfe.items()}, final)
+
+
+class _Run:
+    """One run's fixed choices (noise levels, proposal, kernel, exact weights, resampling start) and the steps of
+    ``run``'s loop, each a method, in the loop's order."""
+
+    def __init__(self, product: Product, cfg: SamplerConfig, num_particles: int, num_steps: int,
+                 generator: Optional[torch.Generator], shape: Optional[Sequence[int]], device, dtype: torch.dtype):
+        for name, value in (("num_particles", num_particles), ("num_steps", num_steps)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
+        if num_particles < 1 or num_steps < 1:
+            raise ValueError(f"num_particles and num_steps must be >= 1, got {num_particles} and {num_steps}")
+        self.shape = tuple(shape or product.shape or ())
+        if not self.shape:
+            raise ValueError("no expert declares a sample shape: pass shape=(...) to sample()")
+        self.product, self.cfg, self.generator, self.dtype = product, cfg, generator, dtype
+        self.device = torch.device(device or (generator.device if generator is not None else "cpu"))
+        self.N, self.K = num_particles, num_steps
+        self.sigmas = self._noise_levels()
+        self.sig = [torch.tensor(float(s), device=self.device, dtype=dtype) for s in self.sigmas]
+        self.B = product.total_weight(self.shape, self.device, dtype)
+        self._choose_moves()
+        self.resampler = resampling.get(cfg.resample)
+        self.monitor = _Monitor([f"expert {n}" for n in product.names],
+                                [f"potential {n}" for n in product.potential_names], eager=self.device.type == "cpu")
+        self.pasters = [p for p in product.potentials if callable(getattr(p, "paste", None))] \
+            if cfg.replace_known else []
+        if cfg.replace_known and not self.pasters:
+            raise ValueError("replace_known=True needs a known-pixels potential (an edit); none is in the product")
+        self.zeros = torch.zeros(self.N, device=self.device, dtype=dtype)
+
+    def _noise_levels(self) -> Tensor:
+        """The K + 1 decreasing noise levels: the config's own, else Karras's over the product's range."""
+        cfg, K = self.cfg, self.K
+        if cfg.sigmas is None:
+            return schedules.karras(K, *self.product.sigma_range(cfg.sigma_min, cfg.sigma_max), rho=cfg.rho)
         sigmas = torch.as_tensor(cfg.sigmas, dtype=torch.float64)
         if sigmas.ndim != 1 or sigmas.shape[0] != K + 1 or not bool((sigmas[1:] < sigmas[:-1]).all()) or sigmas[-1] <= 0:
             raise ValueError(f"sigmas must be {K + 1} positive decreasing values (num_steps + 1)")
-    else:
-        sigmas = schedules.karras(K, *product.sigma_range(cfg.sigma_min, cfg.sigma_max), rho=cfg.rho)
-    sig = [torch.tensor(float(s), device=device, dtype=dtype) for s in sigmas]
-    B = product.total_weight(shape, device, dtype)
-    exact = product.has_density if cfg.exact == "auto" else cfg.exact
-    # With exact weights, a deterministic step weighted by its Jacobian (randomness from the MCMC moves)
-    # has far lower weight variance than the DDPM posterior step, whose noise is mis-sized at low sigma.
-    proposal = ("euler" if exact else "stochastic") if cfg.proposal == "auto" else cfg.proposal
-    if exact and not product.has_density:
-        raise ValueError("exact=True needs log_density on every generative expert and no masks")
-    if exact and proposal == "euler" and math.prod(shape) > 256:
-        raise ValueError("exact weights with proposal='euler' need the step's Jacobian: only for samples of "
-                         "<= 256 dimensions; use proposal='stochastic' or exact=False")
-    start = (0.0 if exact else RESAMPLE_START) if cfg.resample_start == "auto" else cfg.resample_start
-    mala = cfg.mcmc_steps > 0 and (cfg.kernel == "mala" or (cfg.kernel == "auto" and product.has_density))
-    if mala and not product.has_density:
-        raise ValueError("kernel='mala' needs log_density on every generative expert and no masks")
-    density = exact or mala
-    resampler = resampling.get(cfg.resample)
-    monitor = _Monitor([f"expert {n}" for n in product.names], [f"potential {n}" for n in product.potential_names],
-                       eager=device.type == "cpu")
+        return sigmas
 
-    def evaluate(x: Tensor, s: Tensor) -> Evaluation:
-        return product.evaluate(x, s, B, density)
+    def _choose_moves(self):
+        """Exact weights or not, the proposal, the MCMC kernel (MALA or ULA) and the level resampling starts at."""
+        cfg, product = self.cfg, self.product
+        exact = product.has_density if cfg.exact == "auto" else cfg.exact
+        # With exact weights, a deterministic step weighted by its Jacobian (randomness from the MCMC moves)
+        # has far lower weight variance than the DDPM posterior step, whose noise is mis-sized at low sigma.
+        proposal = ("euler" if exact else "stochastic") if cfg.proposal == "auto" else cfg.proposal
+        if exact and not product.has_density:
+            raise ValueError("exact=True needs log_density on every generative expert and no masks")
+        if exact and proposal == "euler" and math.prod(self.shape) > 256:
+            raise ValueError("exact weights with proposal='euler' need the step's Jacobian: only for samples of "
+                             "<= 256 dimensions; use proposal='stochastic' or exact=False")
+        self.start = (0.0 if exact else RESAMPLE_START) if cfg.resample_start == "auto" else cfg.resample_start
+        mala = cfg.mcmc_steps > 0 and (cfg.kernel == "mala" or (cfg.kernel == "auto" and product.has_density))
+        if mala and not product.has_density:
+            raise ValueError("kernel='mala' needs log_density on every generative expert and no masks")
+        self.exact, self.proposal, self.mala, self.density = exact, proposal, mala, exact or mala
 
-    def rewards(ev: Evaluation, t: float):
-        if not cfg.potentials:
-            z = torch.zeros(N, device=device, dtype=dtype)
-            return z, z[None, :0].reshape(0, N)
-        return product.log_potentials(ev.x0, t)
+    def evaluate(self, x: Tensor, s: Tensor) -> Evaluation:
+        return self.product.evaluate(x, s, self.B, self.density)
 
-    def potential_grad(x: Tensor, s: Tensor, t: float) -> Tensor:
+    def rewards(self, ev: Evaluation, t: float):
+        if not self.cfg.potentials:
+            z = torch.zeros(self.N, device=self.device, dtype=self.dtype)
+            return z, z[None, :0].reshape(0, self.N)
+        return self.product.log_potentials(ev.x0, t)
+
+    def potential_grad(self, x: Tensor, s: Tensor, t: float) -> Tensor:
         """Gradient in x of the annealed potentials of x0_hat(x) (through the denoisers, as in DPS)."""
+        product = self.product
         with torch.enable_grad():
             z = x.detach().requires_grad_(True)
-            total = torch.nan_to_num(product.log_potentials(product.evaluate(z, s, B).x0, t)[0], neginf=0.0)
+            total = torch.nan_to_num(product.log_potentials(product.evaluate(z, s, self.B).x0, t)[0], neginf=0.0)
             grad = torch.autograd.grad(total.sum(), z, allow_unused=True)[0] if total.requires_grad else None
         if grad is None:
             raise ValueError("grad_guidance needs potentials and denoisers that torch can differentiate, and "
                              f"{', '.join(product.names + product.potential_names)} give no gradient: set grad_guidance=0")
         return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def settle(x: Tensor, prev: Particles, g: Tensor, ev: Evaluation, bad: Tensor, f: Tensor, per: Tensor,
+    def settle(self, x: Tensor, prev: Particles, g: Tensor, ev: Evaluation, bad: Tensor, f: Tensor, per: Tensor,
                sigma: float) -> Particles:
         """New particles after multiplying the weights by exp(g); dead rows get -inf; log Z accumulates."""
         g = torch.where(bad.any(0), -math.inf, g)
         log_w = _add(prev.log_w, g)
-        monitor.record(sigma, torch.isfinite(prev.log_w), log_w, torch.cat([bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]),
-                       torch.cat([torch.zeros_like(bad), torch.isnan(per), torch.zeros_like(g, dtype=torch.bool)[None]]))
+        self.monitor.record(sigma, torch.isfinite(prev.log_w), log_w,
+                            torch.cat([bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]),
+                            torch.cat([torch.zeros_like(bad), torch.isnan(per), torch.zeros_like(g, dtype=torch.bool)[None]]))
         log_Z = prev.log_Z + torch.logsumexp(log_w, 0) - torch.logsumexp(prev.log_w, 0)
         aux = {"x0": ev.x0, "score": ev.score, "f": f}
-        if density:
+        if self.density:
             aux["log_gamma"] = ev.log_gamma
         return Particles(x, log_w, log_Z, aux)
 
-    nfe0 = dict(product.nfe)
-    # level 0: x ~ N(0, sigma_0^2 / B), weighted towards the level-0 target when weights are exact
-    var0 = sig[0] ** 2 / B
-    x = var0.sqrt() * torch.randn((N, *shape), generator=generator, device=device, dtype=dtype)
-    pasters = [r for r in product.potentials if callable(getattr(r, "paste", None))] if cfg.replace_known else []
-    if cfg.replace_known and not pasters:
-        raise ValueError("replace_known=True needs a known-pixels potential (an edit); none is in the product")
-    for r in pasters:
-        x = r.paste(x, sig[0], generator)
-    ev = evaluate(x, sig[0])
-    f, per = rewards(ev, 0.0)
-    if cfg.tempering > 0:
-        f = tempered(torch.zeros_like(f), f, cfg.tempering * N)
-    g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, torch.zeros_like(x), var0) if exact else 0.0)
-    zeros = torch.zeros(N, device=device, dtype=dtype)
-    state = settle(x, Particles(x, zeros, torch.zeros((), device=device, dtype=dtype)), g, ev, ev.bad, f, per,
-                   float(sigmas[0]))
-    diag = {k: [] for k in ("sigma", "ess", "resampled", "acceptance", "reward", "log_Z")}
+    def level_zero(self) -> Particles:
+        """x ~ N(0, sigma_0^2 / B), weighted by the potentials at t = 0 (and towards the level-0 target when
+        weights are exact)."""
+        cfg, N, sig = self.cfg, self.N, self.sig
+        var0 = sig[0] ** 2 / self.B
+        x = var0.sqrt() * torch.randn((N, *self.shape), generator=self.generator, device=self.device, dtype=self.dtype)
+        for p in self.pasters:
+            x = p.paste(x, sig[0], self.generator)
+        ev = self.evaluate(x, sig[0])
+        f, per = self.rewards(ev, 0.0)
+        self.per = per  # the shape of an unscored level's (zero) increments
+        if cfg.tempering > 0:
+            f = tempered(torch.zeros_like(f), f, cfg.tempering * N)
+        g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, torch.zeros_like(x), var0) if self.exact else 0.0)
+        start = Particles(x, self.zeros, torch.zeros((), device=self.device, dtype=self.dtype))
+        return self.settle(x, start, g, ev, ev.bad, f, per, float(self.sigmas[0]))
 
-    for k in tqdm(range(K), desc="sampling", disable=None if cfg.progress else True, leave=False):
-        s, s_next = sig[k], sig[k + 1]
-        x, a = state.x, state.aux
-        # 1. proposal to the next level
+    def propose(self, state: Particles, k: int):
+        """(x, its evaluation, the log-weight increment so far) after the proposal from level k to k + 1 (and the
+        known pixels pasted back, for an edit)."""
+        s, s_next, a, x = self.sig[k], self.sig[k + 1], state.aux, state.x
         log_ratio = 0.0
-        if proposal == "euler" and exact:  # change of variables: recompute x0 with a graph
+        if self.proposal == "euler" and self.exact:  # change of variables: recompute x0 with a graph
             with torch.enable_grad():
                 xg = x.detach().requires_grad_(True)
-                y = kernels.euler_step(xg, product.evaluate(xg, s, B).x0, s, s_next)
+                y = kernels.euler_step(xg, self.product.evaluate(xg, s, self.B).x0, s, s_next)
                 log_ratio = kernels.log_abs_det_jacobian(y, xg)
             x = y.detach()
-        elif proposal == "euler":
+        elif self.proposal == "euler":
             x = kernels.euler_step(x, a["x0"], s, s_next)
-        elif proposal == "stochastic":
-            guided = cfg.grad_guidance > 0 and cfg.potentials and product.potentials
-            grad = cfg.grad_guidance * potential_grad(x, s, (k + 1) / K) if guided else None
-            x, log_ratio, twist = kernels.ancestral_step(x, a["x0"], s, s_next, B, generator, grad)
-            log_ratio = log_ratio + twist if exact else twist
-        for r in pasters:
-            x = r.paste(x, s_next, generator)
-        ev = evaluate(x, s_next)
-        g = ev.log_gamma - a["log_gamma"] + log_ratio if exact else log_ratio + torch.zeros(N, device=device, dtype=dtype)
-        bad = ev.bad
-        # 2. MCMC moves targeting the generative product at s_next
-        eps = cfg.step_scale * s_next ** 2 / B
-        accepted = []
-        for _ in range(cfg.mcmc_steps):
-            x, ev, acc = kernels.langevin_move(x, ev, lambda z: evaluate(z, s_next), eps, mala, generator)
-            accepted.append(acc.to(dtype).mean())
+        elif self.proposal == "stochastic":
+            guided = self.cfg.grad_guidance > 0 and self.cfg.potentials and self.product.potentials
+            grad = self.cfg.grad_guidance * self.potential_grad(x, s, (k + 1) / self.K) if guided else None
+            x, log_ratio, twist = kernels.ancestral_step(x, a["x0"], s, s_next, self.B, self.generator, grad)
+            log_ratio = log_ratio + twist if self.exact else twist
+        for p in self.pasters:
+            x = p.paste(x, s_next, self.generator)
+        ev = self.evaluate(x, s_next)
+        g = ev.log_gamma - a["log_gamma"] + log_ratio if self.exact else \
+            log_ratio + torch.zeros(self.N, device=self.device, dtype=self.dtype)
+        return x, ev, g
+
+    def move(self, x: Tensor, ev: Evaluation, k: int):
+        """(x, evaluation, dead rows, acceptance rates) after the MCMC moves targeting the generative product at
+        level k + 1."""
+        s_next = self.sig[k + 1]
+        eps = self.cfg.step_scale * s_next ** 2 / self.B
+        bad, accepted = ev.bad, []
+        for _ in range(self.cfg.mcmc_steps):
+            x, ev, acc = kernels.langevin_move(x, ev, lambda z: self.evaluate(z, s_next), eps, self.mala,
+                                               self.generator)
+            accepted.append(acc.to(self.dtype).mean())
             bad = bad | ev.bad
-        # 3. reweight by the change in annealed potentials (at every reward_every-th level and the last)
-        if (k + 1) % cfg.reward_every == 0 or k + 1 == K:
-            f, per = rewards(ev, (k + 1) / K)
-            if cfg.tempering > 0 and k + 1 < K:
-                f = a["f"] + tempered(state.log_w + g, f - a["f"], cfg.tempering * N)
-        else:  # not scored here: the potentials' change enters at the next scored level
-            f, per = a["f"], torch.zeros_like(per)
-        state = settle(x, state, g + f - a["f"], ev, bad, f, per, float(sigmas[k + 1]))
+        return x, ev, bad, accepted
+
+    def rescore(self, state: Particles, ev: Evaluation, g: Tensor, k: int):
+        """(annealed potentials, per potential) at level k + 1: evaluated at every reward_every-th level and the
+        last (tempered when asked), else carried over, so the change enters at the next scored level."""
+        cfg, a = self.cfg, state.aux
+        if (k + 1) % cfg.reward_every == 0 or k + 1 == self.K:
+            f, self.per = self.rewards(ev, (k + 1) / self.K)
+            if cfg.tempering > 0 and k + 1 < self.K:
+                f = a["f"] + tempered(state.log_w + g, f - a["f"], cfg.tempering * self.N)
+            return f, self.per
+        return a["f"], torch.zeros_like(self.per)
+
+    def resample(self, state: Particles, k: int):
+        """(particles, ESS, whether resampled) at level k + 1: resampled when the ESS is low, from the allowed
+        level on (no host sync: a draw is always made and kept by torch.where)."""
+        cfg, N = self.cfg, self.N
         log_w = state.log_w
-        # 4. resample when the ESS is low (no host sync: always draw, keep by torch.where)
         e = resampling.ess(log_w)
-        allowed = cfg.ess_threshold > 0 and k + 1 > start * K
+        allowed = cfg.ess_threshold > 0 and k + 1 > self.start * self.K
         do = (e < cfg.ess_threshold * N) & allowed
         if allowed:
-            state = state.take(torch.where(do, resampler(log_w, generator, N), torch.arange(N, device=device)))
-            state = state.replace(log_w=torch.where(do, zeros, state.log_w))
-        diag["sigma"].append(s_next)
+            state = state.take(torch.where(do, self.resampler(log_w, self.generator, N),
+                                           torch.arange(N, device=self.device)))
+            state = state.replace(log_w=torch.where(do, self.zeros, state.log_w))
+        return state, e, do
+
+    def record(self, diag: Dict[str, List], k: int, e: Tensor, do: Tensor, accepted: List[Tensor], log_w: Tensor,
+               f: Tensor, log_Z: Tensor):
+        """Level k + 1's diagnostics: sigma, ESS, resampled, MCMC acceptance, the weighted mean reward, log Z."""
+        diag["sigma"].append(self.sig[k + 1])
         diag["ess"].append(e)
         diag["resampled"].append(do)
-        diag["acceptance"].append(torch.stack(accepted).mean() if mala else torch.tensor(float("nan")))
+        diag["acceptance"].append(torch.stack(accepted).mean() if self.mala else torch.tensor(float("nan")))
         diag["reward"].append((torch.softmax(log_w, 0) * torch.nan_to_num(f, neginf=0.0)).sum())
-        diag["log_Z"].append(state.log_Z)
-
-    monitor.flush()
-    diagnostics = {k: torch.stack([v.to("cpu", torch.float64) if v.dtype != torch.bool else v.cpu() for v in vals]).tolist()
-                   for k, vals in diag.items()}
-    final = state.replace(x=state.aux["x0"])
-    return SampleResult(*_select(final, cfg.select, generator), float(state.log_Z), diagnostics,
-                        {k: v - nfe0[k] for k, v in product.nfe.items()}, final)
+        diag["log_Z"].append(log_Z)
 
 
 def tempered(log_w: Tensor, delta: Tensor, need: float, grid: int = 33) -> Tensor:
