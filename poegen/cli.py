@@ -155,10 +155,31 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
+    """Run one poegen command line: parse it, set up logging, run the command; its exit status (0 done, else as
+    ``_exit_code`` says: every error is one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    _set_up_logging(args)
+    return _run_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``poegen`` parser: one subcommand each, generate and edit sharing the sampling options."""
     ap = _Parser(prog="poegen", description="Generate images from a product of experts.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = ap.add_subparsers(dest="command", required=True)
-    common = _Parser(add_help=False)  # the sampler and the models, shared by generate and edit
+    common = _sampling_options()
+    _add_generate(sub, common)
+    _add_edit(sub, common)
+    _add_batch(sub)
+    _add_compare(sub)
+    _add_eval(sub)
+    _add_listings(sub)
+    return ap
+
+
+def _sampling_options() -> argparse.ArgumentParser:
+    """The options generate and edit share: the sampler, the models and their weights, the device, the output."""
+    common = _Parser(add_help=False)
     common.add_argument("--sampler", default=defaults.SAMPLER, choices=samplers.available(),
                         help="a named sampler (`poegen samplers`; default %(default)s)")
     common.add_argument("--particles", type=int, default=defaults.PARTICLES, help="default %(default)s")
@@ -199,6 +220,11 @@ def main(argv=None) -> int:
     common.add_argument("--out", default="poegen.png")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     common.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
+    return common
+
+
+def _add_generate(sub, common):
+    """``poegen generate``: a prompt, a layout spec or a scene spec to an image (or frames, or a clip)."""
     g = sub.add_parser("generate", parents=[common],
                        help="sample an image for a prompt, a layout spec or a scene spec, in the embedded shapes world "
                             "or on named models (--expert, --config)")
@@ -229,6 +255,10 @@ def main(argv=None) -> int:
                    help="frames per second of --video (default 16; the shapes world: the frames over the simulated "
                         "time) or of a scene's GIF (default 4)")
     g.set_defaults(fn=cmd_generate)
+
+
+def _add_edit(sub, common):
+    """``poegen edit``: objects added to a given image, placed by a mask or by physics."""
     ed = sub.add_parser("edit", parents=[common], help="insert objects into a given image, placed by a mask or by "
                                                        "physics (--scene), with the background kept")
     ed.add_argument("image", help="the image to edit (PNG, JPEG, ...)")
@@ -243,6 +273,10 @@ def main(argv=None) -> int:
                     help="keep the background by the KnownPixels weights alone, not by replacing the kept pixels "
                          "with the image noised to each level (the default, which measured better)")
     ed.set_defaults(fn=cmd_edit)
+
+
+def _add_batch(sub):
+    """``poegen batch``: a job file's items into a folder with a manifest."""
     b = sub.add_parser("batch", help="run a YAML or JSONL list of generate jobs into a folder with a manifest; "
                                      "restarts skip finished items; shards over accelerate processes")
     b.add_argument("jobfile")
@@ -250,6 +284,10 @@ def main(argv=None) -> int:
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
     b.set_defaults(fn=cmd_batch)
+
+
+def _add_compare(sub):
+    """``poegen compare``: samplers at equal NFE on targets, tables and a report."""
     c = sub.add_parser("compare", help="compare samplers at equal NFE on prompts, layout specs or scene specs, in "
                                          "the shapes world or on named models (--config); tables and an HTML report")
     c.add_argument("targets", nargs="+", metavar="PROMPT_OR_SPEC",
@@ -288,11 +326,20 @@ def main(argv=None) -> int:
                         "directory, printed)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.set_defaults(fn=cmd_compare)
+
+
+def _add_eval(sub):
+    """``poegen eval``: the shapes world's benchmarks (``poegen.evaluate``)."""
     from .evaluate import add_parsers
+
     ev = sub.add_parser("eval", help="the shapes world's benchmarks (shapes, physics, edit, video): samplers at equal "
                                      "NFE judged by the checker")
     add_parsers(ev)
     ev.set_defaults(fn=cmd_eval)
+
+
+def _add_listings(sub):
+    """``poegen experts``, ``samplers`` and ``env``: what is there to name, and this machine."""
     e = sub.add_parser("experts", help="list the expert kinds that --expert and --potential accept")
     e.set_defaults(fn=cmd_experts)
     s = sub.add_parser("samplers", help="list the named samplers and their presets")
@@ -301,11 +348,20 @@ def main(argv=None) -> int:
                                    "a bug report")
     v.add_argument("--device", default="cpu", help="the device to report the dtype pick for, e.g. cuda")
     v.set_defaults(fn=cmd_env)
-    args = ap.parse_args(argv)
+
+
+def _set_up_logging(args):
+    """Log records on stderr, each on its own line beside progress bars (INFO with -v); libraries' bars off when
+    quiet or not on a terminal."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", handlers=[_BarSafeHandler()])
     if getattr(args, "quiet", False) or not sys.stderr.isatty():
         _quiet_libraries()
+
+
+def _run_command(args) -> int:
+    """Run the parsed command (generate, edit and batch with their threads picked and SIGTERM raised as an
+    interrupt); an error or an interrupt becomes one line on stderr and its exit status."""
     restore = _raise_on_sigterm() if args.command in ("generate", "edit", "batch") else None
     try:
         if args.command in ("generate", "edit", "batch"):
