@@ -1,5 +1,5 @@
 """Regenerate the README's demo image, the compare report's screenshot and the figures they produce, from today's
-code (issue 24), and write them to docs/readme_figures.json; tests/test_ux.py checks that the README quotes them.
+code, and write them to docs/readme_figures.json; tests/test_ux.py checks that the README quotes them.
 
     python scripts/readme_figures.py                  # both: 32 minutes on 2 CPU cores beside other work
     python scripts/readme_figures.py --only demo      # the demo alone: 2 minutes there        (load average ~5)

@@ -1,5 +1,5 @@
 """Pixel hashes of the README's shapes-world examples at fixed seeds, so that a restructuring can show its outputs
-are bit-identical (issue 22): run it before and after, and compare.
+are bit-identical: run it before and after, and compare.
 
     python scripts/route_hashes.py --out hashes.txt          # about 2 minutes on 2 cores
     python scripts/route_hashes.py --check hashes.txt        # exits 1 when any image differs

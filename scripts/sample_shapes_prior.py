@@ -3,7 +3,7 @@
 Each phrase is sampled as the guided product cond^w * null^(1-w) with the `ancestral` sampler
 (composable diffusion, no potentials), so this shows the generative expert alone.
 
-    python scripts/sample_shapes_prior.py --out /tmp/samples.png --phrases "red ball" "blue box"
+    python scripts/sample_shapes_prior.py --out samples.png --phrases "red ball" "blue box"
 """
 import argparse
 import time
@@ -44,7 +44,7 @@ def main():
     ap.add_argument("--guidance", type=float, default=1.0, help="weight w of cond^w * null^(1-w)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="/tmp/shapes_samples.png")
+    ap.add_argument("--out", default="shapes_samples.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t = time.time()

@@ -1,7 +1,7 @@
 """Four tier B prompts of a ShapesEval run (``poegen eval shapes --out DIR``) with poe's and best-of-n's image side by
 side, for the README: prompts where poe is exact and best-of-n is not come first, then any poe exact.
 
-    python scripts/shapeseval_figure.py /tmp/shapeseval docs/shapeseval_tierb.png
+    python scripts/shapeseval_figure.py runs/shapeseval docs/shapeseval_tierb.png
 """
 import argparse
 import json

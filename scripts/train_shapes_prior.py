@@ -6,7 +6,7 @@ object of the scene (dropped with prob. --p-null, its size with --p-no-size); th
 object's pixel centroid (dropped with prob. --p-no-pos).
 
     python scripts/train_shapes_prior.py --out runs/prior --minutes 600 --resume
-    python scripts/train_shapes_prior.py --out runs/prior --export     # EMA -> poegen/experts/shapes/weights
+    python scripts/train_shapes_prior.py --out runs/prior --export --export-dir poegen/experts/shapes/weights  # ships it
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--export", action="store_true", help="export the checkpoint's EMA weights and exit")
-    ap.add_argument("--export-dir", default=str(WEIGHTS_DIR))
+    ap.add_argument("--export-dir", default=None,
+                    help="where the EMA weights go (default: OUT/weights; poegen/experts/shapes/weights "
+                         "replaces the shipped ones)")
     return ap.parse_args()
 
 
@@ -149,6 +151,7 @@ def main():
     args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    args.export_dir = args.export_dir or str(out / "weights")
     if args.export:
         export(out, args.export_dir)
         return
@@ -163,9 +166,9 @@ def main():
     resumed = resume(ckpt, net, ema, opt) if args.resume else None
     if resumed:
         step, minutes = resumed
-    elif args.resume and (Path(args.export_dir) / "prior.safetensors").exists():
+    elif args.resume and (WEIGHTS_DIR / "prior.safetensors").exists():
         # a fresh checkout has no checkpoint: go on from the committed EMA weights (optimizer restarts)
-        shipped = load_prior(args.export_dir).net
+        shipped = load_prior(WEIGHTS_DIR).net
         net.load_state_dict(shipped.state_dict())
         ema.load_state_dict(shipped.state_dict())
         step, minutes = int(shipped.config.get("trained_iters", 0)), float(shipped.config.get("trained_minutes", 0.0))

@@ -8,7 +8,7 @@ training. The loss is EDM's on the video prior's x0 (``video.TemporalNet.correct
 loss of the image prior's frames alone (the correction at zero), so the gain is visible.
 
     python scripts/train_shapes_video.py --out runs/video --minutes 40 --resume
-    python scripts/train_shapes_video.py --out runs/video --export     # EMA -> poegen/experts/shapes/weights
+    python scripts/train_shapes_video.py --out runs/video --export --export-dir poegen/experts/shapes/weights  # ships it
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from poegen.experts.motion import trajectory  # noqa: E402
-from poegen.experts.shapes.model import WEIGHTS_DIR, count_parameters, forward, load_prior, phrase_ids  # noqa: E402
+from poegen.experts.shapes.model import count_parameters, forward, load_prior, phrase_ids  # noqa: E402
 from poegen.experts.shapes.video import TemporalNet, save_video_prior  # noqa: E402
 from poegen.experts.shapes.world import (COLOUR_NAMES, SHAPES, SIZES, VIEW_WIDTH, random_objects,  # noqa: E402
                                          random_scene)
@@ -58,7 +58,9 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--export", action="store_true", help="export the checkpoint's EMA weights and exit")
-    ap.add_argument("--export-dir", default=str(WEIGHTS_DIR))
+    ap.add_argument("--export-dir", default=None,
+                    help="where the EMA weights go (default: OUT/weights; poegen/experts/shapes/weights "
+                         "replaces the shipped ones)")
     return ap.parse_args()
 
 
@@ -150,6 +152,7 @@ def main():
     args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    args.export_dir = args.export_dir or str(out / "weights")
     if args.export:
         return export(out, args.export_dir)
     torch.manual_seed(args.seed)

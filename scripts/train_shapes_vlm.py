@@ -32,7 +32,7 @@ from poegen.experts.shapes.model import load_prior  # noqa: E402
 from poegen.experts.shapes.render import render  # noqa: E402
 from poegen.experts.shapes.question_sampler import random_question  # noqa: E402
 from poegen.experts.shapes.questions import encode_batch, parse_question  # noqa: E402
-from poegen.experts.shapes.scorer import WEIGHTS_DIR, ShapesVLM, load_vlm, save_vlm  # noqa: E402
+from poegen.experts.shapes.scorer import ShapesVLM, load_vlm, save_vlm  # noqa: E402
 from poegen.experts.shapes.truth import answer_scene  # noqa: E402
 from poegen.experts.shapes.shapeseval import TIERS, make  # noqa: E402
 from poegen.experts.shapes.world import (COLOUR_NAMES, SHAPES, SIZE_NAMES, in_view, random_objects,  # noqa: E402
@@ -42,7 +42,8 @@ from poegen.experts.shapes.world import (COLOUR_NAMES, SHAPES, SIZE_NAMES, in_vi
 def parse_args():
     """Command-line options."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(WEIGHTS_DIR))
+    ap.add_argument("--out", default="runs/vlm",
+                    help="weights and card go here; poegen/experts/shapes/weights replaces the shipped ones")
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--batch", type=int, default=32, help="images per batch (two yes and two no questions each)")
     ap.add_argument("--lr", type=float, default=2e-3)

@@ -1,4 +1,4 @@
-"""Faults provoked for real on `poegen batch` and `generate` (issue 24): SIGINT and SIGTERM at random moments, two
+"""Faults provoked for real on `poegen batch` and `generate`: SIGINT and SIGTERM at random moments, two
 processes on one folder, accelerate launch, a full disk (the file-size limit, and a tiny tmpfs where mounting is
 allowed), and a 20,000-line job file resumed. Each asserts what a user finds in the folder afterwards."""
 import errno

@@ -125,14 +125,14 @@ CASES = {
     # was: silently one red ball
     "1 prompts: duplicate 'a red ball and a red ball'": Case(gen("a red ball and a red ball"), 2,
                                                              "names 'a red ball' twice"),
-    "1 prompts: 'two red balls'": Case(gen("two red balls"), 0, "wrote", check=phrase_experts(2)),  # issue 25
+    "1 prompts: 'two red balls'": Case(gen("two red balls"), 0, "wrote", check=phrase_experts(2)),
     "1 prompts: six objects": Case(
         gen("a red ball and a blue box and a green wedge and a yellow ball and a magenta box and a cyan wedge"), 0,
         "wrote", check=six_objects),
     "1 prompts: trailing 'and'": Case(gen("a red ball and"), 2, "empty clause"),
     "1 prompts: 'left' without 'of'": Case(gen("a red ball left a blue box"), 2, "write 'left of'"),
     "1 prompts: two relations in a clause": Case(gen("a red ball on a blue box on a green wedge"), 0, "wrote",
-                                                 check=phrase_experts(3)),  # a chain since issue 25
+                                                 check=phrase_experts(3)),  # a chain
     "1 prompts: a question 'is there a red ball?'": Case(gen("is there a red ball?"), 2, GRAMMAR),
     "1 prompts: two colours 'a red blue ball'": Case(gen("a red blue ball"), 2, GRAMMAR),
     "1 prompts: two sizes 'a large small ball'": Case(gen("a large small ball"), 2, GRAMMAR),

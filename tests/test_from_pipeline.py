@@ -1,4 +1,4 @@
-"""poegen inside users' code (issue 24): ``poegen.from_pipeline`` wraps a diffusers pipeline already in memory as
+"""poegen inside users' code: ``poegen.from_pipeline`` wraps a diffusers pipeline already in memory as
 experts on its own modules, and reproduces the pipeline's output (1 particle, no potentials, the ancestral sampler
 with the deterministic proposal on the pipeline's own noise levels); ``poegen.potential`` turns a function on images
 into a potential; the README's example runs."""

@@ -1,4 +1,4 @@
-"""The package's four levels (DESIGN.md, docs/ARCHITECTURE.md): every import, function-local ones included, points
+"""The package's four levels (docs/ARCHITECTURE.md): every import, function-local ones included, points
 to the same level or below, and no modules import each other in a circle."""
 import ast
 from pathlib import Path

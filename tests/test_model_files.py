@@ -1,4 +1,4 @@
-"""Broken model folders and memory refusals (issue 24): a truncated or corrupt weight file, a config with a wrong
+"""Broken model folders and memory refusals: a truncated or corrupt weight file, a config with a wrong
 field or invalid JSON, a missing file, and weights or particles that would not fit are each one short error that
 names the file (or the flag) and the fix; on real tiny folders saved with save_pretrained, nothing mocked."""
 import json

@@ -1,5 +1,5 @@
-"""Parity with diffusers' own pipelines (DESIGN.md, "Testing habits"): with 1 particle, no potentials, no MCMC and
-the Euler proposal on a pipeline's own noise levels, poegen's result must be the pipeline's latents on the same tiny
+"""Parity with diffusers' own pipelines (a wrapper is right when it reproduces the library's own output): with 1
+particle, no potentials, no MCMC and the Euler proposal on a pipeline's own noise levels, poegen's result must be the pipeline's latents on the same tiny
 random weights within 1e-5 relative. Classifier-free guidance is a product [cond, uncond] with weights [w, 1 - w].
 
 The engine draws x = sigma_0 * randn((1, *shape)) in the VE convention; each pipeline is handed that draw in its own

@@ -1,4 +1,4 @@
-"""What a user sees on stderr (issue 24): every error is one line that ends with a newline and starts at column 0,
+"""What a user sees on stderr: every error is one line that ends with a newline and starts at column 0,
 even after a progress bar; bars for every stage on a terminal, none with --quiet or in a pipe. stderr is a real
 pseudo-terminal (pty.openpty, 100 columns) or a real pipe; faults are real (bad input, missing files, a scene
 whose hard constraint kills every particle)."""

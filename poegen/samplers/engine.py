@@ -2,7 +2,7 @@
 generative score, SMC reweighting by the annealed potentials, adaptive resampling (Zhang et al.
 2025, "Product of Experts for Visual Generation"; Del Moral et al. 2006 for the SMC sampler).
 
-In Feynman-Kac terms (see DESIGN.md) the mutation is proposal + MCMC, and the potential at level
+In Feynman-Kac terms (docs/ARCHITECTURE.md) the mutation is proposal + MCMC, and the potential at level
 k+1 is  f_{k+1}(x_{k+1}) - f_k(x_k)  (telescoping annealed rewards), plus, when every generative
 expert has a normalised density and the proposal has one too, the exact SMC-sampler ratio
 gamma_{k+1}(x') L(x|x') / (gamma_k(x) q(x'|x)), which makes means and log Z exact as N grows.
