@@ -88,12 +88,7 @@ def cmd_compare(args) -> int:
     if args.config:
         from .experts.registry import load_config
         config = load_config(args.config)
-    budgets = None
-    if args.budgets:
-        try:
-            budgets = [int(b) for b in args.budgets.split(",")]
-        except ValueError:
-            raise ValueError(f"--budgets {args.budgets!r}: expected particle counts separated by commas, e.g. 1,4,16") from None
+    budgets = compare.parse_budgets(args.budgets)
     # named models are large: one process unless asked; the shapes world uses one per core
     workers = args.workers or (1 if config else min(os.cpu_count() or 1, 4))
     rows, images = compare.run(args.targets, names, args.seeds, args.particles, args.mcmc_steps, args.steps,

@@ -32,6 +32,16 @@ def equal_nfe_options(sampler: str, particles: int, mcmc_steps: int) -> dict:
     return dict(num_particles=chains, select="best")
 
 
+def parse_budgets(text: Optional[str]) -> Optional[List[int]]:
+    """--budgets "N,N,..." as particle counts; None when not given."""
+    if not text:
+        return None
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--budgets {text!r}: expected particle counts separated by commas, e.g. 1,4,16") from None
+
+
 def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: int, seed: int, **options):
     """One image's run of ``sampler`` at the NFE of ``poe`` with ``particles`` and ``mcmc_steps`` (``options``:
     further SamplerConfig fields)."""

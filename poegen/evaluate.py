@@ -257,6 +257,7 @@ def load_rows(folders: Sequence[str]) -> Tuple[List, List[dict]]:
 def run_shapes(args):
     import time
 
+    from . import compare
     from .experts.shapes import shapeseval
 
     unknown = [a for a in (args.ablations or "").split(",") if a and a not in ABLATIONS]
@@ -274,13 +275,7 @@ def run_shapes(args):
     where = {it.prompt: (it.tier, it.category) for it in items}
     prompts = [it.prompt for it in items]
     options = _options(args.option)
-    budgets = None
-    if args.budgets:
-        try:
-            budgets = [int(b) for b in args.budgets.split(",")]
-        except ValueError:
-            raise ValueError(f"--budgets {args.budgets!r}: expected particle counts separated by commas, "
-                             "e.g. 1,4,16") from None
+    budgets = compare.parse_budgets(args.budgets)
     weights = dict(guidance=args.guidance, potential_weight=args.potential_weight)
     t0 = time.perf_counter()
     rows, images = _compare(args, prompts, options=options or None, budgets=budgets, **weights)

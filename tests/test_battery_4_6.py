@@ -318,7 +318,7 @@ CLI = {
              files={"j.jsonl": jsonl(job(), "null")}, check=nothing_written),
         Case(["batch", "{tmp}/k.jsonl", "--out", "{tmp}/o", "-q"], 2, "k.jsonl:1: a job is a mapping like",
              files={"k.jsonl": jsonl("[1, 2]")}, check=nothing_written)],
-    "4 batch: empty job file": Case(BATCH, 0, "batch 0/1: 0 done, 0 skipped, 0 failed", files={"j.jsonl": ""}),
+    "4 batch: empty job file": Case(BATCH, 2, "no jobs in", files={"j.jsonl": ""}),
     "4 batch: jobs with ids x and x_raw": [
         Case(BATCH, 2, "j.jsonl:2: id 'x_raw' contains '/' or ends like a file poegen adds (_raw, _f00), so its "
                        "files would overwrite those of id 'x' ({tmp}/j.jsonl:1); rename it",
