@@ -1,4 +1,4 @@
-"""``poegen eval shapes|physics|edit|video``: the shapes world's benchmarks, each a set of targets run through
+"""``poegen eval shapes|physics|edit|video|user``: the shapes world's benchmarks, each a set of targets run through
 ``compare.run`` (every sampler at equal NFE) and judged by the ground-truth checker, which no sampler optimises.
 
 - ``shapes``: ShapesEval, the benchmark prompts of ``experts.shapes.shapeseval`` (tier A: GenEval's six categories
@@ -7,6 +7,8 @@
 - ``physics``: the example scenes; is every object where the simulation put it?
 - ``edit``: eight rendered scenes with one object dropped in by pybullet; background kept, new object placed?
 - ``video``: motion prompts as clips; the per-frame IoU against the simulation's masks and exact frames.
+- ``user``: the user suite (``experts.shapes.usersuite``), inputs written by hand on every route (prompts,
+  relations, layout and scene specs, clips, edits); strict exact per route, and each miss with the checker's reason.
 
 Every suite takes the same run options (``--seeds``, ``--seed0``, ``--samplers``, ``--particles``, ``--mcmc-steps``,
 ``--steps``, ``--workers``, ``--out``, ``--report``): ``--out DIR`` keeps every row (rows.json) and image
@@ -91,6 +93,23 @@ replacement of the kept pixels.
 
   poegen eval edit --workers 2"""
 
+USER_HELP = """The user suite: inputs written by hand as a new user would try them, on every route, judged by the checker.
+
+Routes: prompt (objects, counts, sizes, colours, absences), relation ("left of", "on", "above", "below", chains),
+layout (layout specs, boxes anywhere: floating, at the frame's edges, overlapping, in a row), scene (scene specs,
+the examples' and others), clip (motion prompts as clips of --frames frames), edit (an object dropped into a
+rendered image, or painted into a mask). The inputs are poegen/experts/shapes/usersuite.py; none comes from
+ShapesEval's generator, and none may be used to tune anything. Every input runs with --seeds seeds per sampler at
+the default budget (the samplers at equal NFE). A sample is strict exact when the checker finds what was asked
+(a prompt's objects, relations and absences; a layout's objects in their boxes; a scene's objects within 2 px of
+their simulated places; every frame of a clip exact; an edit's new object placed and the old ones kept) and nothing
+else. Prints strict exact per route and overall per sampler with n, then every miss: its input id, seed and the
+checker's reason (an extra object, one missing, a malformed one, a relation that does not hold). --out also writes
+each miss as a PNG under DIR/misses.
+
+  poegen eval user --seeds 2 --workers 2
+  poegen eval user --routes layout,edit --seeds 1 --out runs/user"""
+
 VIDEO_HELP = """Motion: the shapes video prior with each object's phrase at its simulated centroids, poe against
 best-of-n at equal NFE on motion prompts (as `poegen compare --frames`).
 
@@ -138,7 +157,7 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     from . import defaults, samplers
 
     poe_moves = samplers.PRESETS["poe"]["mcmc_steps"]
-    sub = parser.add_subparsers(dest="suite", required=True, metavar="{shapes,physics,edit,video}")
+    sub = parser.add_subparsers(dest="suite", required=True, metavar="{shapes,physics,edit,video,user}")
     raw = argparse.RawDescriptionHelpFormatter
 
     s = sub.add_parser("shapes", help="ShapesEval: benchmark prompts, strict exact per category",
@@ -185,6 +204,15 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
                    help="regional composition's window std in pixels (default 0: off; the images' is 5)")
     v.add_argument("--no-video-prior", action="store_true",
                    help="independent frames (the image prior per frame) instead of the shapes video prior as the base")
+
+    u = sub.add_parser("user", help="the user suite: hand-written inputs on every route, strict exact per route",
+                       description=USER_HELP, formatter_class=raw)
+    _run_options(u, seeds=2, samplers="poe", particles=defaults.PARTICLES, mcmc_steps=poe_moves, steps=defaults.STEPS)
+    u.add_argument("--routes", default=None, metavar="ROUTE,...",
+                   help="only these routes (default all: prompt, relation, layout, scene, clip, edit)")
+    u.add_argument("--ids", default=None, metavar="ID,...",
+                   help="only these inputs (e.g. layout/readme_two_objects; a route name takes all of its inputs)")
+    u.add_argument("--frames", type=int, default=5, help="frames of each clip (default %(default)s)")
 
 
 def run(args) -> int:
@@ -578,6 +606,194 @@ def table_video(rows, extras, args) -> None:
                   + f"{statistics.mean(r.metrics['exact_frames'] for r in rs):.3f}", flush=True)
 
 
-RUNS: Dict[str, Callable] = {"shapes": run_shapes, "physics": run_physics, "edit": run_edit, "video": run_video}
+# ---- user: the hand-written user suite ----------------------------------------------------------------------------
+
+def write_user_targets(inputs: Sequence[dict], folder: Path) -> Dict[str, str]:
+    """{input id: comparison target}: a prompt as it is; a layout or scene spec written to ``folder`` as JSON; an
+    edit as an edit spec there, its image rendered from the objects already in it (and a mask edit's mask)."""
+    from .experts.scene import parse_scene, world_objects
+    from .experts.shapes import render
+    from .experts.shapes.world import Scene
+    from .pipeline import to_pil
+
+    def image_of(objects, name):
+        old = [{k: v for k, v in o.items() if k not in ("new", "velocity")} for o in objects if not o.get("new")]
+        image, _ = render(Scene(tuple(world_objects(parse_scene({"objects": old})))), 32)
+        to_pil(image).save(folder / f"{name}.png")
+        return f"{name}.png"
+
+    targets = {}
+    for inp in inputs:
+        name, target = inp["id"].replace("/", "__"), inp["target"]
+        if inp["route"] in ("layout", "scene"):
+            (folder / f"{name}.json").write_text(json.dumps(target))
+        elif inp["route"] == "edit":
+            if "scene" in target:
+                spec = {"image": image_of(target["scene"]["objects"], name), "scene": target["scene"]}
+            else:
+                from PIL import Image, ImageDraw
+
+                mask = Image.new("L", (32, 32), 0)
+                ImageDraw.Draw(mask).rectangle(list(target["mask"]), fill=255)
+                mask.save(folder / f"{name}_mask.png")
+                spec = {"image": image_of(target["objects"], name), "prompt": target["prompt"],
+                        "mask": f"{name}_mask.png"}
+            (folder / f"{name}.json").write_text(json.dumps(spec))
+        else:
+            targets[inp["id"]] = target
+            continue
+        targets[inp["id"]] = str(folder / f"{name}.json")
+    return targets
+
+
+def _wanted(inp: dict) -> List[tuple]:
+    """(colour, shape, size, place) of every object the checker expects in an input's image (None: any; place: a
+    layout box's centre (col, row) in pixels of 32, else None)."""
+    from .experts.shapes.prompt import parse_prompt
+    from .experts.shapes.vocab import parse_phrase
+    from .specs import motion_scene
+
+    route, target = inp["route"], inp["target"]
+    if route in ("prompt", "relation"):
+        return [(o.colour, o.shape, o.size, None) for o in parse_prompt(inp.get("check", target)).objects]
+    if route == "clip":
+        return [(o.colour, o.shape, o.size, None) for o in motion_scene(target).objects]
+    if route == "layout":
+        return [(p.colour, p.shape, p.size, (16 * (o["box"][0] + o["box"][2]), 16 * (o["box"][1] + o["box"][3])))
+                for p, o in ((parse_phrase(o["phrase"]), o) for o in target["objects"])]
+    objects = target.get("scene", target)["objects"]
+    found = [(o["colour"], o["shape"], None, None) for o in objects]  # judged by colour and shape, as the checker
+    if "prompt" in target and route == "edit":
+        found += [(o.colour, o.shape, None, None) for o in parse_prompt(target["prompt"]).objects]
+    return found
+
+
+def _faults(image, wanted) -> List[str]:
+    """What the checker finds wrong with one image against the objects wanted: missing ones, extra ones, malformed
+    ones (not fitting their shape's template) and pixels no object explains."""
+    from .experts.shapes import detect
+    from .experts.shapes.checker import MISFIT, unexplained
+
+    dets = detect(image)
+    free, out = list(dets), []
+    for colour, shape, size, place in sorted(wanted, key=lambda w: sum(v is None for v in w[:3])):  # specific first
+        fits = [d for d in free if (colour is None or d.colour == colour) and (shape is None or d.shape == shape)
+                and (size is None or d.size == size)]
+        if place is not None:  # the one nearest its box
+            fits.sort(key=lambda d: (d.centroid[0] + 0.5 - place[0]) ** 2 + (d.centroid[1] + 0.5 - place[1]) ** 2)
+        hit = fits[0] if fits else None
+        if hit is None:
+            out.append("missing " + " ".join(v for v in (size, colour, shape or "object") if v))
+        else:
+            free.remove(hit)
+    out += [f"extra {d.colour} {d.shape} at ({d.centroid[0]:.0f}, {d.centroid[1]:.0f})" for d in free]
+    out += [f"malformed {d.colour} {d.shape} at ({d.centroid[0]:.0f}, {d.centroid[1]:.0f})" for d in dets
+            if d.fit_error > MISFIT]
+    stray = unexplained(image, dets)
+    return out + ([f"{stray} unexplained pixels"] if stray else [])
+
+
+def _why(inp: dict, row, image) -> str:
+    """The checker's reason for a miss, in one line, with what it saw."""
+    from .experts.shapes import detect
+    from .experts.shapes.checker import describe
+
+    wanted = _wanted(inp)
+    if inp["route"] == "clip":
+        bad = []
+        for f in range(image.shape[1]):
+            faults = _faults(image[:, f], wanted)
+            if faults:
+                bad.append(f"frame {f}: {', '.join(faults)}")
+        return "; ".join(bad) or "a frame is not exact"
+    faults = _faults(image, wanted)
+    if row.present and not row.relation:
+        faults.insert(0, {"prompt": "a relation does not hold", "relation": "a relation does not hold",
+                          "layout": "an object outside its box", "scene": "an object off its simulated place",
+                          "edit": "an object off its place (new, or kept)"}[inp["route"]])
+    if row.relation and row.lenient is False:
+        faults.insert(0, "an absent object is there")
+    seen = describe(detect(image)) or "nothing"
+    return f"{', '.join(faults) or 'not exact'} | saw: {seen}"
+
+
+def run_user(args):
+    import tempfile
+
+    from .experts.shapes import usersuite
+
+    if args.frames < 1:
+        raise ValueError(f"--frames {args.frames}: must be >= 1")
+    inputs = usersuite.select(args.routes.split(",") if args.routes else None,
+                              args.ids.split(",") if args.ids else None)
+    rows, extras, images = [], [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        targets = write_user_targets(inputs, Path(tmp))
+        by_target = {targets[i["id"]]: i for i in inputs}
+        stills = [targets[i["id"]] for i in inputs if i["route"] != "clip"]
+        clips = [targets[i["id"]] for i in inputs if i["route"] == "clip"]
+        for group, frames in ((stills, None), (clips, args.frames)):
+            if group:
+                more, imgs = _compare(args, group, frames=frames)
+                rows += more
+                images.update(imgs)
+    for r in rows:
+        inp = by_target[r.prompt]
+        image = images[r.sampler, r.prompt, r.particles][r.seed - args.seed0]
+        if "check" in inp:  # judged against another prompt than the one sampled
+            from .compare import judge
+
+            judged = judge(image, inp["check"])
+            r.present, r.relation, r.lenient, r.exact, r.atoms = (judged[k] for k in ("present", "relation",
+                                                                                     "lenient", "exact", "atoms"))
+        extras.append({"id": inp["id"], "route": inp["route"], "reason": "" if r.exact else _why(inp, r, image)})
+    table_user(rows, extras, args)
+    if args.out:
+        _save_misses(Path(args.out) / "misses", rows, extras, images, args.seed0)
+    return rows, extras, images
+
+
+def _save_misses(folder: Path, rows, extras, images, seed0: int) -> None:
+    """Each miss as a PNG upscaled 4x (a clip's frames side by side), named by its input, sampler and seed."""
+    import torch
+    from PIL import Image
+
+    from .experts.shapes.render import grid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for r, x in zip(rows, extras):
+        if not r.exact:
+            image = images[r.sampler, r.prompt, r.particles][r.seed - seed0]
+            frames = list(image.unbind(1)) if image.dim() == 4 else [image]
+            name = f"{x['id'].replace('/', '__')}_{r.sampler}_seed{r.seed}.png"
+            Image.fromarray(grid(torch.stack(frames), ncol=len(frames))).save(folder / name)
+    print(f"wrote the misses' images to {folder}")
+
+
+def table_user(rows, extras, args) -> None:
+    """Strict exact per route and sampler with n, overall, then every miss with the checker's reason."""
+    from .experts.shapes.usersuite import ROUTES
+
+    samplers = list(dict.fromkeys(r.sampler for r in rows))
+    print(f"{'route':10s} {'sampler':12s} {'strict':>7s} {'n':>5s}")
+    for sampler in samplers:
+        mine = [(r, x) for r, x in zip(rows, extras) if r.sampler == sampler]
+        for route in ROUTES + ("all",):
+            rs = [r for r, x in mine if route in ("all", x["route"])]
+            if rs:
+                strict = sum(bool(r.exact) for r in rs) / len(rs)
+                print(f"{route:10s} {sampler:12s} {strict:7.3f} {len(rs):5d}", flush=True)
+        rs = [r for r, _ in mine]
+        print(f"user_{sampler}_strict={sum(bool(r.exact) for r in rs) / len(rs):.3f} (n={len(rs)})")
+    for sampler in samplers:
+        missed = [(r, x) for r, x in zip(rows, extras) if r.sampler == sampler and not r.exact]
+        total = sum(r.sampler == sampler for r in rows)
+        print(f"misses {sampler}: {len(missed)} of {total}")
+        for r, x in missed:
+            print(f"  {x['id']} seed {r.seed}: {x['reason']}")
+
+
+RUNS: Dict[str, Callable] = {"shapes": run_shapes, "physics": run_physics, "edit": run_edit, "video": run_video,
+                             "user": run_user}
 TABLES: Dict[str, Callable] = {"shapes": table_shapes, "physics": table_physics, "edit": table_edit,
-                               "video": table_video}
+                               "video": table_video, "user": table_user}
