@@ -91,9 +91,10 @@ def for_shapes(layout: Layout, video: bool = False, place: bool = True) -> Layou
     """The Layout the shapes world draws: one with objects or a scene as it is; a bare prompt's (``from_prompt``)
     read in the shapes world's grammar: with ``video`` a motion prompt ("a red ball rolls off a blue box",
     ``motion_scene``) as its simulated scene, else its objects, relations and absences (``shapes_layout``; ``place``
-    as there). The questions, the typed text and an edit stay."""
+    as there). The questions, the typed text and an edit stay. A layout spec's boxes are read with gravity
+    (``settle``)."""
     if layout.objects or layout.physics is not None:
-        return layout
+        return settle(layout)
     spec = motion_scene(layout.prompt) if video else None
     if spec is not None:
         from .experts.physics import PhysicsExpert
@@ -102,6 +103,64 @@ def for_shapes(layout: Layout, video: bool = False, place: bool = True) -> Layou
         read = shapes_layout(layout.prompt, place)
     read.questions, read.text, read.edit = layout.questions, layout.text, layout.edit
     return read
+
+
+REST_TOLERANCE_PX = 1.0  # an object within this many pixels of where it rests keeps its box
+
+
+def settle(layout: Layout) -> Layout:
+    """A layout spec's boxes in the shapes world, which has gravity: each boxed object takes its box's horizontal
+    place and its size (the phrase's, else the size nearest the box's smaller side), and rests where a simulation
+    puts it under that span: on the floor, or on an object below it whose span it overlaps (a ball may roll off).
+    Each object is dropped from just above what lies under it, lowest box first, and simulated until it settles;
+    one that rests within ``REST_TOLERANCE_PX`` of its box's centre keeps its box, any other's box moves with it
+    (logged). A new Layout; an edit's, a scene's and one without boxes are returned as they are."""
+    from dataclasses import replace
+
+    from .experts.shapes.render import pixel_to_world, pixels_per_unit, world_to_pixel
+    from .experts.shapes.vocab import parse_phrase
+    from .experts.shapes.world import COLOUR_NAMES, SIZES, WEDGE_SCALE, SceneObject, bounds, simulate
+
+    boxed = [k for k, o in enumerate(layout.objects) if o.box is not None and o.mask is None and not o.known]
+    if layout.edit is not None or layout.physics is not None or not boxed:
+        return layout
+    try:
+        phrases = {k: parse_phrase(layout.objects[k].phrase) for k in boxed}
+    except ValueError:
+        return layout  # not a shapes-world phrase: the product names it (``families.shapes_product``)
+    size = 32
+    ppu = pixels_per_unit(size)
+    bodies = {}
+    for k in boxed:  # each object at its box's centre, sized by its phrase or its box
+        x0, y0, x1, y1 = layout.objects[k].box
+        p = phrases[k]
+        side = min(x1 - x0, y1 - y0) * size / ppu / (WEDGE_SCALE if p.shape == "wedge" else 1.0)
+        extent = p.size or min(SIZES, key=lambda s: abs(SIZES[s] - side))
+        x = float(pixel_to_world(*layout.objects[k].centre(size), size)[0])
+        bodies[k] = SceneObject(p.shape, p.colour or COLOUR_NAMES[0], extent, x, 0.0)
+    placed = []  # drop each just above what lies under its span, lowest box first
+    for k in sorted(boxed, key=lambda k: -layout.objects[k].box[3]):
+        lo, hi, bottom, _ = bounds(bodies[k])
+        under = [bounds(bodies[j])[3] for j in placed if bounds(bodies[j])[0] < hi and bounds(bodies[j])[1] > lo]
+        bodies[k] = replace(bodies[k], y=max([0.0] + under) - bottom + 0.01)
+        placed.append(k)
+    scene = simulate([bodies[k] for k in boxed])
+    objects = list(layout.objects)
+    for i, (k, rest) in enumerate(zip(boxed, scene.objects)):
+        half = (bounds(rest)[1] - bounds(rest)[0]) / 2
+        x = min(max(rest.x, -size / ppu / 2 + half), size / ppu / 2 - half)  # one that rolled away stays in view
+        col, row = (float(v) for v in world_to_pixel(x, rest.y, size))
+        c0, r0 = layout.objects[k].centre(size)
+        if abs(col - c0) <= REST_TOLERANCE_PX and abs(row - r0) <= REST_TOLERANCE_PX:
+            continue
+        under = [layout.objects[boxed[j]].phrase for a, j in scene.supports if a == i]
+        log.info("layout: %r %s by %.1f px to rest on %s (a box in the shapes world gives the object's horizontal "
+                 "place; gravity gives its height)", objects[k].phrase, "moved down" if row > r0 else "moved up",
+                 abs(row - r0), repr(under[0]) if under else "the floor")
+        dx, dy = (col - c0) / size, (row - r0) / size
+        x0, y0, x1, y1 = objects[k].box
+        objects[k] = replace(objects[k], box=(x0 + dx, y0 + dy, x1 + dx, y1 + dy))
+    return replace(layout, objects=objects)
 
 
 # ---- layout specs ----------------------------------------------------------------------------------------
@@ -302,7 +361,8 @@ def load_edit(path) -> Layout:
 
 def load_target(target: str, shapes: bool = False, video: bool = False, place: bool = True) -> Layout:
     """A layout from a comparison target: an edit, scene or layout spec file (``spec_kind``), or else a prompt,
-    read for the shapes world when ``shapes`` (``for_shapes``, with ``video`` and ``place``), as a job's is."""
+    read for the shapes world when ``shapes`` (``for_shapes``, with ``video`` and ``place``; a layout spec's boxes
+    with gravity, ``settle``, so its objects are judged where they rest), as a job's is."""
     if Path(target).suffix.lower() not in (".yaml", ".yml", ".json"):
         layout = from_prompt(target)
         return for_shapes(layout, video, place) if shapes else layout
@@ -311,7 +371,8 @@ def load_target(target: str, shapes: bool = False, video: bool = False, place: b
         return load_edit(target)
     if kind == "scene":
         return scene_layouts(target)[0][1]
-    return load_layout(target)
+    layout = load_layout(target)
+    return settle(layout) if shapes else layout
 
 
 def read_job(job, cfg: dict) -> List[Tuple[str, Layout]]:
