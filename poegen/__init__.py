@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 _WHERE = {"Layout": "layout", "LayoutObject": "layout", "build_product": "families", "from_prompt": "specs",
           "load_layout": "specs", "Product": "product", "Particles": "particles", "sample": "samplers",
           "SampleResult": "samplers", "AllParticlesDead": "samplers", "from_pipeline": "interop",
-          "potential": "interop", "decode_images": "interop", "pipeline_sigmas": "interop"}
+          "potential": "interop", "decode_images": "interop", "pipeline_sigmas": "interop",
+          "certify": "certificate", "Certificate": "certificate"}
 _MODULES = ("defaults", "resampling", "samplers", "schedules")
 __all__ = [*_WHERE, *_MODULES, "__version__"]
 

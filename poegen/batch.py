@@ -343,8 +343,16 @@ def _run(jobs: JobFile, out: Path, rank: int, world: int, pending: set, stale: d
             _remove_stale(out, job_id, leftovers)
             t = time.perf_counter()
             try:
-                files = [p.name for p in run(job, out / f"{job_id}.{job.video or 'png'}", progress=progress)]
+                written = run(job, out / f"{job_id}.{job.video or 'png'}", progress=progress)
+                files = [p.name for p in written]
                 record = {"id": job_id, "status": "ok", "files": files, "fingerprint": fp}
+                verdicts = [ok for ok, _ in written.certified.values()]  # poegen.certify: None where not checked
+                record["certified"] = (False if False in verdicts else None if None in verdicts or not verdicts
+                                       else True)
+                if record["certified"] is False:
+                    record["unmet"] = {p.name: unmet for p, unmet in written.uncertified()}
+                    for p, unmet in written.uncertified():
+                        log.warning("item %s: %s is not certified: %s", job_id, p.name, ", ".join(unmet))
                 if jobs.data is None and not any(getattr(job, k) for k in READS):
                     record["line"] = line_digest(i, item)
                 counts["done"] += 1

@@ -30,6 +30,7 @@ def cmd_generate(args) -> int:
     t = time.perf_counter()
     written = run(job, out, progress=not args.quiet)
     elapsed = time.perf_counter() - t
+    _warn_uncertified(written)
     if job.video:
         print(f"wrote {written[0]} in {elapsed:.1f} s")
     elif len(written) > 1:
@@ -47,10 +48,18 @@ def cmd_edit(args) -> int:
     values = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(Job)}
     job = Job.from_dict(values, "edit")
     written = run(job, Path(args.out), progress=not args.quiet)
+    _warn_uncertified(written)
     from PIL import Image
     meta = json.loads(Image.open(written[0]).text["poegen"])
     print(f"wrote {written[0]}; background MSE outside the mask {meta['background_mse']:.2e}")
     return 0
+
+
+def _warn_uncertified(written) -> None:
+    """One ``poegen: warning:`` line on stderr per written image (or clip) its potentials do not certify: not
+    progress, so shown with -q too."""
+    for path, unmet in written.uncertified():
+        print(f"poegen: warning: {path} is not certified: {', '.join(unmet)}", file=sys.stderr)
 
 
 def cmd_batch(args) -> int:
@@ -214,6 +223,10 @@ def _sampling_options() -> argparse.ArgumentParser:
                              "offloading idle models")
     common.add_argument("--out", default="poegen.png")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common.add_argument("--require-certified", dest="require_certified", action="store_true", default=None,
+                        help="exit 6 and write nothing when the image is not certified by its own potentials "
+                             "(every question answered as asked with P >= %g, nothing stray; without it such an "
+                             "image is written with a 'poegen: warning:' line)" % defaults.CERTIFY_P)
     common.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
     return common
 
@@ -455,7 +468,12 @@ class _BarSafeHandler(logging.StreamHandler):
 
 
 def _exit_code(e: Exception):
-    """(exit code, hint) of an error: 2 bad input, 3 all particles died, 4 files and disks, 5 anything else."""
+    """(exit code, hint) of an error: 2 bad input, 3 all particles died, 4 files and disks, 5 anything else, 6 an
+    image not certified where one was required (--require-certified)."""
+    from .certificate import NotCertified
+
+    if isinstance(e, NotCertified):
+        return 6, ""
     if isinstance(e, samplers.AllParticlesDead):
         return 3, (" From the command line: raise --particles, lower --potential-weight, or widen a hard constraint's "
                    "tolerance in the scene spec.")

@@ -23,6 +23,11 @@ SHAPES_POTENTIAL_WEIGHT = 3.0  # the shapes world: lambda of each yes/no questio
 MODEL_GUIDANCE = 1.0           # named models: the weight of each generative expert
 MODEL_POTENTIAL_WEIGHT = 1.0   # named models: lambda of each potential (--potential, a config's potentials)
 
+# certified images (poegen.certify): a potential's own say that a sample is right, no checker. Both values are a
+# first choice, to be calibrated on tuning prompts against the checker (docs/results.md, "Certificate")
+CERTIFY_P = 0.9        # a yes/no question (the shapes scorer, VQAScore) is met when answered as wanted with P >= this
+CERTIFY_STRAY_PX = 4.0  # the shapes world's footprint is met below this many foreground pixels away from the objects
+
 # sampler comparisons (`poegen compare`, `poegen eval`, compare.run)
 COMPARE_SAMPLERS = ("poe", "smc", "best-of-n", "ancestral")
 COMPARE_SEEDS = 8

@@ -136,7 +136,12 @@ def named_product(layout, experts: Sequence[Spec], potentials: Sequence[Spec] = 
         e = _with_dtype(_entry(spec, POTENTIALS, POTENTIAL_FIELDS,
                                "--potential" if isinstance(spec, str) else f"potentials[{j}]"), dtype)
         lay = from_prompt(e["prompt"]) if e.get("prompt") else layout
-        made = POTENTIALS[e["kind"]][1](e["path"], lay.texts(), lay, **e["options"]) + _absences(e, lay)
+        options = dict(e["options"])
+        certify_at = options.pop("certify", None)
+        e = dict(e, options=options)
+        made = POTENTIALS[e["kind"]][1](e["path"], lay.texts(), lay, **options) + _absences(e, lay)
+        if certify_at is not None:
+            _set_certify(made, e["kind"], certify_at, "--potential" if isinstance(spec, str) else f"potentials[{j}]")
         pots += made
         lams += [float(e.get("weight", lambdas))] * len(made)
     if layout.edit is not None:  # the given image outside the edit mask, on decoded pixels
@@ -195,6 +200,30 @@ def scene_video_product(layout: Layout, experts: Sequence[Spec], potentials: Seq
     return named_product(Layout(text), experts, potentials, guidance=guidance, lambdas=lambdas, dtype=dtype,
                          video=True, frames=frames, fps=fps, video_inputs={**made, **(video_inputs or {})},
                          extra=motion)
+
+
+PROBABILITY_KINDS = ("vqa", "detector")  # potentials that are the log of a probability: certify is that probability
+
+
+def _set_certify(made: List, kind: str, value, where: str) -> None:
+    """A config entry's ``certify`` option as each of its potentials' ``certify_threshold`` (``poegen.certify``):
+    for a vqa or detector entry the probability at or above which it is met (its threshold is the log), for a
+    score (clip, pickscore) the score itself; false: the entry takes no part in the certificate."""
+    import math
+
+    if value is False:
+        threshold = None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}.options.certify {value!r}: expected a number (a probability for {kind}), or false")
+    elif kind in PROBABILITY_KINDS:
+        if not 0 < value <= 1:
+            raise ValueError(f"{where}.options.certify {value!r}: a {kind} potential is a probability; give one in "
+                             "(0, 1], e.g. 0.9")
+        threshold = math.log(value)
+    else:
+        threshold = float(value)
+    for p in made:
+        p.certify_threshold = threshold
 
 
 def _absences(entry: dict, layout: Layout) -> List:

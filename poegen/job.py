@@ -53,6 +53,8 @@ class Job:
     max_memory: Optional[float] = None       # GB: micro-batches (and, on a GPU, offloading) keep a run under it
     dtype: Optional[str] = None              # auto, float32, bfloat16 (None: the config's, else auto: bf16 only
     #                                          where the hardware has it natively; hardware.pick_dtype)
+    require_certified: Optional[bool] = None  # true: an image its potentials do not certify is an error (nothing
+    #                                           written; poegen.certify); None and false: written with a warning
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "Job":
@@ -140,7 +142,7 @@ _TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "sel
          "first_frame", "control")
 _WHOLE = ("frames", "particles", "steps", "mcmc_steps", "seed", "reward_every", "margin")
 _REAL = ("guidance", "potential_weight", "grad_guidance", "max_memory", "fps")
-_FLAG = ("compose", "resize", "replace_known")
+_FLAG = ("compose", "resize", "replace_known", "require_certified")
 _TEXTS = ("parts", "questions", "experts", "potentials")
 
 

@@ -15,6 +15,7 @@ from typing import List, Optional
 import torch
 
 from . import __version__, samplers
+from .certificate import NotCertified, certify
 from .edit import replaces_known
 from .job import READS, Job
 
@@ -214,10 +215,26 @@ def to_pil(x: torch.Tensor):
     return Image.fromarray(to_uint8(x))
 
 
-def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Path]:
+class Written(list):
+    """The paths ``run`` wrote (a list, as before), with ``certified``: per image or clip path, (True, False, or
+    None when no potential of its product certifies; the names of the unmet potentials)."""
+
+    def __init__(self, paths=(), certified=None):
+        super().__init__(paths)
+        self.certified = dict(certified or {})
+
+    def uncertified(self):
+        """(path, unmet names) of every written image or clip its potentials do not certify."""
+        return [(p, unmet) for p, (ok, unmet) in self.certified.items() if ok is False]
+
+
+def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> Written:
     """Sample the job and write out (upscaled) and out_raw (native) per frame, plus a GIF for several
     frames; every frame uses the same seed, so shared noise keeps the appearance consistent. A video job
-    (``job.video``) writes its clip to out (.gif or .mp4, ``write_video``)."""
+    (``job.video``) writes its clip to out (.gif or .mp4, ``write_video``). Each image (a clip: as a whole) is
+    certified by its product's potentials (``certificate.certify``), in its metadata (``certified``, ``unmet``)
+    and the returned ``Written``; with ``job.require_certified`` one that is not raises ``NotCertified`` after
+    sampling every frame and before writing any file."""
     out = Path(out)
     if out.is_dir():  # first: `--out folder/` is a folder, whatever its name
         raise ValueError(f"--out {out} is a folder; name a .png file")
@@ -242,7 +259,8 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
     options = dict(progress=progress, select=job.select, grad_guidance=job.grad_guidance, reward_every=job.reward_every)
     if job.mcmc_steps is not None:
         options["mcmc_steps"] = job.mcmc_steps
-    written, device = [], job_device(job.device)
+    written, device = Written(), job_device(job.device)
+    pending, certified = [], written.certified  # (path, image, metadata, fps) to write once every frame is sampled
     cfg = job_config(job)
     max_memory = job.max_memory if job.max_memory is not None else cfg["max_memory"]
     with stage_bar(progress, "loading models", 1) as bar:
@@ -266,16 +284,33 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
                                     if k != "progress"},
                 "log_Z": result.log_Z, "nfe": result.nfe}
         path = out.with_name(out.stem + label + out.suffix)
-        with stage_bar(progress, "decoding" if product.decode is not None else "writing", 3) as bar:
+        with stage_bar(progress, "decoding" if product.decode is not None else "certifying", 1) as bar:
             with torch.no_grad():
-                x = (product.decode(result.x[:1])[0] if product.decode is not None else result.x[0]).float().cpu()
+                decoded = product.decode(result.x[:1]) if product.decode is not None else result.x[:1]
+                x = decoded[0].float().cpu()
             if product.edit is not None:
                 from .edit import background_mse
                 meta["background_mse"] = background_mse(x, product.edit)
                 log.info("%s: background MSE outside the mask %.2e", out, meta["background_mse"])
-            bar.update(), bar.set_description("writing")
+            bar.set_description("certifying")
+            cert = certify(product, decoded, decoded=True)
+            meta["certified"] = cert.status(0)
+            if cert.status(0) is False:
+                meta["unmet"] = cert.unmet[0]
+            certified[path] = (cert.status(0), cert.unmet[0] if cert.is_checked else [])
+            log.info("%s: %s", path, "certified" if cert.status(0) else f"not certified: {cert.describe(0)}")
+            bar.update()
+        pending.append((path, x, meta, product.fps))
+        log.info("%s: NFE %s, log Z %.3f", path, result.nfe, result.log_Z)
+    if job.require_certified:  # every frame sampled, nothing written yet
+        missing = [f"{p} is not certified: {', '.join(u) if ok is False else 'no potential of its product certifies'}"
+                   for p, (ok, u) in certified.items() if not ok]
+        if missing:
+            raise NotCertified(f"{'; '.join(missing)}; nothing written (require_certified)")
+    for path, x, meta, fps in pending:
+        with stage_bar(progress, "writing", 2) as bar:
             if job.video is not None:  # a clip (3, F, H, W): one file, its metadata inside
-                write_video(x, path, meta, job.fps or product.fps or VIDEO_FPS)
+                write_video(x, path, meta, job.fps or fps or VIDEO_FPS)
             else:
                 img = to_pil(x)
                 save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)
@@ -283,7 +318,6 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> List[Pat
                 save_png(img, path, meta, scale)
             bar.update()
         written.append(path)
-        log.info("%s: NFE %s, log Z %.3f", path, result.nfe, result.log_Z)
     if len(written) > 1:
         from PIL import Image
         frames = [Image.open(p) for p in written]

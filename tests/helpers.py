@@ -330,7 +330,7 @@ class Case:
         self.files, self.env, self.check = files or {}, env or {}, check
 
     def run(self, tmp_path: Path, capsys, monkeypatch):
-        """Run the row and assert its outcome; a refusal (exit 2 to 5) must be one `poegen: error:` line."""
+        """Run the row and assert its outcome; a refusal (exit 2 to 6) must be one `poegen: error:` line."""
         from poegen.cli import main
         for name, data in self.files.items():
             path = tmp_path / name
@@ -347,11 +347,11 @@ class Case:
             code = e.code
         out, err = capsys.readouterr()
         assert code == self.code, f"exit {code}, expected {self.code}; stderr: {err[-2000:]}"
-        if 2 <= code <= 5:
+        if 2 <= code <= 6:
             lines = [line for line in err.splitlines() if line.strip()]
             assert len(lines) == 1 and lines[0].startswith("poegen: error: "), err[-2000:]
             assert len(lines[0]) < 600, f"message of {len(lines[0])} characters"
-        text = err if 2 <= code <= 5 else out + err
+        text = err if 2 <= code <= 6 else out + err
         assert self.text.replace("{tmp}", str(tmp_path)) in text, text[-2000:]
         if self.check is not None:
             self.check(tmp_path)

@@ -198,9 +198,10 @@ OPTIONS.update(sd=("micro_batch", "torch_dtype") + TUNING, unet=("micro_batch", 
                sd3=_sd3_module.OPTIONS + TUNING, flux=_flux_fill_module.OPTIONS + TUNING,
                controlnet=("base", "image", "conditioning_scale", "micro_batch", "torch_dtype") + TUNING,
                **{"sd-inpaint": _inpaint_module.OPTIONS + TUNING, "flux-fill": _flux_fill_module.OPTIONS + TUNING},
-               clip=("tokenizer", "micro_batch", "torch_dtype"), pickscore=("tokenizer", "micro_batch", "torch_dtype"),
-               vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype"),
-               detector=_detector_module.OPTIONS,
+               clip=("tokenizer", "micro_batch", "torch_dtype", "certify"),
+               pickscore=("tokenizer", "micro_batch", "torch_dtype", "certify"),
+               vqa=("question", "answer", "versus", "template", "micro_batch", "torch_dtype", "certify"),
+               detector=_detector_module.OPTIONS + ("certify",),
                # the files a job may also give (--first-frame, --control); no channels_last: Wan's convolutions are 3-D
                wan=_wan_module.OPTIONS + ("first_frame", "control", "compile"))
 

@@ -3,6 +3,7 @@ VQAScore-style log P("Yes") from an image-text-to-text VLM."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import defaults
 from .cache import cached
 from .diffusers.common import load_pretrained, resolve
 
@@ -108,7 +110,12 @@ class VQAScore:
 
     Works with VLMs whose processor gives a fixed-size ``pixel_values`` (Llava family): the prompt's image
     tokens are expanded once by the processor, and images are resized and normalised in torch, so the score
-    is differentiable in the image."""
+    is differentiable in the image.
+
+    ``certify_threshold`` (``poegen.certify``): met when the answer has probability >= ``defaults.CERTIFY_P`` (a
+    config entry's ``certify`` option sets another probability)."""
+
+    certify_threshold = math.log(defaults.CERTIFY_P)
 
     def __init__(self, model, processor, question: str, answer: str = "Yes", versus: Optional[str] = None,
                  template: Optional[str] = None, micro_batch: Optional[int] = None, name: Optional[str] = None):

@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ... import defaults
 from .render import pixels_per_unit, to_unit
 from .world import BACKGROUND, FLOOR, SIZES, WEDGE_SCALE
 
@@ -35,7 +36,8 @@ def reach(shape: Optional[str], size: Optional[str], image_size: int = 32) -> fl
 
 
 class Footprint:
-    """log potential = -per_pixel * (foreground outside the discs around ``centres``)."""
+    """log potential = -per_pixel * (foreground outside the discs around ``centres``); met (``poegen.certify``) below
+    ``defaults.CERTIFY_STRAY_PX`` such pixels."""
 
     def __init__(self, centres: Sequence[Tuple[float, float]], radii: Sequence[float], size: int = 32,
                  per_pixel: float = 0.5, name: str = "footprint"):
@@ -47,6 +49,7 @@ class Footprint:
         self.outside = (~inside).float()
         self.backgrounds = torch.tensor(to_unit([BACKGROUND, FLOOR]))  # (2, 3)
         self.per_pixel, self.name = per_pixel, name
+        self.certify_threshold = -per_pixel * defaults.CERTIFY_STRAY_PX
 
     def log_potential(self, x0: Tensor) -> Tensor:
         x = x0.float().clamp(-1, 1)

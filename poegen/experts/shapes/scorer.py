@@ -8,12 +8,14 @@ relation CNN run on the two masks. ``ShapesVLMExpert.log_potential`` returns log
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ... import defaults
 from . import weights_io
 from .questions import KINDS, NULL_N, RELATION_WORDS, encode_batch, parse_question
 from .weights_io import WEIGHTS_DIR  # noqa: F401  (re-exported for the scripts)
@@ -102,7 +104,10 @@ class ShapesVLM(nn.Module):
 
 class ShapesVLMExpert:
     """Discriminative expert log P(yes | x0, question) for one fixed question (``negate``: log P(no), the
-    potential of an absence, "is there a ball?" answered no)."""
+    potential of an absence, "is there a ball?" answered no). ``certify_threshold`` (``poegen.certify``): met when
+    the answer asked has probability >= ``defaults.CERTIFY_P``."""
+
+    certify_threshold = math.log(defaults.CERTIFY_P)
 
     def __init__(self, net: ShapesVLM, question: str, batch_size: int = 256, negate: bool = False):
         self.query = parse_question(question)  # validates the grammar and the vocabulary
