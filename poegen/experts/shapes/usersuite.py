@@ -16,7 +16,8 @@ None of these inputs comes from ShapesEval's generator (``shapeseval.py``). Each
   lists the objects already in the image and the new ones (``new: true``), the image being rendered from the old
   ones; a mask edit gives ``objects`` (the image's), ``prompt`` and ``mask`` (a rectangle [col0, row0, col1, row1]
   in pixels of the 32x32 image, inclusive, that may change);
-- ``expect``: what the checker should see, in words (the checker itself reads the target: the prompt's objects,
+- ``expect``: what the checker should see, in words (a layout box floating above the floor is read with the shapes
+  world's gravity, ``specs.settle``: the object rests under the box's horizontal span) (the checker itself reads the target: the prompt's objects,
   relations and absences and nothing else; a layout's objects inside their boxes; a scene's visible objects within
   2 px of their simulated places; a clip's objects in view at every frame; an edit's old objects kept and the new
   one placed);
@@ -126,24 +127,24 @@ RELATIONS = [
 LAYOUTS = [
     _layout("readme_two_objects", "a red ball and a blue box on a table",
             [("a red ball", (0.1, 0.45, 0.4, 0.8)), ("a blue box", (0.55, 0.35, 0.95, 0.85))],
-            "a red ball at the left and a blue box at the right, in their boxes, nothing beneath them",
+            "a red ball at the left and a blue box at the right, under their boxes, nothing beneath them",
             source="examples/layout_two_objects.yaml"),
     _layout("stack_json", "a red ball resting on a blue box",
             [("a blue box", (0.3, 0.55, 0.7, 0.95)), ("a red ball", (0.35, 0.2, 0.65, 0.55))],
             "a red ball on a blue box", source="examples/layout_stack.json", relations=[(1, "on", 0)]),
     _layout("floating_cyan_ball", "a cyan ball", [("a cyan ball", (0.4, 0.1, 0.6, 0.3))],
-            "one cyan ball high in the air, nothing beneath it"),
+            "one cyan ball under its box (resting where gravity puts it), nothing invented beneath it"),
     _layout("floating_red_box_corner", "a red box", [("a red box", (0.05, 0.05, 0.3, 0.3))],
-            "one red box in the top left corner"),
+            "one red box under its box at the top left, nothing beneath it"),
     _layout("ball_high_box_low", "a yellow ball and a blue box",
             [("a yellow ball", (0.4, 0.05, 0.6, 0.3)), ("a blue box", (0.3, 0.6, 0.7, FLOOR))],
-            "a yellow ball above a blue box with a gap between them"),
+            "a yellow ball over a blue box (resting on it), nothing between them"),
     _layout("left_edge", "a green box", [("a green box", (0.0, 0.6, 0.3, FLOOR))],
             "a green box touching the left edge, on the floor"),
     _layout("right_edge", "a yellow ball", [("a yellow ball", (0.75, 0.65, 1.0, FLOOR))],
             "a yellow ball touching the right edge"),
     _layout("top_edge", "a magenta wedge", [("a magenta wedge", (0.35, 0.0, 0.65, 0.25))],
-            "a magenta wedge at the top edge"),
+            "a magenta wedge under its box at the top edge, nothing beneath it"),
     _layout("overlapping", "a red ball and a blue box",
             [("a red ball", (0.2, 0.5, 0.6, FLOOR)), ("a blue box", (0.4, 0.5, 0.8, FLOOR))],
             "a red ball and a blue box whose boxes overlap, both on the floor"),
