@@ -91,10 +91,13 @@ def for_shapes(layout: Layout, video: bool = False, place: bool = True) -> Layou
     """The Layout the shapes world draws: one with objects or a scene as it is; a bare prompt's (``from_prompt``)
     read in the shapes world's grammar: with ``video`` a motion prompt ("a red ball rolls off a blue box",
     ``motion_scene``) as its simulated scene, else its objects, relations and absences (``shapes_layout``; ``place``
-    as there). The questions, the typed text and an edit stay. A layout spec's boxes are read with gravity
-    (``settle``)."""
-    if layout.objects or layout.physics is not None:
+    as there). The questions, the typed text and an edit stay. A layout spec's boxes (objects with no typed
+    prompt, ``text`` None) are read with gravity (``settle``); a prompt's placed objects are the world's own
+    placement and stay, so reading a Layout twice changes nothing."""
+    if layout.objects and layout.text is None and layout.physics is None:
         return settle(layout)
+    if layout.objects or layout.physics is not None:
+        return layout
     spec = motion_scene(layout.prompt) if video else None
     if spec is not None:
         from .experts.physics import PhysicsExpert
