@@ -10,7 +10,7 @@ import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
