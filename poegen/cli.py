@@ -33,6 +33,8 @@ def cmd_generate(args) -> int:
     _warn_uncertified(written)
     if job.video:
         print(f"wrote {written[0]} in {elapsed:.1f} s")
+    elif len(written) > 1 and job.images > 1 and len(written) == job.images:
+        print(f"wrote {len(written)} images {written[0]} .. {written[-1]} (and their _raw files) in {elapsed:.1f} s")
     elif len(written) > 1:
         print(f"wrote {len(written) - 1} frames {written[0]} .. {written[-2]} and {written[-1]} in {elapsed:.1f} s")
     else:
@@ -103,7 +105,7 @@ def cmd_compare(args) -> int:
     rows, images = compare.run(args.targets, names, args.seeds, args.particles, args.mcmc_steps, args.steps,
                                args.guidance, args.potential_weight, progress=not args.quiet, workers=workers,
                                config=config, metrics=args.metrics or (), budgets=budgets, frames=args.frames,
-                               options=({"reward_every": args.reward_every}
+                               budget=args.budget, options=({"reward_every": args.reward_every}
                                         if args.reward_every != defaults.REWARD_EVERY else None))
     summary = reports.summarise(rows, images)
     if out is None:  # never into the working directory unasked: a fresh folder under the system's temp dir
@@ -227,6 +229,16 @@ def _sampling_options() -> argparse.ArgumentParser:
                         help="exit 6 and write nothing when the image is not certified by its own potentials "
                              "(every question answered as asked with P >= %g, nothing stray; without it such an "
                              "image is written with a 'poegen: warning:' line)" % defaults.CERTIFY_P)
+    common.add_argument("--budget", default=defaults.BUDGET, choices=("anytime", "fixed"),
+                        help="anytime: a first round of %d particles, stopping as soon as an image is certified, "
+                             "else further rounds of --particles up to --max-nfe; fixed: one run of --particles "
+                             "(default %%(default)s)" % defaults.FIRST_ROUND)
+    common.add_argument("--max-nfe", type=int, default=None, metavar="N",
+                        help="anytime: at most N evaluations per expert over every round (default: %d fixed runs)"
+                             % defaults.MAX_NFE_FACTOR)
+    common.add_argument("--images", type=int, default=1, metavar="K",
+                        help="K distinct images (OUT, OUT_1, ...): different ancestors, visibly different, each "
+                             "certified when one is found (default %(default)s)")
     common.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
     return common
 
@@ -296,6 +308,8 @@ def _add_batch(sub):
 
 def _add_compare(sub):
     """``poegen compare``: samplers at equal NFE on targets, tables and a report."""
+    from . import evaluate
+
     c = sub.add_parser("compare", help="compare samplers at equal NFE on prompts, layout specs or scene specs, in "
                                          "the shapes world or on named models (--config); tables and an HTML report")
     c.add_argument("targets", nargs="+", metavar="PROMPT_OR_SPEC",
@@ -308,6 +322,7 @@ def _add_compare(sub):
     c.add_argument("--budgets", default=None, metavar="N,N,...",
                    help="poe particle counts to run every sampler at (equal NFE each); plots reward against NFE")
     c.add_argument("--samplers", default=",".join(defaults.COMPARE_SAMPLERS), help="default %(default)s")
+    c.add_argument("--budget", default=defaults.BUDGET, choices=("anytime", "fixed"), help=evaluate.BUDGET_HELP)
     c.add_argument("--seeds", type=int, default=defaults.COMPARE_SEEDS, help="default %(default)s")
     c.add_argument("--particles", type=int, default=defaults.PARTICLES, help="poe's particles (default %(default)s, "
                    "generate's; a 4 x 4 x 8 comparison takes minutes on 2 CPU cores)")

@@ -42,11 +42,18 @@ def parse_budgets(text: Optional[str]) -> Optional[List[int]]:
         raise ValueError(f"--budgets {text!r}: expected particle counts separated by commas, e.g. 1,4,16") from None
 
 
-def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: int, seed: int, **options):
+def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: int, seed: int,
+               budget: str = defaults.BUDGET, max_nfe: Optional[int] = None, **options):
     """One image's run of ``sampler`` at the NFE of ``poe`` with ``particles`` and ``mcmc_steps`` (``options``:
-    further SamplerConfig fields)."""
-    return samplers.sample(product, sampler=sampler, num_steps=steps, generator=torch.Generator().manual_seed(seed),
-                           **{**equal_nfe_options(sampler, particles, mcmc_steps), **options})
+    further SamplerConfig fields), by ``budget`` as a job's (``anytime.sample``: each round, the first one too,
+    at the NFE of poe's round), an ``anytime.Outcome``."""
+    from . import anytime
+
+    opts = {**equal_nfe_options(sampler, particles, mcmc_steps), **options}
+    n = opts.pop("num_particles")
+    first = max(1, round(defaults.FIRST_ROUND * n / particles)) if sampler != "ancestral" else 1
+    return anytime.sample(product, sampler, n, steps, torch.Generator().manual_seed(seed), budget=budget,
+                          max_nfe=max_nfe, first=min(first, n), **opts)
 
 
 def judge(image, prompt, split: bool = True) -> Dict[str, object]:
@@ -188,6 +195,10 @@ class Row:
     metrics: Dict[str, float] = field(default_factory=dict)   # evaluation-only scorers (--metrics)
     lenient: Optional[bool] = None  # prompt: relation, and every absence holds (other objects allowed)
     atoms: Optional[float] = None   # prompt: the share of asked facts (counts, relations, absences) that hold
+    certified: Optional[bool] = None  # the pick certified by the product's own potentials (None: none certifies)
+    first_certified: Optional[int] = None  # NFE (as ``nfe``) spent when a certified particle first appeared
+    rounds: int = 1                 # the sampler's rounds (anytime budget; fixed: 1)
+    fixed_nfe: Optional[int] = None  # NFE (as ``nfe``) of one fixed run at this budget, the anytime rounds' yardstick
 
 
 _WORKER: dict = {}
@@ -280,15 +291,14 @@ def _scores(product, scorers, image) -> Tuple[float, Dict[str, float]]:
 
 def _run_task(task):
     """One (sampler, target, seed, budget): sample, then score; (row, decoded image)."""
-    sampler, target, seed, particles, mcmc_steps, steps, guidance, potential_weight, options, frames = task
+    sampler, target, seed, particles, mcmc_steps, steps, guidance, potential_weight, options, frames, budget = task
     product, scorers, verdict = _target(target, guidance, potential_weight, frames)
     if replaces_known(product):  # as `poegen edit`
         options = {"replace_known": True, **options}
     t = time.perf_counter()
-    r = sample_one(product, sampler, particles, mcmc_steps, steps, seed, **options)
+    r = sample_one(product, sampler, particles, mcmc_steps, steps, seed, budget=budget, **options)
     seconds = time.perf_counter() - t
-    with torch.no_grad():
-        x = (product.decode(r.x[:1]) if product.decode is not None else r.x[:1])[0].float()
+    x = r.images[0].float()
     score, metrics = _scores(product, scorers, x)
     if product.edit is not None:
         from .edit import background_mse
@@ -297,9 +307,13 @@ def _run_task(task):
     metrics.update(judged.pop("metrics", {}))
     if judged["exact"] is not None and not frames:
         metrics["pool_exact"] = _pool_exact(product, r.particles, verdict)
-    return Row(sampler, target, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z,
-               nfe=sum(v for k, v in r.nfe.items() if k in product.names), ess=r.diagnostics["ess"],
-               particles=particles, metrics=metrics, **judged), x
+    generative = lambda nfe: sum(v for k, v in nfe.items() if k in product.names)  # noqa: E731
+    chains = equal_nfe_options(sampler, particles, mcmc_steps)["num_particles"]
+    return Row(sampler, target, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z, nfe=generative(r.nfe),
+               ess=r.diagnostics["ess"], particles=particles, metrics=metrics, certified=r.certified[0],
+               first_certified=None if r.first_certified is None else generative(r.first_certified),
+               rounds=len(r.rounds), fixed_nfe=round(generative(r.nfe) / sum(r.rounds) * chains),
+               **judged), x
 
 
 @torch.no_grad()
@@ -337,7 +351,7 @@ def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_
         guidance: Optional[float] = None, potential_weight: Optional[float] = None, progress: bool = True,
         workers: int = 1, seed0: int = 0, options: Optional[dict] = None, config: Optional[dict] = None,
         metrics: Sequence[str] = (), budgets: Optional[Sequence[int]] = None, shapes_options: Optional[dict] = None,
-        frames: Optional[int] = None):
+        frames: Optional[int] = None, budget: str = defaults.BUDGET):
     """(rows, images[(sampler, target, budget)] -> (seeds, 3, H, W)) for every sampler x target x seed x budget
     (seeds seed0, seed0 + 1, ...; budgets: poe's particle counts, default ``particles``). A target is a prompt,
     a layout spec or a scene spec path; ``config`` names the models ({experts, potentials}, as
@@ -347,7 +361,9 @@ def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_
     are shapes-world motion prompts ("a red ball rolls off a blue box"), sampled as clips of that many frames
     (images (seeds, 3, frames, H, W)) and judged against their simulation (``judge_clip``). With
     ``workers`` > 1 the runs are spread over that many processes, each with an equal share of torch's threads;
-    results do not depend on ``workers``. The defaults are a job's (``poegen.defaults``, as ``poegen compare``)."""
+    results do not depend on ``workers``. ``budget``: every sampler's, as a job's (``anytime``: rounds until
+    certified, each at the NFE of poe's round; ``fixed``: one run, every sampler at equal NFE). The defaults are a
+    job's (``poegen.defaults``, as ``poegen compare``)."""
     from .experts.registry import POTENTIAL_FIELDS, POTENTIALS, _entry
     from .specs import load_target
 
@@ -374,7 +390,9 @@ def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_
     budgets = list(budgets or [particles])
     if any(not isinstance(b, int) or b < 1 for b in budgets):
         raise ValueError(f"budgets {budgets}: expected particle counts >= 1, e.g. 1,4,16")
-    tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, potential_weight, dict(options or {}), frames)
+    if budget not in ("anytime", "fixed"):
+        raise ValueError(f"budget {budget!r}: expected anytime or fixed")
+    tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, potential_weight, dict(options or {}), frames, budget)
              for b in budgets for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
     results = []  # the first result waits for the models: the bar says so until then
     with tqdm(total=len(tasks), desc="compare: loading models", disable=None if progress else True) as bar:

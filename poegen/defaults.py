@@ -28,6 +28,12 @@ MODEL_POTENTIAL_WEIGHT = 1.0   # named models: lambda of each potential (--poten
 CERTIFY_P = 0.9        # a yes/no question (the shapes scorer, VQAScore) is met when answered as wanted with P >= this
 CERTIFY_STRAY_PX = 4.0  # the shapes world's footprint is met below this many foreground pixels away from the objects
 
+# anytime sampling (poegen.anytime): rounds until the potentials certify an image
+BUDGET = "anytime"      # "anytime" rounds, or one "fixed" run of PARTICLES as before
+FIRST_ROUND = 2         # particles of the first round; later rounds run PARTICLES each
+MAX_NFE_FACTOR = 4      # the rounds stop before spending more than this many fixed runs of PARTICLES
+DISTINCT_SHARE = 0.02   # images=K: two picks differ in at least this share of their pixels
+
 # sampler comparisons (`poegen compare`, `poegen eval`, compare.run)
 COMPARE_SAMPLERS = ("poe", "smc", "best-of-n", "ancestral")
 COMPARE_SEEDS = 8

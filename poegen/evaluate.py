@@ -120,13 +120,20 @@ objects in view at that frame and nothing else); with --out, also an HTML report
   poegen eval video --seeds 2 --particles 4 --steps 10"""
 
 
+BUDGET_HELP = ("every sampler's budget, as generate's: anytime, rounds until an image is certified, each round at "
+               "the NFE of poe's; fixed: one run, every sampler at equal NFE (default %(default)s)")
+
+
 def _run_options(p: argparse.ArgumentParser, *, seeds: int, samplers: str, particles: int, mcmc_steps: int,
                  steps: int, particles_help: Optional[str] = None) -> None:
     """The options every suite shares, with the suite's defaults."""
+    from . import defaults
+
     p.add_argument("--seeds", "--samples", dest="seeds", type=int, default=seeds,
                    help=f"seeds per target (default {seeds})")
     p.add_argument("--seed0", type=int, default=0, help="first sampling seed (tune on 1000+)")
     p.add_argument("--samplers", default=samplers, help=f"comma-separated (default {samplers})")
+    p.add_argument("--budget", default=defaults.BUDGET, choices=("anytime", "fixed"), help=BUDGET_HELP)
     p.add_argument("--particles", type=int, default=particles, help=particles_help or f"poe's particles (default "
                                                                                      f"{particles})")
     p.add_argument("--mcmc-steps", type=int, default=mcmc_steps,
@@ -241,7 +248,8 @@ def _compare(args, targets: Sequence[str], **kw):
 
     return compare.run(list(targets), args.samplers.split(","), args.seeds, args.particles, args.mcmc_steps,
                        args.steps, kw.pop("guidance", None), kw.pop("potential_weight", None),
-                       progress=not args.quiet, workers=args.workers, seed0=args.seed0, **kw)
+                       progress=not args.quiet, workers=args.workers, seed0=args.seed0,
+                       budget=args.budget, **kw)
 
 
 # ---- saved runs ---------------------------------------------------------------------------------------------------
@@ -401,11 +409,42 @@ def shapes_report(rows, where, budget) -> None:
                   + (f" pool_diff_vs_best_of_n={pool_diff}" if pool_diff else ""))
             none, wrong = misses(rs)
             print(f"{tier}_{sampler}_misses: no_exact_particle={none:.3f} exact_particle_not_picked={wrong:.3f}")
+    anytime_report(rows, where)
     search = "best-of-n-noplace"  # composition against plain search: poe minus best-of-n without placement()
     for (tier, cat, sampler), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] == "all")):
         diff = paired(rs, groups.get((tier, cat, search))) if sampler == "poe" else None
         if diff:
             print(f"{tier}_{cat}_poe_minus_{search}={diff} (n={len(rs)})")
+
+
+def anytime_report(rows, where) -> None:
+    """Per tier and sampler: the NFE spent (mean, and its share of one fixed run at the budget), NFE to the first
+    certified image (median and 90th percentile over the runs that found one), how often the pick is certified,
+    the certificate's precision (certified picks that are exact) and recall (exact picks certified), and the NFE
+    to the first certified image (a run that found none counted at what it spent) minus poe's, paired, with its
+    bootstrap 95% interval."""
+    import numpy as np
+
+    groups = defaultdict(list)
+    for r in rows:
+        if r.certified is not None:
+            groups[where[r.prompt][0], r.sampler].append(r)
+    for (tier, sampler), rs in sorted(groups.items()):
+        rs.sort(key=lambda r: (r.prompt, r.seed))
+        found = [r.first_certified for r in rs if r.first_certified is not None]
+        cert = [r for r in rs if r.certified]
+        exact = [r for r in rs if r.exact]
+        share = statistics.mean(r.nfe for r in rs) / statistics.mean(r.fixed_nfe or r.nfe for r in rs)
+        first = (f"first_certified_median={statistics.median(found):.0f} "
+                 f"first_certified_p90={float(np.percentile(found, 90)):.0f}" if found else "first_certified=none")
+        precision = f"{sum(r.exact for r in cert) / len(cert):.3f}" if cert else "n/a"
+        recall = f"{sum(bool(r.certified) for r in exact) / len(exact):.3f}" if exact else "n/a"
+        to_first = lambda r: r.first_certified if r.first_certified is not None else r.nfe  # noqa: E731
+        diff = paired(rs, groups.get((tier, "poe")), to_first) if sampler != "poe" else None
+        print(f"{tier}_{sampler}_anytime: nfe_mean={statistics.mean(r.nfe for r in rs):.0f} "
+              f"nfe_vs_fixed={share:.2f} {first} certified={len(cert) / len(rs):.3f} precision={precision} "
+              f"recall={recall} strict={len(exact) / len(rs):.3f} (n={len(rs)})"
+              + (f" first_certified_minus_poe={diff}" if diff else ""))
 
 
 def misses(rows) -> Tuple[float, float]:

@@ -53,6 +53,11 @@ class Job:
     max_memory: Optional[float] = None       # GB: micro-batches (and, on a GPU, offloading) keep a run under it
     dtype: Optional[str] = None              # auto, float32, bfloat16 (None: the config's, else auto: bf16 only
     #                                          where the hardware has it natively; hardware.pick_dtype)
+    budget: str = defaults.BUDGET            # "anytime": rounds until an image is certified (poegen.anytime);
+    #                                          "fixed": one run of particles
+    max_nfe: Optional[int] = None            # anytime: evaluations per expert at most (default: defaults.MAX_NFE_FACTOR
+    #                                          fixed runs)
+    images: int = 1                          # distinct images to return (OUT, OUT_1, ...), each certified if found
     require_certified: Optional[bool] = None  # true: an image its potentials do not certify is an error (nothing
     #                                           written; poegen.certify); None and false: written with a warning
 
@@ -80,8 +85,11 @@ class Job:
             torch.device(job.device)
         except (RuntimeError, TypeError):
             raise ValueError(f"{where}: device {job.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-        if (job.frames is not None and job.frames < 1) or job.particles < 1 or job.steps < 1:
-            raise ValueError(f"{where}: frames, particles and steps must be >= 1")
+        if (job.frames is not None and job.frames < 1) or job.particles < 1 or job.steps < 1 or job.images < 1 \
+                or (job.max_nfe is not None and job.max_nfe < 1):
+            raise ValueError(f"{where}: frames, particles, steps, images and max_nfe must be >= 1")
+        if job.budget not in ("anytime", "fixed"):
+            raise ValueError(f"{where}: budget {job.budget!r}: expected anytime (rounds until certified) or fixed")
         _check_video(job, where)
         if job.margin < 0:
             raise ValueError(f"{where}: margin {job.margin}: expected pixels >= 0 around the new objects")
@@ -139,8 +147,8 @@ def _renamed(d, where: str):
 # the fields naming files a job reads, in the order batch fingerprints them (control may be a folder of PNG frames)
 READS = ("scene", "layout", "config", "image", "mask", "first_frame", "control")
 _TEXT = ("prompt", "scene", "layout", "image", "mask", "config", "sampler", "select", "device", "dtype", "video",
-         "first_frame", "control")
-_WHOLE = ("frames", "particles", "steps", "mcmc_steps", "seed", "reward_every", "margin")
+         "budget", "first_frame", "control")
+_WHOLE = ("frames", "particles", "steps", "mcmc_steps", "seed", "reward_every", "margin", "max_nfe", "images")
 _REAL = ("guidance", "potential_weight", "grad_guidance", "max_memory", "fps")
 _FLAG = ("compose", "resize", "replace_known", "require_certified")
 _TEXTS = ("parts", "questions", "experts", "potentials")

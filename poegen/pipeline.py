@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from . import __version__, samplers
-from .certificate import NotCertified, certify
+from . import __version__, anytime, samplers
+from .certificate import NotCertified
 from .edit import replaces_known
 from .job import READS, Job
 
@@ -275,33 +275,29 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> Written:
             if not fit(product, max_memory, job.particles, device):
                 log.warning("--max-memory %g GB: this product has no model that micro-batches (the shapes world "
                             "runs whole), so the cap is not enforced", max_memory)
-        result = samplers.sample(product, sampler=job.sampler, num_particles=job.particles, num_steps=job.steps,
-                                 generator=torch.Generator(device).manual_seed(job.seed), **options)
+        outcome = anytime.sample(product, job.sampler, job.particles, job.steps,
+                                 torch.Generator(device).manual_seed(job.seed), budget=job.budget,
+                                 max_nfe=job.max_nfe, images=job.images, **options)
         meta = {"poegen": __version__, "job": asdict(job), "frame": label,
                 "experts": dict(zip(product.names, product.weights)),
                 "potentials": dict(zip(product.potential_names, product.lambdas)),
                 "sampler_options": {k: v for k, v in asdict(samplers.config(job.sampler, **options)).items()
                                     if k != "progress"},
-                "log_Z": result.log_Z, "nfe": result.nfe}
-        path = out.with_name(out.stem + label + out.suffix)
-        with stage_bar(progress, "decoding" if product.decode is not None else "certifying", 1) as bar:
-            with torch.no_grad():
-                decoded = product.decode(result.x[:1]) if product.decode is not None else result.x[:1]
-                x = decoded[0].float().cpu()
+                "log_Z": outcome.log_Z, "nfe": outcome.nfe, "rounds": outcome.rounds}
+        for k, (image, ok, unmet) in enumerate(zip(outcome.images, outcome.certified, outcome.unmet)):
+            path = out.with_name(out.stem + label + (f"_{k}" if k else "") + out.suffix)
+            x = image.float().cpu()
+            one = dict(meta, certified=ok, **({"unmet": unmet} if ok is False else {}))
             if product.edit is not None:
                 from .edit import background_mse
-                meta["background_mse"] = background_mse(x, product.edit)
-                log.info("%s: background MSE outside the mask %.2e", out, meta["background_mse"])
-            bar.set_description("certifying")
-            cert = certify(product, decoded, decoded=True)
-            meta["certified"] = cert.status(0)
-            if cert.status(0) is False:
-                meta["unmet"] = cert.unmet[0]
-            certified[path] = (cert.status(0), cert.unmet[0] if cert.is_checked else [])
-            log.info("%s: %s", path, "certified" if cert.status(0) else f"not certified: {cert.describe(0)}")
-            bar.update()
-        pending.append((path, x, meta, product.fps))
-        log.info("%s: NFE %s, log Z %.3f", path, result.nfe, result.log_Z)
+                one["background_mse"] = background_mse(x, product.edit)
+                log.info("%s: background MSE outside the mask %.2e", path, one["background_mse"])
+            certified[path] = (ok, unmet)
+            log.info("%s: %s", path, {True: "certified", None: "not checked (no potential of its product certifies)"}
+                     .get(ok, f"not certified: {', '.join(unmet)}"))
+            pending.append((path, x, one, product.fps))
+        log.info("%s: NFE %s in %d round(s) of %s particles, log Z %.3f", out.stem + label, outcome.nfe,
+                 len(outcome.rounds), outcome.rounds, outcome.log_Z)
     if job.require_certified:  # every frame sampled, nothing written yet
         missing = [f"{p} is not certified: {', '.join(u) if ok is False else 'no potential of its product certifies'}"
                    for p, (ok, u) in certified.items() if not ok]
@@ -318,9 +314,9 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> Written:
                 save_png(img, path, meta, scale)
             bar.update()
         written.append(path)
-    if len(written) > 1:
+    if len(built) > 1:  # a scene's frames (the first image of each) as one GIF
         from PIL import Image
-        frames = [Image.open(p) for p in written]
+        frames = [Image.open(out.with_name(out.stem + label + out.suffix)) for label, _ in built]
         gif = out.with_suffix(".gif")
         write_atomic(gif, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
                                                    duration=round(1000 / (job.fps or 4)), loop=0))

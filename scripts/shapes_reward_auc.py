@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from poegen import compare, schedules
+from poegen import compare, samplers, schedules
 from poegen.experts.shapes import shapeseval
 from poegen.job import Job
 from poegen.samplers import kernels
@@ -66,8 +66,8 @@ def main():
                 return out
             product.evaluate = recording
             try:
-                r = compare.sample_one(product, "best-of-n", args.chains, 0, args.steps, seed, select="all",
-                                       num_particles=args.chains)
+                r = samplers.sample(product, "best-of-n", num_particles=args.chains, num_steps=args.steps,
+                                    generator=torch.Generator().manual_seed(seed), select="all")
             finally:
                 product.evaluate = evaluate
             ok = torch.tensor([bool(verdict(v)["exact"]) for v in r.x.float()])

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "poegen"
 LEVELS = {
     "__init__": 4,  # re-exports the public API lazily
     "images": 1, "particles": 1, "resampling": 1, "schedules": 1, "product": 1, "samplers": 1, "hardware": 1,
-    "validation": 1, "memory": 1, "defaults": 1, "certificate": 1,
+    "validation": 1, "memory": 1, "defaults": 1, "certificate": 1, "anytime": 1,
     "experts": 2,
     "layout": 3, "specs": 3, "families": 3, "pipeline": 3, "job": 3, "edit": 3, "interop": 3,
     "cli": 4, "__main__": 4, "batch": 4, "jobs": 4, "compare": 4, "report": 4, "envinfo": 4, "evaluate": 4,

@@ -260,7 +260,7 @@ class _Run:
                             torch.cat([bad, ~torch.isfinite(per), ~torch.isfinite(g)[None]]),
                             torch.cat([torch.zeros_like(bad), torch.isnan(per), torch.zeros_like(g, dtype=torch.bool)[None]]))
         log_Z = prev.log_Z + torch.logsumexp(log_w, 0) - torch.logsumexp(prev.log_w, 0)
-        aux = {"x0": ev.x0, "score": ev.score, "f": f}
+        aux = {"x0": ev.x0, "score": ev.score, "f": f, "origin": prev.aux["origin"]}  # origin: level-0 ancestor
         if self.density:
             aux["log_gamma"] = ev.log_gamma
         return Particles(x, log_w, log_Z, aux)
@@ -279,7 +279,8 @@ class _Run:
         if cfg.tempering > 0:
             f = tempered(torch.zeros_like(f), f, cfg.tempering * N)
         g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, torch.zeros_like(x), var0) if self.exact else 0.0)
-        start = Particles(x, self.zeros, torch.zeros((), device=self.device, dtype=self.dtype))
+        start = Particles(x, self.zeros, torch.zeros((), device=self.device, dtype=self.dtype),
+                          {"origin": torch.arange(N, device=self.device)})
         return self.settle(x, start, g, ev, ev.bad, f, per, float(self.sigmas[0]))
 
     def propose(self, state: Particles, k: int):
