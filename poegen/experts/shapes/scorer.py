@@ -105,7 +105,8 @@ class ShapesVLM(nn.Module):
 class ShapesVLMExpert:
     """Discriminative expert log P(yes | x0, question) for one fixed question (``negate``: log P(no), the
     potential of an absence, "is there a ball?" answered no). ``certify_threshold`` (``poegen.certify``): met when
-    the answer asked has probability >= ``defaults.CERTIFY_P``."""
+    the answer asked has probability >= ``defaults.CERTIFY_P``, or ``defaults.CERTIFY_COUNT_P`` for a count of two
+    or more."""
 
     certify_threshold = math.log(defaults.CERTIFY_P)
 
@@ -114,6 +115,8 @@ class ShapesVLMExpert:
         self.net, self.question, self.batch_size = net.eval(), question, batch_size
         self.ids = encode_batch([question])
         self.sign = -1.0 if negate else 1.0
+        if self.query.kind == "count" and self.query.n >= 2 and not negate:
+            self.certify_threshold = math.log(defaults.CERTIFY_COUNT_P)
         self.name = f"vlm[not: {question}]" if negate else f"vlm[{question}]"
 
     @property
