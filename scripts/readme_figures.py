@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "docs" / "readme_figures.json"
 DEMO = ["generate", "a red ball on a blue box"]
 COMPARE = ["compare", "a red ball", "a red ball and a blue box", "a green wedge left of a yellow ball",
-           "a red ball on a blue box", "--seeds", "8", "--workers", "2"]
+           "a red ball on a blue box", "--seeds", "8", "--workers", "2", "--budget", "fixed"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--window-size=1000,1400"]
