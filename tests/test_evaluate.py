@@ -93,3 +93,24 @@ def test_eval_errors_are_one_line_with_exit_2(tmp_path, capsys):
         assert main(["eval", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("poegen: error: ") and words in err and err.count("\n") == 1, err
+
+
+def test_anytime_table_counts_certified_precision_recall_and_nfe(capsys):
+    from poegen.compare import Row
+    from poegen.evaluate import anytime_report
+
+    # poe: 4 runs; certified picks 3 (2 exact), exact picks 3 (2 certified); found at 100, 100, 300; one found none
+    specs = [("p1", True, True, 100, 100), ("p2", True, True, 100, 100), ("p3", False, True, 300, 300),
+             ("p4", True, False, None, 400)]
+    rows = [Row(**_row("poe", p, 0, exact=e, certified=c, first_certified=f, nfe=n, fixed_nfe=200))
+            for p, e, c, f, n in specs]
+    rows += [Row(**_row("smc", p, 0, exact=True, certified=True, first_certified=50, nfe=50, fixed_nfe=200))
+             for p, *_ in specs]
+    anytime_report(rows, {p: ("A", "one") for p, *_ in specs})
+    out = capsys.readouterr().out
+    poe = next(line for line in out.splitlines() if line.startswith("A_poe_anytime"))
+    assert "nfe_mean=225 nfe_vs_fixed=1.12" in poe and "first_certified_median=100" in poe
+    assert "certified=0.750 precision=0.667 recall=0.667 strict=0.750" in poe
+    smc = next(line for line in out.splitlines() if line.startswith("A_smc_anytime"))
+    # to the first certified: smc 50 each; poe 100, 100, 300 and 400 (found none: what it spent); mean gap -175
+    assert "first_certified_minus_poe=-175.000" in smc
