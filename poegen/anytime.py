@@ -32,7 +32,6 @@ from .certificate import certify
 
 log = logging.getLogger("poegen.anytime")
 
-BUDGETS = ("anytime", "fixed")
 
 
 @dataclass
@@ -69,15 +68,18 @@ def sample(product, sampler: str = defaults.SAMPLER, particles: int = defaults.P
            steps: int = defaults.STEPS, generator: Optional[torch.Generator] = None, *,
            budget: str = defaults.BUDGET, max_nfe: Optional[int] = None, first: int = defaults.FIRST_ROUND,
            images: int = 1, select: str = defaults.SELECT, **options) -> Outcome:
-    """Sample ``product`` by ``budget`` ("anytime" rounds or one "fixed" run; see the module), pick ``images``
+    """Sample ``product`` by ``budget`` ("anytime" rounds, one "fixed" run, or "auto": anytime for an image, fixed
+    for a clip; see the module), pick ``images``
     samples and certify them. ``options`` are further SamplerConfig fields, as ``samplers.sample`` takes."""
-    if budget not in BUDGETS:
-        raise ValueError(f"budget {budget!r}: expected one of {', '.join(BUDGETS)}")
+    if budget not in defaults.BUDGETS:
+        raise ValueError(f"budget {budget!r}: expected one of {', '.join(defaults.BUDGETS)}")
     for name, value in (("images", images), ("first", first), ("particles", particles)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
     if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < 1):
         raise ValueError(f"max_nfe={max_nfe!r}: expected a whole number of evaluations >= 1")
+    if budget == "auto":  # a clip (C, F, H, W) runs fixed: its certificate is not yet a judge of right and wrong
+        budget = "fixed" if len(product.shape or ()) == 4 else "anytime"
     checked = _checks(product)
     if budget == "fixed" or not checked:
         if budget == "anytime":

@@ -229,10 +229,11 @@ def _sampling_options() -> argparse.ArgumentParser:
                         help="exit 6 and write nothing when the image is not certified by its own potentials "
                              "(every question answered as asked with P >= %g, nothing stray; without it such an "
                              "image is written with a 'poegen: warning:' line)" % defaults.CERTIFY_P)
-    common.add_argument("--budget", default=defaults.BUDGET, choices=("anytime", "fixed"),
+    common.add_argument("--budget", default=defaults.BUDGET, choices=defaults.BUDGETS,
                         help="anytime: a first round of %d particles, stopping as soon as an image is certified, "
-                             "else further rounds of --particles up to --max-nfe; fixed: one run of --particles "
-                             "(default %%(default)s)" % defaults.FIRST_ROUND)
+                             "else further rounds of --particles up to --max-nfe; fixed: one run of --particles; "
+                             "auto: anytime for an image, fixed for a clip (default %%(default)s)"
+                             % defaults.FIRST_ROUND)
     common.add_argument("--max-nfe", type=int, default=None, metavar="N",
                         help="anytime: at most N evaluations per expert over every round (default: %d fixed runs)"
                              % defaults.MAX_NFE_FACTOR)
@@ -322,7 +323,7 @@ def _add_compare(sub):
     c.add_argument("--budgets", default=None, metavar="N,N,...",
                    help="poe particle counts to run every sampler at (equal NFE each); plots reward against NFE")
     c.add_argument("--samplers", default=",".join(defaults.COMPARE_SAMPLERS), help="default %(default)s")
-    c.add_argument("--budget", default=defaults.BUDGET, choices=("anytime", "fixed"), help=evaluate.BUDGET_HELP)
+    c.add_argument("--budget", default=defaults.BUDGET, choices=defaults.BUDGETS, help=evaluate.BUDGET_HELP)
     c.add_argument("--seeds", type=int, default=defaults.COMPARE_SEEDS, help="default %(default)s")
     c.add_argument("--particles", type=int, default=defaults.PARTICLES, help="poe's particles (default %(default)s, "
                    "generate's; a 4 x 4 x 8 comparison takes minutes on 2 CPU cores)")

@@ -362,7 +362,8 @@ def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_
     (images (seeds, 3, frames, H, W)) and judged against their simulation (``judge_clip``). With
     ``workers`` > 1 the runs are spread over that many processes, each with an equal share of torch's threads;
     results do not depend on ``workers``. ``budget``: every sampler's, as a job's (``anytime``: rounds until
-    certified, each at the NFE of poe's round; ``fixed``: one run, every sampler at equal NFE). The defaults are a
+    certified, each at the NFE of poe's round; ``fixed``: one run, every sampler at equal NFE; ``auto``: anytime,
+    a clip fixed). The defaults are a
     job's (``poegen.defaults``, as ``poegen compare``)."""
     from .experts.registry import POTENTIAL_FIELDS, POTENTIALS, _entry
     from .specs import load_target
@@ -390,8 +391,8 @@ def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_
     budgets = list(budgets or [particles])
     if any(not isinstance(b, int) or b < 1 for b in budgets):
         raise ValueError(f"budgets {budgets}: expected particle counts >= 1, e.g. 1,4,16")
-    if budget not in ("anytime", "fixed"):
-        raise ValueError(f"budget {budget!r}: expected anytime or fixed")
+    if budget not in defaults.BUDGETS:
+        raise ValueError(f"budget {budget!r}: expected auto, anytime or fixed")
     tasks = [(s, p, seed, b, mcmc_steps, steps, guidance, potential_weight, dict(options or {}), frames, budget)
              for b in budgets for p in targets for s in sampler_names for seed in range(seed0, seed0 + seeds)]
     results = []  # the first result waits for the models: the bar says so until then

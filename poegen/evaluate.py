@@ -121,7 +121,8 @@ objects in view at that frame and nothing else); with --out, also an HTML report
 
 
 BUDGET_HELP = ("every sampler's budget, as generate's: anytime, rounds until an image is certified, each round at "
-               "the NFE of poe's; fixed: one run, every sampler at equal NFE (default %(default)s)")
+               "the NFE of poe's; fixed: one run, every sampler at equal NFE; auto: anytime, clips fixed "
+               "(default %(default)s)")
 
 
 def _run_options(p: argparse.ArgumentParser, *, seeds: int, samplers: str, particles: int, mcmc_steps: int,
@@ -133,7 +134,7 @@ def _run_options(p: argparse.ArgumentParser, *, seeds: int, samplers: str, parti
                    help=f"seeds per target (default {seeds})")
     p.add_argument("--seed0", type=int, default=0, help="first sampling seed (tune on 1000+)")
     p.add_argument("--samplers", default=samplers, help=f"comma-separated (default {samplers})")
-    p.add_argument("--budget", default=defaults.BUDGET, choices=("anytime", "fixed"), help=BUDGET_HELP)
+    p.add_argument("--budget", default=defaults.BUDGET, choices=defaults.BUDGETS, help=BUDGET_HELP)
     p.add_argument("--particles", type=int, default=particles, help=particles_help or f"poe's particles (default "
                                                                                      f"{particles})")
     p.add_argument("--mcmc-steps", type=int, default=mcmc_steps,

@@ -54,7 +54,7 @@ class Job:
     dtype: Optional[str] = None              # auto, float32, bfloat16 (None: the config's, else auto: bf16 only
     #                                          where the hardware has it natively; hardware.pick_dtype)
     budget: str = defaults.BUDGET            # "anytime": rounds until an image is certified (poegen.anytime);
-    #                                          "fixed": one run of particles
+    #                                          "fixed": one run of particles; "auto": anytime, a clip fixed
     max_nfe: Optional[int] = None            # anytime: evaluations per expert at most (default: defaults.MAX_NFE_FACTOR
     #                                          fixed runs)
     images: int = 1                          # distinct images to return (OUT, OUT_1, ...), each certified if found
@@ -88,8 +88,9 @@ class Job:
         if (job.frames is not None and job.frames < 1) or job.particles < 1 or job.steps < 1 or job.images < 1 \
                 or (job.max_nfe is not None and job.max_nfe < 1):
             raise ValueError(f"{where}: frames, particles, steps, images and max_nfe must be >= 1")
-        if job.budget not in ("anytime", "fixed"):
-            raise ValueError(f"{where}: budget {job.budget!r}: expected anytime (rounds until certified) or fixed")
+        if job.budget not in defaults.BUDGETS:
+            raise ValueError(f"{where}: budget {job.budget!r}: expected auto (anytime for an image, fixed for a clip), "
+                             "anytime (rounds until certified) or fixed")
         _check_video(job, where)
         if job.margin < 0:
             raise ValueError(f"{where}: margin {job.margin}: expected pixels >= 0 around the new objects")

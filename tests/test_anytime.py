@@ -74,6 +74,15 @@ def test_anytime_spends_at_most_its_budget_and_returns_the_best_of_every_round()
     assert sum(got.rounds) * per <= defaults.MAX_NFE_FACTOR * 8 * per < (sum(got.rounds) + 1) * per
 
 
+def test_auto_runs_rounds_for_an_image_and_one_fixed_run_for_a_clip(monkeypatch):
+    monkeypatch.setattr(anytime, "_fixed", lambda *a: "fixed")
+    monkeypatch.setattr(anytime, "_rounds", lambda *a: "rounds")
+    image, clip = _product(100.0), _product(100.0)
+    clip.shape = (3, 16, 32, 32)  # a clip's (C, F, H, W)
+    assert anytime.sample(image, budget="auto") == "rounds" and anytime.sample(clip, budget="auto") == "fixed"
+    assert anytime.sample(clip, budget="anytime") == "rounds" and anytime.sample(image, budget="fixed") == "fixed"
+
+
 def test_a_product_that_cannot_certify_runs_one_round_of_its_particles():
     got = anytime.sample(_product(None), particles=5, steps=4, generator=_gen())
     assert got.rounds == [5] and got.certified == [None] and got.first_certified is None
@@ -117,7 +126,7 @@ def test_generate_writes_its_rounds_and_k_images(tmp_path):
     from PIL import Image
     metas = [json.loads(Image.open(p).text["poegen"]) for p in (out, tmp_path / "a_1.png")]
     for m in metas:
-        assert m["rounds"][0] == defaults.FIRST_ROUND and m["job"]["budget"] == "anytime"
+        assert m["rounds"][0] == defaults.FIRST_ROUND and m["job"]["budget"] == defaults.BUDGET
         assert isinstance(m["certified"], bool)
     assert metas[0]["rounds"] == metas[1]["rounds"]  # one search for both
     fixed = tmp_path / "f.png"

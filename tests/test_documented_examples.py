@@ -23,8 +23,7 @@ from test_docs import PAGES, ROOT, blocks, parse_markers
 SEEDS = 4  # the documented seed and three more
 NAMED = ("--expert", "--config", "--potential")
 # a motion prompt's clip is not exact yet (a ghost copy left where the ball was, frames where the box is drawn round:
-# 0 of 4 seeds at the documented budget, 2 of 4 at the default one); kept here, under -m slow, so that it is
-# noticed the day it passes
+# 0 of 4 seeds at the documented budget); kept here, under -m slow, so that it is noticed the day it passes
 CLIP_MARKS = (pytest.mark.slow, pytest.mark.xfail(strict=True, reason="clips are not yet exact in every frame"))
 
 
