@@ -85,9 +85,9 @@ class Job:
             torch.device(job.device)
         except (RuntimeError, TypeError):
             raise ValueError(f"{where}: device {job.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-        if (job.frames is not None and job.frames < 1) or job.particles < 1 or job.steps < 1 or job.images < 1 \
-                or (job.max_nfe is not None and job.max_nfe < 1):
-            raise ValueError(f"{where}: frames, particles, steps, images and max_nfe must be >= 1")
+        for name in ("frames", "particles", "steps", "images", "max_nfe"):
+            if getattr(job, name) is not None and getattr(job, name) < 1:
+                raise ValueError(f"{where}: {name} {getattr(job, name)} must be >= 1")
         if job.budget not in defaults.BUDGETS:
             raise ValueError(f"{where}: budget {job.budget!r}: expected auto (anytime for an image, fixed for a clip), "
                              "anytime (rounds until certified) or fixed")

@@ -151,10 +151,10 @@ def _frames(tmp):
 
 SD_CFG = "prompt: a red ball\nexperts: [{kind: sd, path: {tmp}/sd%s}]\n"
 CASES = {
-    "3 CLI: --particles 0": Row(GEN + ["--particles", "0"], 2, "frames, particles and steps must be >= 1"),
-    "3 CLI: --particles -5": Row(GEN + ["--particles", "-5"], 2, "frames, particles and steps must be >= 1"),
-    "3 CLI: --steps 0": Row(GEN + ["--steps", "0"], 2, "frames, particles and steps must be >= 1"),
-    "3 CLI: --steps -1": Row(GEN + ["--steps", "-1"], 2, "frames, particles and steps must be >= 1"),
+    "3 CLI: --particles 0": Row(GEN + ["--particles", "0"], 2, "particles 0 must be >= 1"),
+    "3 CLI: --particles -5": Row(GEN + ["--particles", "-5"], 2, "particles -5 must be >= 1"),
+    "3 CLI: --steps 0": Row(GEN + ["--steps", "0"], 2, "steps 0 must be >= 1"),
+    "3 CLI: --steps -1": Row(GEN + ["--steps", "-1"], 2, "steps -1 must be >= 1"),
     "3 CLI: --mcmc-steps -1": Row(GEN + ["--mcmc-steps", "-1"], 2, "need mcmc_steps >= 0"),
     "3 CLI: --particles 2.5": Row(GEN + ["--particles", "2.5"], 2, "argument --particles: invalid int value: '2.5'"),
     "3 CLI: --particles 1e9": Row(GEN + ["--particles", "1000000000"], 2,

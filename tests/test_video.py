@@ -85,7 +85,7 @@ def test_mp4_is_written_with_the_video_extra_or_refused_naming_it(wan, tmp_path,
 
 @pytest.mark.parametrize("args, message", [
     (["--frames", "8"], "num_frames 8 must be 4k + 1 (1, 5, 9, ..., 81); nearest: 5 or 9 (set by --frames"),
-    (["--frames", "0"], "frames, particles and steps must be >= 1"),
+    (["--frames", "0"], "frames 0 must be >= 1"),
     (["--video", "out.avi"], "--video out.avi: name a .gif or .mp4 file"),
     (["--fps", "-2"], "fps -2.0: expected a positive number"),
 ])
