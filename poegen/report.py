@@ -52,7 +52,8 @@ def summarise(rows: List, images) -> List[dict]:
             values = [f(r) for r in rs if f(r) is not None]
             return float(statistics.mean(values)) if values else None
         record = {"sampler": sampler, "particles": budget, "n": len(rs), "present": mean(lambda r: r.present),
-                  "relation": mean(lambda r: r.relation), "exact": mean(lambda r: r.exact), "vlm": mean(lambda r: r.vlm)}
+                  "relation": mean(lambda r: r.relation), "exact": mean(lambda r: r.exact),
+                  "certified": mean(lambda r: r.certified), "vlm": mean(lambda r: r.vlm)}
         record.update({k: mean(lambda r: r.metrics.get(k)) for k in dict.fromkeys(k for r in rs for k in r.metrics)})
         record.update({"diversity": div, "log_Z": mean(lambda r: r.log_Z), "nfe": mean(lambda r: r.nfe),
                        "seconds": mean(lambda r: r.seconds)})
@@ -73,7 +74,8 @@ def _headline(summary: List[dict]) -> str:
     """The column the reward-versus-NFE plot shows: the checker's rate, else the first metric, else the reward."""
     if summary[0]["exact"] is not None:
         return "exact"
-    fixed = {"sampler", "particles", "n", "present", "relation", "exact", "vlm", "diversity", "log_Z", "nfe", "seconds"}
+    fixed = {"sampler", "particles", "n", "present", "relation", "exact", "certified", "vlm", "diversity", "log_Z", "nfe",
+             "seconds"}
     return next((c for c in summary[0] if c not in fixed), "vlm")
 
 

@@ -38,7 +38,10 @@ potentials:
     assert main(["generate", "--config", str(cfg), "--steps", "2", "--particles", "4", "--quiet", "--out", str(out)]) == 0
     meta = _png_meta(tmp_path / "img_raw.png")
     assert meta["job"]["config"] == str(cfg) and meta["potentials"] == {"vqa[a red ball]": 2.0, "vqa[a blue box]": 1.0}
-    assert meta["nfe"]["vqa[a red ball]"] == 4 * 3
+    # VQAScore certifies, so the rounds run (random tiny weights: never certified, so up to the budget): each
+    # particle scored at level 0 and both levels
+    assert meta["rounds"][0] == 2 and meta["certified"] is False and len(meta["rounds"]) > 1
+    assert meta["nfe"]["vqa[a red ball]"] == sum(meta["rounds"]) * 3
 
 
 def test_sdxl_and_pickscore_by_name_on_the_command_line(tmp_path, capsys):

@@ -37,7 +37,9 @@ def test_a_memory_cap_is_kept_by_micro_batches_with_the_same_samples(expert):
     assert 1 <= chosen[expert.name] < N and expert.micro_batch == chosen[expert.name]
     start = memory.current("cpu")
     capped = memory.measure(lambda: out.setdefault("capped", run()), "cpu")
-    assert base + plain > cap >= start + capped, (base, plain, cap, start, capped)
+    # the capped run's own growth stays within the cap's allowance over the base (what ``fit`` itself left
+    # allocated between base and start, a few MB after a long test session, is not the run's)
+    assert base + plain > cap >= base + capped and start - base < plain / 8, (base, plain, cap, start, capped)
     a, b = out["capped"].x, out["plain"].x  # the same samples, up to float rounding of other batch sizes
     assert float((a - b).norm() / b.norm()) < 1e-4
 
