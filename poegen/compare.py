@@ -51,9 +51,9 @@ def sample_one(product, sampler: str, particles: int, mcmc_steps: int, steps: in
 
     opts = {**equal_nfe_options(sampler, particles, mcmc_steps), **options}
     n = opts.pop("num_particles")
-    first = max(1, round(defaults.FIRST_ROUND * n / particles)) if sampler != "ancestral" else 1
+    first = min(n, max(1, round(defaults.FIRST_ROUND * n / particles)))  # poe's first round, in this sampler's
     return anytime.sample(product, sampler, n, steps, torch.Generator().manual_seed(seed), budget=budget,
-                          max_nfe=max_nfe, first=min(first, n), **opts)
+                          max_nfe=max_nfe, first=first, **opts)
 
 
 def judge(image, prompt, split: bool = True) -> Dict[str, object]:
@@ -363,8 +363,7 @@ def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_
     ``workers`` > 1 the runs are spread over that many processes, each with an equal share of torch's threads;
     results do not depend on ``workers``. ``budget``: every sampler's, as a job's (``anytime``: rounds until
     certified, each at the NFE of poe's round; ``fixed``: one run, every sampler at equal NFE; ``auto``: anytime,
-    a clip fixed). The defaults are a
-    job's (``poegen.defaults``, as ``poegen compare``)."""
+    a clip fixed). The defaults are a job's (``poegen.defaults``, as ``poegen compare``)."""
     from .experts.registry import POTENTIAL_FIELDS, POTENTIALS, _entry
     from .specs import load_target
 
