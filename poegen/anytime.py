@@ -21,7 +21,6 @@ draw from the last round)."""
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -119,13 +118,12 @@ def _fixed(product, sampler, particles, steps, generator, images, select, option
     final = r.particles
     if images == 1:
         from .samplers.engine import _select
-        x, _ = _select(final, select, generator)
-        picks = x
+        picks, _ = _select(final, select, generator)
+        decoded = _decode(product, picks)
     else:
         order = _ranked(final)
-        picks = torch.stack([c[1] for c in _choose([(im, x) for im, x in zip(_decode(product, final.x[order]),
-                                                                            final.x[order])], images)])
-    decoded = _decode(product, picks)
+        chosen = _choose(list(zip(_decode(product, final.x[order]), final.x[order])), images)
+        decoded, picks = (torch.stack([c[j] for c in chosen]) for j in (0, 1))
     cert = certify(product, decoded, decoded=True)
     status = [cert.status(i) for i in range(len(picks))]
     first = dict(r.nfe) if any(status) else None
@@ -134,12 +132,11 @@ def _fixed(product, sampler, particles, steps, generator, images, select, option
 
 
 def _ranked(final) -> torch.Tensor:
-    """Indices of the live final particles, the highest final reward first (ties: the higher weight)."""
-    alive = torch.isfinite(final.log_w)
-    f = torch.where(alive, torch.nan_to_num(final.aux["f"], nan=-math.inf), -math.inf)
-    key = torch.stack([f, torch.where(alive, final.log_w, -math.inf)], 1).double()
-    order = sorted(range(len(f)), key=lambda i: (float(key[i, 0]), float(key[i, 1])), reverse=True)
-    return torch.tensor([i for i in order if bool(alive[i])], dtype=torch.long)
+    """Indices of the live final particles, the highest final reward first (``engine.ranked``)."""
+    from .samplers.engine import ranked
+
+    order = ranked(final)
+    return order[torch.isfinite(final.log_w[order])]
 
 
 def _rounds(product, sampler, particles, steps, generator, max_nfe, first, images, select, options) -> Outcome:

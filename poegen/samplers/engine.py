@@ -378,9 +378,16 @@ def _select(p: Particles, how: str, generator):
     if how == "all":
         return p.x, p.log_w
     if how == "best":
-        alive = torch.isfinite(p.log_w)
-        f = torch.where(alive, torch.nan_to_num(p.aux["f"], nan=-math.inf), -math.inf)
-        i = torch.where(f == f.max(), p.log_w, -math.inf).argmax().reshape(1)
+        i = ranked(p)[:1]
     else:
         i = torch.multinomial(torch.softmax(p.log_w.double(), 0), 1, generator=generator)
     return p.x[i], p.log_w[i]
+
+
+def ranked(p: Particles) -> Tensor:
+    """Indices of the particles, the highest final reward (the potentials at full strength, ``aux["f"]``) first;
+    ties by the higher weight, then the lower index; dead particles (log_w = -inf) last."""
+    alive = torch.isfinite(p.log_w)
+    f = torch.where(alive, torch.nan_to_num(p.aux["f"], nan=-math.inf), -math.inf)
+    by_weight = torch.sort(p.log_w, descending=True, stable=True).indices
+    return by_weight[torch.sort(f[by_weight], descending=True, stable=True).indices]
