@@ -185,10 +185,9 @@ class Product:
         shape = next(iter(shapes.values()), None)
         for n, m in zip(self.names, self.masks):
             if m is not None and shape is not None:
-                try:
-                    torch.broadcast_shapes(tuple(m.shape), shape)
-                except RuntimeError:
-                    raise ValueError(f"mask of expert {n} has shape {tuple(m.shape)}, not broadcastable to {shape}") from None
+                # by hand: torch.broadcast_shapes imports sympy, half a second of every command's start-up
+                if any(a != b and 1 not in (a, b) for a, b in zip(reversed(tuple(m.shape)), reversed(shape))):
+                    raise ValueError(f"mask of expert {n} has shape {tuple(m.shape)}, not broadcastable to {shape}")
         return shape
 
     def to(self, device) -> "Product":

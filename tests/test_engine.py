@@ -189,6 +189,17 @@ def test_masks_combine_denoisers_per_region():
     assert not product.has_density  # a masked product has no normalised density
 
 
+def test_mask_shapes_are_checked_against_the_sample_shape():
+    """A mask must broadcast to the experts' sample shape (C, H, W): size 1 or equal in each trailing dim."""
+    from poegen.experts.shapes import load_prior
+    prior = load_prior().null()  # sample shape (3, 32, 32)
+    for ok in [(1, 32, 32), (32, 32), (3, 1, 32), (1,)]:
+        poegen.Product([prior, prior], masks=[torch.ones(ok), torch.ones(ok)])
+    for bad in [(16, 16), (2, 32, 32), (3, 32, 31)]:
+        with pytest.raises(ValueError, match=rf"mask of expert .* has shape \({bad[0]}, .*not broadcastable"):
+            poegen.Product([prior, prior], masks=[torch.ones(bad), None])
+
+
 def test_lambda_schedules():
     from poegen.product import lambda_schedule
     assert lambda_schedule("constant")(0.0) == 1.0
