@@ -1,12 +1,14 @@
 """Anytime sampling: rounds of a sampler until the product's potentials certify an image, within a budget of NFE.
 
 ``poegen.sample`` runs a sampler once and returns weighted particles; this module sits above it, where a job
-becomes an image. With ``budget="anytime"`` (a job's default) it runs a small first round (``first`` particles),
-certifies every live final particle (``certificate.certify``) and stops as soon as one is certified; otherwise it
-runs further rounds of ``particles`` fresh particles (the generator runs on, so every round draws new noise) until
-one is, or until the next round would spend more than ``max_nfe`` evaluations per generative expert (default:
-``defaults.MAX_NFE_FACTOR`` times one fixed run of ``particles``). A product none of whose potentials certifies
-cannot say when to stop: it runs one round of ``particles``, as a fixed budget does.
+becomes an image. With ``budget="anytime"`` (a job's default) it runs a small first round, certifies every live
+final particle (``certificate.certify``) and stops as soon as one is certified; otherwise it runs further rounds of
+``particles`` fresh particles (the generator runs on, so every round draws new noise) until one is, or until the
+next round would spend more than ``max_nfe`` evaluations per generative expert (default:
+``defaults.MAX_NFE_FACTOR`` times one fixed run of ``particles``). The small round is a search: it spends what
+``first`` particles of the sampler would, as (1 + mcmc_steps) times as many particles without MCMC moves (with few
+particles, more starting points find a right image sooner than moves do). A product none of whose potentials
+certifies cannot say when to stop: it runs one round of ``particles``, as a fixed budget does.
 
 ``budget="fixed"`` is one round of ``particles`` whose pick is made by ``select`` as before; the pick is
 certified all the same. ``images`` > 1 asks for that many certified images of different level-0 ancestors
@@ -42,7 +44,8 @@ class Outcome:
     names of the potentials each one misses; ``nfe`` per expert over every round; ``rounds`` the particles of each
     round; ``first_certified`` the NFE per expert (as ``nfe``) spent when the first certified particle appeared
     (None: none did); ``log_Z``, ``diagnostics`` and ``particles`` (its final weighted particles) of the round the
-    first pick came from."""
+    first pick came from; ``fixed_nfe`` what one fixed run of ``particles`` spends, the rounds' yardstick (as
+    measured, or from the search round by the engine's count)."""
 
     x: torch.Tensor
     images: torch.Tensor
@@ -54,6 +57,7 @@ class Outcome:
     log_Z: float
     diagnostics: Dict[str, list] = field(repr=False, default_factory=dict)
     particles: object = field(repr=False, default=None)
+    fixed_nfe: Dict[str, int] = field(default_factory=dict)
 
 
 def distinct(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -128,7 +132,7 @@ def _fixed(product, sampler, particles, steps, generator, images, select, option
     status = [cert.status(i) for i in range(len(picks))]
     first = dict(r.nfe) if any(status) else None
     return Outcome(picks, decoded, status, cert.unmet if cert.is_checked else [[] for _ in status], dict(r.nfe),
-                   [particles], first, r.log_Z, r.diagnostics, final)
+                   [particles], first, r.log_Z, r.diagnostics, final, dict(r.nfe))
 
 
 def _ranked(final) -> torch.Tensor:
@@ -149,20 +153,24 @@ def _rounds(product, sampler, particles, steps, generator, max_nfe, first, image
     found: List[tuple] = []     # (image, x, round, origin) of every certified particle, one per ancestor
     fallback: List[tuple] = []  # (reward, image, x, unmet, round) of the best live particle of each round
     runs: List = []             # each round's SampleResult
-    first_certified, per_particle, size = None, None, first
+    moves = samplers.config(sampler, **options).mcmc_steps
+    first_certified, size = None, first
+    unit: Dict[bool, Dict[str, float]] = {}  # NFE per particle and expert of a small round (True) and a full one
     while len(found) < images:
-        n = size
-        if per_particle is not None:
-            limit = max_nfe if max_nfe is not None else defaults.MAX_NFE_FACTOR * particles * per_particle
-            n = min(n, int((limit - _spent(nfe, names)) // per_particle))
+        small = size < particles  # a search: (1 + moves) times the particles, none of them moved
+        n = size * (1 + moves) if small else size
+        if unit:
+            full = _spent(_unit(unit, False, moves, steps, names), names)
+            limit = max_nfe if max_nfe is not None else defaults.MAX_NFE_FACTOR * particles * full
+            n = min(n, int((limit - _spent(nfe, names)) // _spent(_unit(unit, small, moves, steps, names), names)))
             if n < 1:
                 break
         r = samplers.sample(product, sampler=sampler, num_particles=n, num_steps=steps, generator=generator,
-                            **{**options, "select": "all"})
+                            **{**options, **({"mcmc_steps": 0} if small else {}), "select": "all"})
         nfe, round_no = _add(nfe, r.nfe), len(sizes)
         sizes.append(n)
         runs.append(r)
-        per_particle = per_particle or _spent(r.nfe, names) / n
+        unit.setdefault(small, {k: v / n for k, v in r.nfe.items()})
         final = r.particles
         order = _ranked(final)
         size, before = particles, len(found)
@@ -198,7 +206,17 @@ def _rounds(product, sampler, particles, steps, generator, max_nfe, first, image
         picks += _choose(rest, images - len(picks), picks)
     src = runs[picks[0][4]]  # the round of the first pick
     return Outcome(torch.stack([p[1] for p in picks]), torch.stack([p[0] for p in picks]), [p[2] for p in picks],
-                   [p[3] for p in picks], nfe, sizes, first_certified, src.log_Z, src.diagnostics, src.particles)
+                   [p[3] for p in picks], nfe, sizes, first_certified, src.log_Z, src.diagnostics, src.particles,
+                   {k: round(v * particles) for k, v in _unit(unit, False, moves, steps, names).items()})
+
+
+def _unit(unit: Dict[bool, Dict[str, float]], small: bool, moves: int, steps: int, names) -> Dict[str, float]:
+    """NFE per particle and expert of a small round (no moves) or a full one: as measured, else from the other
+    kind's by the engine's count (each MCMC move is one evaluation of every generative expert a level)."""
+    if small in unit:
+        return unit[small]
+    extra = steps * moves * (-1 if small else 1)
+    return {k: v + extra if k in names else v for k, v in unit[not small].items()}
 
 
 def _choose(candidates: List[tuple], k: int, taken: List[tuple] = ()) -> List[tuple]:

@@ -230,10 +230,10 @@ def _sampling_options() -> argparse.ArgumentParser:
                              "(every question answered as asked with P >= %g, nothing stray; without it such an "
                              "image is written with a 'poegen: warning:' line)" % defaults.CERTIFY_P)
     common.add_argument("--budget", default=defaults.BUDGET, choices=defaults.BUDGETS,
-                        help="anytime: a first round of %d particles, stopping as soon as an image is certified, "
-                             "else further rounds of --particles up to --max-nfe; fixed: one run of --particles; "
-                             "auto: anytime for an image, fixed for a clip (default %%(default)s)"
-                             % defaults.FIRST_ROUND)
+                        help="anytime: a first round at the cost of %d particles (poe: twice as many, without "
+                             "moves), stopping as soon as an image is certified, else further rounds of --particles "
+                             "up to --max-nfe; fixed: one run of --particles; auto: anytime for an image, fixed for "
+                             "a clip (default %%(default)s)" % defaults.FIRST_ROUND)
     common.add_argument("--max-nfe", type=int, default=None, metavar="N",
                         help="anytime: at most N evaluations per expert over every round (default: %d fixed runs)"
                              % defaults.MAX_NFE_FACTOR)

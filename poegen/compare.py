@@ -308,11 +308,10 @@ def _run_task(task):
     if judged["exact"] is not None and not frames:
         metrics["pool_exact"] = _pool_exact(product, r.particles, verdict)
     generative = lambda nfe: sum(v for k, v in nfe.items() if k in product.names)  # noqa: E731
-    chains = equal_nfe_options(sampler, particles, mcmc_steps)["num_particles"]
     return Row(sampler, target, seed, seconds=round(seconds, 3), vlm=score, log_Z=r.log_Z, nfe=generative(r.nfe),
                ess=r.diagnostics["ess"], particles=particles, metrics=metrics, certified=r.certified[0],
                first_certified=None if r.first_certified is None else generative(r.first_certified),
-               rounds=len(r.rounds), fixed_nfe=round(generative(r.nfe) / sum(r.rounds) * chains),
+               rounds=len(r.rounds), fixed_nfe=generative(r.fixed_nfe),
                **judged), x
 
 

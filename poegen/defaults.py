@@ -38,7 +38,7 @@ BUDGETS = ("auto", "anytime", "fixed")
 BUDGET = "auto"         # "anytime" rounds, one "fixed" run of PARTICLES as before, or "auto": anytime for an
 #                         image, fixed for a clip (a clip's certificate does not yet tell a right clip from a wrong
 #                         one: on the user suite's clips, rounds made 0.40 of them exact against 0.70 fixed)
-FIRST_ROUND = 2         # particles of the first round; later rounds run PARTICLES each
+FIRST_ROUND = 2         # the first round costs this many particles (poe: twice as many, unmoved); later: PARTICLES
 MAX_NFE_FACTOR = 4      # the rounds stop before spending more than this many fixed runs of PARTICLES
 DISTINCT_SHARE = 0.02   # images=K: two picks differ in at least this share of their pixels
 

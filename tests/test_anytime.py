@@ -32,9 +32,13 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def _per_particle(steps=4):
-    """A particle's NFE: one run of one particle, as the engine counts it."""
-    return samplers.sample(_product(None), num_particles=1, num_steps=steps, generator=_gen()).nfe["Gaussian[0]"]
+def _per_particle(steps=4, moves=1):
+    """A particle's NFE: one run of one particle with ``moves`` MCMC moves a level, as the engine counts it."""
+    return samplers.sample(_product(None), num_particles=1, num_steps=steps, generator=_gen(),
+                           mcmc_steps=moves).nfe["Gaussian[0]"]
+
+
+SEARCH = defaults.FIRST_ROUND * 2  # poe's first round: (1 + its one move) times FIRST_ROUND particles, unmoved
 
 
 def test_fixed_budget_is_one_run_picked_as_before():
@@ -49,29 +53,38 @@ def test_fixed_budget_is_one_run_picked_as_before():
 def test_anytime_stops_at_the_first_round_with_a_certified_particle():
     product = _product(-100.0)  # every particle is certified
     got = anytime.sample(product, particles=8, steps=4, generator=_gen())
-    assert got.rounds == [defaults.FIRST_ROUND] and got.certified == [True] and got.unmet == [[]]
+    assert got.rounds == [SEARCH] and got.certified == [True] and got.unmet == [[]]
     assert got.first_certified == got.nfe
-    assert got.nfe["Gaussian[0]"] == defaults.FIRST_ROUND * _per_particle()
+    assert got.nfe["Gaussian[0]"] == SEARCH * _per_particle(moves=0)
+    # the search round is the engine run without moves: the same particles as poe at mcmc_steps=0
+    alone = samplers.sample(product, num_particles=SEARCH, num_steps=4, generator=_gen(), mcmc_steps=0, select="all")
+    assert any(torch.equal(got.x[0], x) for x in alone.particles.x)
+    # the yardstick, from the search round by the engine's count: what a fixed run of the particles spends
+    assert got.fixed_nfe == anytime.sample(product, particles=8, steps=4, generator=_gen(), budget="fixed").nfe
+    # a sampler without moves searches with FIRST_ROUND particles
+    assert anytime.sample(product, "smc", particles=8, steps=4, generator=_gen()).rounds == [defaults.FIRST_ROUND]
 
 
 def test_anytime_spends_at_most_its_budget_and_returns_the_best_of_every_round():
     product = _product(100.0)  # never certified
     budget = 300
     got = anytime.sample(product, particles=8, steps=4, generator=_gen(), max_nfe=budget)
-    per = _per_particle()
-    spent = sum(got.rounds) * per
+    per, search = _per_particle(), _per_particle(moves=0)
+    spent = got.rounds[0] * search + sum(got.rounds[1:]) * per
     assert got.nfe["Gaussian[0]"] == spent <= budget < spent + per  # another particle would not have fit
-    assert got.rounds[0] == defaults.FIRST_ROUND and all(n == 8 for n in got.rounds[1:-1])
+    assert got.rounds[0] == SEARCH and all(n == 8 for n in got.rounds[1:-1])
     assert got.certified == [False] and got.unmet == [["mean"]] and got.first_certified is None
     # the same rounds run by hand on the same generator: the pick is the highest final reward over all of them
     gen, best = _gen(), -float("inf")
-    for n in got.rounds:
-        r = samplers.sample(product, num_particles=n, num_steps=4, generator=gen, select="all")
+    for k, n in enumerate(got.rounds):
+        r = samplers.sample(product, num_particles=n, num_steps=4, generator=gen, select="all",
+                            mcmc_steps=0 if k == 0 else 1)
         best = max(best, float(r.particles.aux["f"].max()))
     assert float(got.x.mean()) == pytest.approx(best, abs=1e-5)
     # the default budget: MAX_NFE_FACTOR fixed runs of the particles
     got = anytime.sample(product, particles=8, steps=4, generator=_gen())
-    assert sum(got.rounds) * per <= defaults.MAX_NFE_FACTOR * 8 * per < (sum(got.rounds) + 1) * per
+    spent = got.rounds[0] * search + sum(got.rounds[1:]) * per
+    assert spent <= defaults.MAX_NFE_FACTOR * 8 * per < spent + per
 
 
 def test_auto_runs_rounds_for_an_image_and_one_fixed_run_for_a_clip(monkeypatch):
@@ -93,7 +106,7 @@ def test_k_images_are_certified_and_visibly_different_when_they_can_be():
     got = anytime.sample(product, particles=8, steps=4, generator=_gen(), images=3)
     assert len(got.x) == 3 and got.certified == [True] * 3
     assert all(anytime.distinct(got.images[i], got.images[j]) for i in range(3) for j in range(i))
-    assert all(n == defaults.FIRST_ROUND for n in got.rounds)
+    assert all(n == SEARCH for n in got.rounds)
 
 
 def test_choose_prefers_visibly_different_images_then_fills_in_order():
@@ -126,7 +139,7 @@ def test_generate_writes_its_rounds_and_k_images(tmp_path):
     from PIL import Image
     metas = [json.loads(Image.open(p).text["poegen"]) for p in (out, tmp_path / "a_1.png")]
     for m in metas:
-        assert m["rounds"][0] == defaults.FIRST_ROUND and m["job"]["budget"] == defaults.BUDGET
+        assert m["rounds"][0] == SEARCH and m["job"]["budget"] == defaults.BUDGET
         assert isinstance(m["certified"], bool)
     assert metas[0]["rounds"] == metas[1]["rounds"]  # one search for both
     fixed = tmp_path / "f.png"
