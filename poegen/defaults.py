@@ -32,6 +32,9 @@ CERTIFY_COUNT_P = 0.6  # the shapes scorer's counts of two or more: it is less s
 CERTIFY_STRAY_PX = 2.0  # the shapes world's footprint is met below this many foreground pixels away from the objects;
 #                         on the same tuning particles 2 (was 4) raised tier A's precision from 0.970 to 0.984 at the
 #                         same recall (an extra small object beside a placed one)
+CERTIFY_UNSURE_PX = 20.0  # the shapes scorer's form potential is met below this many object pixels whose shape its
+#                           map is unsure of (a half-formed object); chosen on tuning prompts (ShapesEval seeds
+#                           1000-1003): docs/results.md, "Certificate"
 
 # anytime sampling (poegen.anytime): rounds until the potentials certify an image
 BUDGETS = ("auto", "anytime", "fixed")

@@ -317,6 +317,9 @@ def shapes_product(layout: Layout, *, prior=None, vlm=None, guidance: Optional[f
         scorer = vlm or cached("shapes-vlm", "embedded", None, None, load_vlm)
         potentials = [scorer.expert(q, negate) for q, _, negate in asked]
         lambdas = [potential_weight * m for _, m, _ in asked]
+        if layout.questions is None and layout.edit is None and counts:  # every object well formed, too
+            potentials.append(scorer.form())
+            lambdas.append(1.0)
     if layout.edit is not None:  # the given image outside the edit mask; the new objects' footprints stand in
         potentials.append(layout.edit.known_pixels())  # the given image outside the edit mask
         lambdas.append(1.0)

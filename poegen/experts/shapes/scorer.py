@@ -125,19 +125,29 @@ class ShapesVLMExpert:
 
     @classmethod
     def log_potential_batch(cls, experts, x0: Tensor) -> Tensor:
-        """(K, N) log P(yes) <= 0 of K questions on images x0 (N,3,32,32) in [-1,1] (clamped): the attribute maps
-        are computed once per image, then every question reads them."""
+        """(K, N) log-potentials <= 0 of K experts on one scorer (questions: log P(answer asked); ``ShapesFormExpert``
+        its pixel cost) on images x0 (N,3,32,32) in [-1,1] (clamped): the attribute maps are computed once per
+        image, then every expert reads them."""
         first, k = experts[0], len(experts)
         dev = next(first.net.parameters()).device
-        ids = torch.cat([e.ids for e in experts]).to(dev)
-        signs = torch.tensor([e.sign for e in experts], device=dev)
+        asks = [j for j, e in enumerate(experts) if e.ids is not None]
+        ids = torch.cat([experts[j].ids for j in asks]).to(dev) if asks else None
+        signs = torch.tensor([experts[j].sign for j in asks], device=dev)
         out = []
         for chunk in x0.split(first.batch_size):
             img = chunk.to(dev, torch.float32).clamp(-1, 1)
             n = img.shape[0]
-            index = torch.arange(n, device=dev).repeat(k)
-            logit = first.net(img, ids.repeat_interleave(n, 0), index=index, maps=first.net.maps(img))
-            out.append(F.logsigmoid(logit.reshape(k, n) * signs[:, None]).float())
+            maps = first.net.maps(img)
+            rows = [None] * k
+            if asks:
+                index = torch.arange(n, device=dev).repeat(len(asks))
+                logit = first.net(img, ids.repeat_interleave(n, 0), index=index, maps=maps)
+                for j, v in zip(asks, F.logsigmoid(logit.reshape(len(asks), n) * signs[:, None]).float()):
+                    rows[j] = v
+            for j, e in enumerate(experts):
+                if e.ids is None:
+                    rows[j] = e.read(maps)
+            out.append(torch.stack(rows))
         return torch.cat(out, 1).to(x0.device) if out else torch.zeros(k, 0, device=x0.device)
 
     def log_potential(self, x0: Tensor) -> Tensor:
@@ -146,6 +156,29 @@ class ShapesVLMExpert:
 
     def __repr__(self) -> str:
         return f"ShapesVLMExpert({self.question!r}{', negate=True' if self.sign < 0 else ''})"
+
+
+class ShapesFormExpert(ShapesVLMExpert):
+    """The scorer's say that every object is well formed: log potential = -``per_pixel`` times the object pixels
+    whose shape its map is unsure of (no shape at P >= ``SURE_P``; the map was trained to stay uniform on objects
+    half one shape and half another). A question asks whether an object is there and passes a half-formed one; this
+    potential does not. Met (``poegen.certify``) below ``defaults.CERTIFY_UNSURE_PX`` such pixels."""
+
+    SURE_P = 0.7
+
+    def __init__(self, net: ShapesVLM, per_pixel: float = 0.1, batch_size: int = 256):
+        self.net, self.per_pixel, self.batch_size = net.eval(), per_pixel, batch_size
+        self.ids, self.sign, self.question, self.name = None, 1.0, None, "form"
+        self.certify_threshold = -per_pixel * defaults.CERTIFY_UNSURE_PX
+
+    def read(self, maps: dict) -> Tensor:
+        """(N,) log potential from the scorer's attribute maps of N images."""
+        foreground = 1 - maps["colour"].softmax(1)[:, -1]
+        unsure = (maps["shape"].softmax(1).amax(1) < self.SURE_P).float()
+        return -self.per_pixel * (foreground * unsure).sum((1, 2)).float()
+
+    def __repr__(self) -> str:
+        return f"ShapesFormExpert(per_pixel={self.per_pixel})"
 
 
 class ShapesVLMScorer:
@@ -157,6 +190,10 @@ class ShapesVLMScorer:
     def expert(self, question: str, negate: bool = False) -> ShapesVLMExpert:
         """Expert returning log P(yes) for `question` (``negate``: log P(no))."""
         return ShapesVLMExpert(self.net, question, negate=negate)
+
+    def form(self) -> ShapesFormExpert:
+        """The potential that every object is well formed (``ShapesFormExpert``)."""
+        return ShapesFormExpert(self.net)
 
     @torch.no_grad()
     def log_prob_yes(self, images: Tensor, questions: list[str]) -> Tensor:
