@@ -243,7 +243,9 @@ def _target(target: str, guidance: Optional[float], potential_weight: Optional[f
     if key not in _WORKER["targets"]:
         cfg = _WORKER["config"]
         shapes = not cfg["experts"]
-        extra = dict(prior=_WORKER["prior"], vlm=_WORKER["vlm"], **_WORKER["shapes_options"]) if shapes else {}
+        extra = dict(prior=_WORKER["prior"], **_WORKER["shapes_options"]) if shapes else {}
+        if shapes and not frames:  # a clip's frames have their own scorer (families.shapes_video_product)
+            extra["vlm"] = _WORKER["vlm"]
         layout = load_target(target, shapes, video=bool(frames), place=extra.pop("place", True))
         job = Job(guidance=guidance, potential_weight=potential_weight, video="gif" if frames else None, frames=frames)
         product = build(layout, job, cfg, **extra)

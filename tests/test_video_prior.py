@@ -147,3 +147,17 @@ def test_shipped_video_prior_beats_independent_frames_on_new_clips(prior):
         with torch.no_grad():
             loss, frames_loss = mod.losses(net, prior, clips, torch.Generator().manual_seed(0), Args)
         assert loss < frames_loss, (sigma, loss.item(), frames_loss.item())
+
+
+def test_clip_frames_are_scored_by_the_frames_scorer():
+    """A clip's per-frame questions read the frames scorer (weights/vlm_frames.*), not the image scorer."""
+    from poegen.experts.shapes.scorer import FRAMES, load_vlm
+    from poegen.families import shapes_product
+
+    layout = for_shapes(from_prompt(ROLL), video=True)
+    clip = shapes_video_product(layout, dtype="float32")
+    image = shapes_product(for_shapes(from_prompt("a red ball"), video=False))
+    frames_net, image_net = clip.potentials[-1].potential.net, image.potentials[0].net
+    reference = load_vlm(stem=FRAMES).net.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in frames_net.state_dict().items())
+    assert not all(torch.equal(v, image_net.state_dict()[k]) for k, v in frames_net.state_dict().items())

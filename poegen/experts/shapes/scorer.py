@@ -206,9 +206,13 @@ def save_vlm(net: ShapesVLM, out_dir: str | Path, extra: dict | None = None) -> 
     return weights_io.write(out_dir, "vlm", net.state_dict(), {**net.config, **(extra or {})})
 
 
-def load_vlm(path: str | Path | None = None, device: str | torch.device = "cpu") -> ShapesVLMScorer:
-    """Load the scorer from `path` (default: the package's weights/ folder)."""
-    sd, cfg, wfile = weights_io.read(path, "vlm", "shapes VLM", "scripts/train_shapes_vlm.py")
+FRAMES = "vlm_frames"  # the clips' scorer: the weights before the last retraining (see VLM_CARD.md)
+
+
+def load_vlm(path: str | Path | None = None, device: str | torch.device = "cpu", stem: str = "vlm") -> ShapesVLMScorer:
+    """Load the scorer from `path` (default: the package's weights/ folder); ``stem`` names the files (``FRAMES``:
+    the scorer of clips' frames)."""
+    sd, cfg, wfile = weights_io.read(path, stem, "shapes VLM", "scripts/train_shapes_vlm.py")
     net = ShapesVLM({k: cfg[k] for k in ShapesVLM().config if k in cfg})
     net.load_state_dict(sd)
     logger.info("loaded shapes VLM from %s", wfile)
