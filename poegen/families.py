@@ -12,7 +12,7 @@ from . import defaults
 from .experts.cache import cached
 from .experts.registry import (GENERATIVE, GENERATIVE_FIELDS, OPTIONS, POTENTIAL_FIELDS, POTENTIALS, TUNING, VIDEO,
                                Spec, _entry)
-from .experts.shapes.prompt import (COUNT_WEIGHT, GUIDANCE, REGION_PX, RELATION_WEIGHT, VLM_WEIGHT, Prompt,
+from .experts.shapes.prompt import (COUNT_WEIGHT, FORM_WEIGHT, GUIDANCE, REGION_PX, RELATION_WEIGHT, VLM_WEIGHT, Prompt,
                                     _check_scene_prompt, count_questions)
 from .experts.shapes.vocab import parse_phrase
 from .hardware import configure_threads
@@ -319,7 +319,7 @@ def shapes_product(layout: Layout, *, prior=None, vlm=None, guidance: Optional[f
         lambdas = [potential_weight * m for _, m, _ in asked]
         if layout.questions is None and layout.edit is None and counts:  # every object well formed, too
             potentials.append(scorer.form())
-            lambdas.append(1.0)
+            lambdas.append(potential_weight * FORM_WEIGHT)
     if layout.edit is not None:  # the given image outside the edit mask; the new objects' footprints stand in
         potentials.append(layout.edit.known_pixels())  # the given image outside the edit mask
         lambdas.append(1.0)

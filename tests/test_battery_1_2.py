@@ -50,9 +50,9 @@ def phrase_experts(n):
 
 
 def only_vlm_potentials(folder):
-    """constraints: [] -- no layout or hard-constraint potential, only the VLM questions."""
+    """constraints: [] -- no layout or hard-constraint potential, only the scorer's (its questions and form)."""
     wrote("small red ball")(folder)
-    assert all(p.startswith("vlm[") for p in meta(folder)["potentials"]), meta(folder)["potentials"]
+    assert all(p.startswith("vlm[") or p == "form" for p in meta(folder)["potentials"]), meta(folder)["potentials"]
 
 
 GRAMMAR = "as '[a|the] [size] [colour] shape'"

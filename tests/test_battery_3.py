@@ -136,9 +136,9 @@ def _cli_guidance_nan_too(tmp):
 
 def _negated_weights(tmp):
     meta = _meta(tmp / "x_raw.png")
-    from poegen.experts.shapes.prompt import COUNT_WEIGHT
+    from poegen.experts.shapes.prompt import COUNT_WEIGHT, FORM_WEIGHT
     vlm = {v for k, v in meta["potentials"].items() if k != "footprint"}  # the footprint is not the scorer's
-    assert -1.0 in meta["experts"].values() and vlm == {-3.0, -3.0 * COUNT_WEIGHT}
+    assert -1.0 in meta["experts"].values() and vlm == {-3.0, -3.0 * COUNT_WEIGHT, -3.0 * FORM_WEIGHT}
 
 
 def _frames(tmp):

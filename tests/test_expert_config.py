@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from poegen import defaults
 from poegen.cli import main
 from poegen.experts.registry import load_config
 from poegen.families import named_product as build
@@ -40,7 +41,8 @@ potentials:
     assert meta["job"]["config"] == str(cfg) and meta["potentials"] == {"vqa[a red ball]": 2.0, "vqa[a blue box]": 1.0}
     # VQAScore certifies, so the rounds run (random tiny weights: never certified, so up to the budget): each
     # particle scored at level 0 and both levels
-    assert meta["rounds"][0] == 2 and meta["certified"] is False and len(meta["rounds"]) > 1
+    # the first round is poe's search: twice FIRST_ROUND particles, without moves
+    assert meta["rounds"][0] == 2 * defaults.FIRST_ROUND and meta["certified"] is False and len(meta["rounds"]) > 1
     assert meta["nfe"]["vqa[a red ball]"] == sum(meta["rounds"]) * 3
 
 

@@ -96,11 +96,12 @@ def test_prompt_product_uses_composable_weights():
                                        "vlm[are there zero wedges?]",  # the counts ask for nothing else
                                        "form",  # every object well formed
                                        "footprint"]  # and nothing is drawn away from the placed objects
-    from poegen.experts.shapes.prompt import COUNT_WEIGHT, GUIDANCE, VLM_WEIGHT
+    from poegen.experts.shapes.prompt import COUNT_WEIGHT, FORM_WEIGHT, GUIDANCE, VLM_WEIGHT
 
     default = build_product("a red ball")
     assert default.weights == [1 - GUIDANCE, GUIDANCE]
-    assert default.lambdas == [VLM_WEIGHT] + [VLM_WEIGHT * COUNT_WEIGHT] * 3 + [1.0, 1.0]  # form; placed too
+    assert default.lambdas == [VLM_WEIGHT] + [VLM_WEIGHT * COUNT_WEIGHT] * 3 + [VLM_WEIGHT * FORM_WEIGHT, 1.0]
+    assert VLM_WEIGHT * FORM_WEIGHT == 1.0  # the form's weight as tuned; the footprint's: one object is placed
     assert default.potential_names[-1] == "footprint" and default.names[-1] == "shapes[red ball at (16.0, 27.0)]"
 
 

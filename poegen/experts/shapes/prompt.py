@@ -22,6 +22,7 @@ GUIDANCE = defaults.SHAPES_GUIDANCE           # composable-diffusion weight of e
 VLM_WEIGHT = defaults.SHAPES_POTENTIAL_WEIGHT  # lambda of each yes/no question
 COUNT_WEIGHT = 2.0  # a count question's lambda, as a multiple of VLM_WEIGHT (chosen on tuning seeds 1000+)
 RELATION_WEIGHT = 2.0  # a relation question's lambda, as a multiple of VLM_WEIGHT (likewise)
+FORM_WEIGHT = 1 / 3  # the form potential's lambda as a multiple of VLM_WEIGHT (1 at the default, as tuned)
 REGION_PX = 5.0  # std (pixels) of the Gaussian window each placed phrase expert is confined to (chosen on tuning seeds 1000+)
 
 
