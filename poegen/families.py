@@ -281,7 +281,8 @@ def shapes_product(layout: Layout, *, prior=None, vlm=None, guidance: Optional[f
     """The shapes world's Product for a Layout: each object's phrase expert of the prior at the centre of its box
     or mask (the prior's own way of placing an object) over the divided-out prior, one VLM question per object
     and relation, the answer no to one per absent phrase and, unless it edits an image, one count per shape
-    (``count_questions``; ``counts=False`` leaves them out, an ablation), where every object of several has a
+    (``count_questions``; ``counts=False`` leaves them out, an ablation) and the scorer's form potential (every
+    object well formed, ``ShapesFormExpert``), where every object of several has a
     place the ``Footprint`` (nothing drawn away from them; ``footprint=False`` leaves it out), and a simulated
     scene's layout potential and hard constraint (weights from its spec). ``region``: each placed phrase expert
     acts within a Gaussian window of that std in pixels (``regional_masks``; 0: everywhere, an ablation)."""
