@@ -44,8 +44,8 @@ class Outcome:
     names of the potentials each one misses; ``nfe`` per expert over every round; ``rounds`` the particles of each
     round; ``first_certified`` the NFE per expert (as ``nfe``) spent when the first certified particle appeared
     (None: none did); ``log_Z``, ``diagnostics`` and ``particles`` (its final weighted particles) of the round the
-    first pick came from; ``fixed_nfe`` what one fixed run of ``particles`` spends, the rounds' yardstick (as
-    measured, or from the search round by the engine's count)."""
+    first pick came from; ``fixed_nfe`` what one fixed run of ``particles`` spends, the rounds' yardstick (from the
+    first round by the engine's count)."""
 
     x: torch.Tensor
     images: torch.Tensor
@@ -155,14 +155,14 @@ def _rounds(product, sampler, particles, steps, generator, max_nfe, first, image
     runs: List = []             # each round's SampleResult
     moves = samplers.config(sampler, **options).mcmc_steps
     first_certified, size = None, first
-    unit: Dict[bool, Dict[str, float]] = {}  # NFE per particle and expert of a small round (True) and a full one
+    per: Optional[Dict[str, float]] = None  # NFE per particle and expert of a full round (moves made)
     while len(found) < images:
         small = size < particles  # a search: (1 + moves) times the particles, none of them moved
         n = size * (1 + moves) if small else size
-        if unit:
-            full = _spent(_unit(unit, False, moves, steps, names), names)
+        if per is not None:
+            full = _spent(per, names)
             limit = max_nfe if max_nfe is not None else defaults.MAX_NFE_FACTOR * particles * full
-            n = min(n, int((limit - _spent(nfe, names)) // _spent(_unit(unit, small, moves, steps, names), names)))
+            n = min(n, int((limit - _spent(nfe, names)) // (full - steps * moves if small else full)))
             if n < 1:
                 break
         r = samplers.sample(product, sampler=sampler, num_particles=n, num_steps=steps, generator=generator,
@@ -170,7 +170,8 @@ def _rounds(product, sampler, particles, steps, generator, max_nfe, first, image
         nfe, round_no = _add(nfe, r.nfe), len(sizes)
         sizes.append(n)
         runs.append(r)
-        unit.setdefault(small, {k: v / n for k, v in r.nfe.items()})
+        if per is None:  # the engine's count: each move is one evaluation of every generative expert a level
+            per = {k: v / n + (steps * moves if small and k in names else 0) for k, v in r.nfe.items()}
         final = r.particles
         order = _ranked(final)
         size, before = particles, len(found)
@@ -207,16 +208,7 @@ def _rounds(product, sampler, particles, steps, generator, max_nfe, first, image
     src = runs[picks[0][4]]  # the round of the first pick
     return Outcome(torch.stack([p[1] for p in picks]), torch.stack([p[0] for p in picks]), [p[2] for p in picks],
                    [p[3] for p in picks], nfe, sizes, first_certified, src.log_Z, src.diagnostics, src.particles,
-                   {k: round(v * particles) for k, v in _unit(unit, False, moves, steps, names).items()})
-
-
-def _unit(unit: Dict[bool, Dict[str, float]], small: bool, moves: int, steps: int, names) -> Dict[str, float]:
-    """NFE per particle and expert of a small round (no moves) or a full one: as measured, else from the other
-    kind's by the engine's count (each MCMC move is one evaluation of every generative expert a level)."""
-    if small in unit:
-        return unit[small]
-    extra = steps * moves * (-1 if small else 1)
-    return {k: v + extra if k in names else v for k, v in unit[not small].items()}
+                   {k: round(v * particles) for k, v in per.items()})
 
 
 def _choose(candidates: List[tuple], k: int, taken: List[tuple] = ()) -> List[tuple]:

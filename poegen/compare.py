@@ -213,8 +213,8 @@ def _init_worker(threads: int, config: Optional[dict] = None, metrics: Sequence[
     config = config or {"experts": [], "potentials": []}
     _WORKER.update(config=config, metrics=list(metrics), targets={}, shapes_options=dict(shapes_options or {}))
     if not config["experts"]:
-        from .experts.shapes import load_prior, load_vlm
-        _WORKER.update(prior=load_prior(), vlm=load_vlm())
+        from .experts.shapes import load_prior
+        _WORKER.update(prior=load_prior())  # the scorers come from families' cache (images and clips differ)
 
 
 def _metric_scorers(layout) -> List:
@@ -244,8 +244,6 @@ def _target(target: str, guidance: Optional[float], potential_weight: Optional[f
         cfg = _WORKER["config"]
         shapes = not cfg["experts"]
         extra = dict(prior=_WORKER["prior"], **_WORKER["shapes_options"]) if shapes else {}
-        if shapes and not frames:  # a clip's frames have their own scorer (families.shapes_video_product)
-            extra["vlm"] = _WORKER["vlm"]
         layout = load_target(target, shapes, video=bool(frames), place=extra.pop("place", True))
         job = Job(guidance=guidance, potential_weight=potential_weight, video="gif" if frames else None, frames=frames)
         product = build(layout, job, cfg, **extra)
