@@ -103,6 +103,30 @@ def autocast(requested: str, device):
     return torch.autocast(device.type, dtype=half, enabled=half != torch.float32)
 
 
+# ---- rows per forward -----------------------------------------------------------------------------------------
+
+CPU_ROWS = 64  # 32x32 images per forward of the shapes networks on a CPU (see ``rows_per_forward``)
+
+
+def rows_per_forward(device) -> Optional[int]:
+    """How many rows a small network's forward takes at once on ``device`` (None: all). On a CPU a batch that
+    overflows the caches runs slower per row: the shapes prior took 1.6 s for 384 rows whole and 0.96 s in chunks
+    of 64 (AMD EPYC, 2 cores, AVX2); a GPU wants the whole batch."""
+    import torch
+
+    return CPU_ROWS if torch.device(device).type == "cpu" else None
+
+
+def in_chunks(fn, rows: Optional[int], *tensors):
+    """``fn(*tensors)`` computed over row chunks of at most ``rows`` (None: at once), concatenated."""
+    import torch
+
+    n = len(tensors[0])
+    if rows is None or n <= rows:
+        return fn(*tensors)
+    return torch.cat([fn(*(t[i:i + rows] for t in tensors)) for i in range(0, n, rows)])
+
+
 # ---- threads ------------------------------------------------------------------------------------------------
 
 def cgroup_cpus() -> Optional[float]:

@@ -238,3 +238,33 @@ def test_torch_default_threads_is_what_a_fresh_torch_starts_with():
             "print(n, hardware.torch_default_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=clean).stdout
     assert out.split()[0] == out.split()[1]
+
+
+def test_chunked_forward_matches_the_whole_batch(monkeypatch):
+    """The shapes prior and the video prior computed in row chunks give what one forward gives (to float noise),
+    and a chunk size does not change the rows' order."""
+    import torch
+
+    from poegen import hardware
+    from poegen.experts.shapes.model import forward, load_prior
+    from poegen.experts.shapes.video import load_video_prior
+
+    assert hardware.in_chunks(lambda a, b: a * 10 + b, 3, torch.arange(7), torch.arange(7)).tolist() == \
+        [11 * k for k in range(7)]
+    net = load_prior().net
+    g = torch.Generator().manual_seed(0)
+    n = 70
+    x, sigma = torch.randn(n, 3, 32, 32, generator=g), torch.rand(n, generator=g) * 3 + 0.1
+    ids, pos = torch.zeros(n, 3, dtype=torch.long), torch.zeros(n, 1, 32, 32)
+    clips = torch.randn(5, 3, 6, 32, 32, generator=g)
+    temporal = load_video_prior()
+    with torch.no_grad():
+        monkeypatch.setattr(hardware, "CPU_ROWS", 1000)
+        whole = forward(net, "float32", x, sigma, ids, pos)
+        whole_clip = temporal.correct(clips, clips.flip(1), sigma[:5])
+        monkeypatch.setattr(hardware, "CPU_ROWS", 16)
+        chunked = forward(net, "float32", x, sigma, ids, pos)
+        chunked_clip = temporal.correct(clips, clips.flip(1), sigma[:5])  # two clips (12 frames) a chunk
+    assert torch.allclose(whole, chunked, atol=1e-4)
+    assert torch.allclose(whole_clip, chunked_clip, atol=1e-4)
+    assert not torch.allclose(whole[:35], whole[35:], atol=1e-2)  # the rows differ, so order is tested

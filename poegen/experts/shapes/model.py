@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ...hardware import autocast, check_dtype
+from ...hardware import autocast, check_dtype, in_chunks, rows_per_forward
 from . import weights_io
 from .unet import UNet
 from .vocab import Phrase, parse_phrase
@@ -158,7 +158,7 @@ def forward(net, dtype: str, x: Tensor, sigma: Tensor, ids: Tensor, pos: Tensor)
     """The prior's x0_hat of stacked rows (on the net's device) in float32, computed at ``dtype`` (a name for
     ``pick_dtype``: autocast where it is not float32); shared by the phrase and clip experts' batched forwards."""
     with autocast(dtype, x.device):
-        return net(x, sigma, ids, pos).float()
+        return in_chunks(lambda *a: net(*a).float(), rows_per_forward(x.device), x, sigma, ids, pos)
 
 
 class ShapesPrior:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ...hardware import in_chunks, rows_per_forward
 from . import weights_io
 from .model import count_parameters, edm_scales, noise_time
 from .unet import timestep_embedding
@@ -95,7 +96,8 @@ class TemporalNet(nn.Module):
         """The video prior's x0 from clips x (N, 3, F, H, W), the image prior's frames' x0 (same shape) and sigma
         (N,): frames_x0 + c_out(sigma) * TemporalNet(...)."""
         _, c_out = edm_scales(sigma.reshape(-1, 1, 1, 1, 1).to(x.dtype), self.config["sigma_data"])
-        return frames_x0 + c_out * self(x, frames_x0, sigma)
+        rows = rows_per_forward(x.device)  # a chunk of whole clips with about that many frames
+        return frames_x0 + c_out * in_chunks(self, rows and max(1, rows // x.shape[2]), x, frames_x0, sigma)
 
 
 def save_video_prior(net: TemporalNet, out_dir: str | Path, extra: dict | None = None) -> Path:
