@@ -230,21 +230,24 @@ def _metric_scorers(layout) -> List:
     return out
 
 
-def _target(target: str, guidance: Optional[float], potential_weight: Optional[float], frames: Optional[int] = None):
+def _target(target: str, guidance: Optional[float], potential_weight: Optional[float], frames: Optional[int] = None,
+            seed: Optional[int] = None):
     """(product, metrics function, verdict function) of a prompt, layout spec or scene spec (with ``frames``: a
-    shapes-world motion prompt's clips of that many frames), built once per process as a job's Layout is: read by
-    ``specs.load_target``, built by ``pipeline.build``."""
+    shapes-world motion prompt's clips of that many frames, its start varied by ``seed`` as a job's), built once
+    per process as a job's Layout is: read by ``specs.load_target``, built by ``pipeline.build``."""
     from .job import Job
     from .layout import Layout
     from .pipeline import build
-    from .specs import load_target
+    from .specs import clip_seconds, load_target
 
-    key = target, guidance, potential_weight, frames
+    seed = seed if frames else None
+    key = target, guidance, potential_weight, frames, seed
     if key not in _WORKER["targets"]:
         cfg = _WORKER["config"]
         shapes = not cfg["experts"]
         extra = dict(prior=_WORKER["prior"], **_WORKER["shapes_options"]) if shapes else {}
-        layout = load_target(target, shapes, video=bool(frames), place=extra.pop("place", True))
+        layout = load_target(target, shapes, video=bool(frames), place=extra.pop("place", True), seed=seed,
+                             seconds=clip_seconds(frames) if frames else None)
         job = Job(guidance=guidance, potential_weight=potential_weight, video="gif" if frames else None, frames=frames)
         product = build(layout, job, cfg, **extra)
         verdict = (lambda x: {"present": None, "relation": None, "exact": None})
@@ -292,7 +295,7 @@ def _scores(product, scorers, image) -> Tuple[float, Dict[str, float]]:
 def _run_task(task):
     """One (sampler, target, seed, budget): sample, then score; (row, decoded image)."""
     sampler, target, seed, particles, mcmc_steps, steps, guidance, potential_weight, options, frames, budget = task
-    product, scorers, verdict = _target(target, guidance, potential_weight, frames)
+    product, scorers, verdict = _target(target, guidance, potential_weight, frames, seed)
     if replaces_known(product):  # as `poegen edit`
         options = {"replace_known": True, **options}
     t = time.perf_counter()
@@ -378,8 +381,9 @@ def run(targets: Sequence[str], sampler_names: Sequence[str] = defaults.COMPARE_
                              "count >= 1, e.g. --frames 5")
         for target in targets:
             if is_scene(target) or motion_scene(target) is None:
+                from .experts.shapes.motions import EXAMPLES
                 raise ValueError(f"target {target[:60]!r}: --frames compares clips of motion prompts; write one as "
-                                 "'a red ball rolls off a blue box' (rolls, slides or falls off)")
+                                 + ", ".join(f"'{e}'" for e in EXAMPLES.values()))
     for target in targets:  # bad prompts and specs fail before any work
         load_target(target, shapes, video=frames is not None)
     for spec in metrics:

@@ -15,6 +15,13 @@ SELECT = "best"   # which particle becomes the image: "best" (the highest final 
 GRAD_GUIDANCE = 0.0  # the stochastic proposal's step along the potentials' gradient (SamplerConfig.grad_guidance)
 REWARD_EVERY = 1  # score the potentials every k levels (SamplerConfig.reward_every)
 DEVICE = "cpu"
+DISPLAY_PX = 256  # images and clips narrower than this are written enlarged (nearest pixel) to at least this width,
+#                   their native pixels beside them as NAME_raw
+
+# a shapes-world clip (--video without a video model): 2 s at a rate a person watches
+SHAPES_CLIP_FRAMES = 16
+SHAPES_CLIP_FPS = 8.0
+SHAPES_CLIP_START = 0.8  # a simulated clip starts from its render noised to this sigma (0: from pure noise)
 MARGIN = 2        # an edit with a scene: pixels of change around the new objects' footprint
 
 # the weights of a job that names none (Job.guidance and the potential weight left None)

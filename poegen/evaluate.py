@@ -46,9 +46,6 @@ EDIT_CASES = [
      ("box", "blue", "small", 0.0, 2.0)),
 ]
 
-VIDEO_PROMPTS = ("a red ball rolls off a blue box", "a small green ball rolls off a large yellow box",
-                 "a small blue box slides off a large red box")
-
 SHAPES_HELP = """ShapesEval: the samplers on the shapes world's benchmark prompts, judged by the checker.
 
 Tier A is GenEval's six categories in the shapes world (one object, two objects, counting, colours, position,
@@ -110,14 +107,18 @@ each miss as a PNG under DIR/misses.
   poegen eval user --seeds 2 --workers 2
   poegen eval user --routes layout,edit --seeds 1 --out runs/user"""
 
-VIDEO_HELP = """Motion: the shapes video prior with each object's phrase at its simulated centroids, poe against
-best-of-n at equal NFE on motion prompts (as `poegen compare --frames`).
+VIDEO_HELP = """Motion: clips of motion prompts of every kind (a ball rolling off a box, a drop, a push along the
+floor, a hit, two objects colliding, a tower toppling; experts/shapes/motions.py), --per-kind of each drawn with
+--prompt-seed (0: held out; tune on 1000+), the samplers at equal NFE, each clip started from its simulation's
+render at the default noise level and judged frame by frame against the simulation.
 
-Per prompt and sampler, over --seeds seeds, prints per frame the mean foreground IoU of the chosen clip against
-the simulation's masks, the mean IoU over frames and the share of exact frames (the checker finds exactly the
-objects in view at that frame and nothing else); with --out, also an HTML report with the clips as GIFs.
+Per prompt and sampler: the mean foreground IoU per frame and the share of exact frames (the checker finds exactly
+the objects in view at that frame and nothing else). Per kind and sampler: clip exact (every frame exact), exact
+frames, IoU, and the paired bootstrap 95% interval of clip exact against best-of-n (the same prompt and seed);
+--out also writes an HTML report with the clips as GIFs.
 
-  poegen eval video --seeds 2 --particles 4 --steps 10"""
+  poegen eval video --workers 2
+  poegen eval video --per-kind 1 --seeds 1 --samplers poe --frames 8"""
 
 
 BUDGET_HELP = ("every sampler's budget, as generate's: anytime, rounds until an image is certified, each round at "
@@ -205,9 +206,13 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
 
     v = sub.add_parser("video", help="motion prompts as clips: IoU per frame against the simulation",
                        description=VIDEO_HELP, formatter_class=raw)
-    _run_options(v, seeds=2, samplers="poe,best-of-n", particles=4, mcmc_steps=1, steps=10)
-    v.add_argument("--prompts", default=",".join(VIDEO_PROMPTS[:2]), help="comma-separated motion prompts")
-    v.add_argument("--frames", type=int, default=5)
+    _run_options(v, seeds=2, samplers="poe,best-of-n,smc", particles=defaults.PARTICLES, mcmc_steps=1,
+                 steps=defaults.STEPS)
+    v.add_argument("--prompts", default=None, help="comma-separated motion prompts (default: --per-kind of every "
+                                                   "kind, drawn with --prompt-seed)")
+    v.add_argument("--per-kind", type=int, default=2, help="prompts of each kind of motion (default 2)")
+    v.add_argument("--prompt-seed", type=int, default=0, help="draws the prompts (0: held out; tune on 1000+)")
+    v.add_argument("--frames", type=int, default=defaults.SHAPES_CLIP_FRAMES)
     v.add_argument("--region", type=float, default=None,
                    help="regional composition's window std in pixels (default 0: off; the images' is 5)")
     v.add_argument("--no-video-prior", action="store_true",
@@ -618,10 +623,19 @@ def table_edit(rows, extras, args) -> None:
 
 # ---- video: motion prompts as clips -------------------------------------------------------------------------------
 
+def _video_prompts(args) -> Dict[str, str]:
+    """{prompt: kind of motion}: --prompts as given, else --per-kind of every kind drawn with --prompt-seed."""
+    from .experts.shapes.motions import benchmark_prompts, kind_of
+
+    if args.prompts:
+        return {p: kind_of(p) or "?" for p in args.prompts.split(",")}
+    return {p: k for k, p in benchmark_prompts(args.per_kind, args.prompt_seed)}
+
+
 def run_video(args):
     if args.frames < 1:
         raise ValueError(f"--frames {args.frames}: must be >= 1")
-    prompts = args.prompts.split(",")
+    prompts = list(_video_prompts(args))
     options = {} if args.region is None else {"region": args.region}
     if args.no_video_prior:
         options["video_prior"] = False
@@ -636,6 +650,8 @@ def run_video(args):
 
 
 def table_video(rows, extras, args) -> None:
+    from .experts.shapes.motions import kind_of
+
     for prompt in dict.fromkeys(r.prompt for r in rows):
         for sampler in dict.fromkeys(r.sampler for r in rows if r.prompt == prompt):
             rs = [r for r in rows if r.prompt == prompt and r.sampler == sampler]
@@ -644,6 +660,24 @@ def table_video(rows, extras, args) -> None:
             print(f"{prompt!r} {sampler:10s} NFE {rs[0].nfe:5d}  IoU per frame " + " ".join(f"{v:.2f}" for v in iou)
                   + f"  mean {statistics.mean(iou):.3f}  exact frames "
                   + f"{statistics.mean(r.metrics['exact_frames'] for r in rs):.3f}", flush=True)
+    kinds = {r.prompt: kind_of(r.prompt) or "?" for r in rows}
+    names = list(dict.fromkeys(r.sampler for r in rows))
+    base = "best-of-n" if "best-of-n" in names else None
+    print(f"{'kind':8s} {'sampler':10s} clip_exact exact_frames   iou    n   clip_exact - best-of-n [95% CI]")
+    for kind in list(dict.fromkeys(kinds.values())) + ["all"]:
+        for sampler in names:
+            rs = [r for r in rows if r.sampler == sampler and kind in ("all", kinds[r.prompt])]
+            ref = [r for r in rows if r.sampler == base and kind in ("all", kinds[r.prompt])]
+            diff = paired(rs, ref) if base and sampler != base else None
+            print(f"{kind:8s} {sampler:10s} {sum(r.exact for r in rs) / len(rs):10.3f} "
+                  f"{statistics.mean(r.metrics['exact_frames'] for r in rs):12.3f} "
+                  f"{statistics.mean(r.metrics['iou'] for r in rs):6.3f} {len(rs):4d}   {diff or ''}", flush=True)
+    for sampler in names:
+        rs = [r for r in rows if r.sampler == sampler]
+        print(f"video_{sampler}: clip_exact={sum(r.exact for r in rs) / len(rs):.3f} "
+              f"exact_frames={statistics.mean(r.metrics['exact_frames'] for r in rs):.3f} "
+              f"iou={statistics.mean(r.metrics['iou'] for r in rs):.3f} nfe={statistics.mean(r.nfe for r in rs):.0f} "
+              f"median_s={statistics.median(r.seconds for r in rs):.1f} (n={len(rs)})", flush=True)
 
 
 # ---- user: the hand-written user suite ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from .experts.shapes.vocab import parse_phrase
 from .hardware import configure_threads
 from .layout import Layout, check_relations
 from .product import PerFrame, Product, merge_experts
-from .specs import for_shapes, from_physics, from_prompt, shapes_layout
+from .specs import clip_seconds, for_shapes, from_physics, from_prompt, shapes_layout
 
 log = logging.getLogger("poegen.families")
 
@@ -40,7 +40,7 @@ def build_product(layout: Layout, experts=(), potentials=(), *, guidance: Option
     them (``hardware.configure_threads``) unless the caller set them."""
     configure_threads()
     if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
-        layout = for_shapes(layout, video=True, place=shapes_options.pop("place", True))
+        layout = for_shapes(layout, video=True, place=shapes_options.pop("place", True), seconds=clip_seconds(frames, fps))
         product = shapes_video_product(layout, frames=frames, fps=fps, guidance=guidance,
                                        potential_weight=potential_weight, dtype=dtype, **shapes_options)
     elif experts and video and layout.physics is not None:  # physics over time on named video models
@@ -336,7 +336,6 @@ def shapes_product(layout: Layout, *, prior=None, vlm=None, guidance: Optional[f
                    potentials=potentials, lambdas=lambdas, schedule=schedule)
 
 
-SHAPES_FRAMES = 5  # a shapes-world clip's default frames: `poegen generate ... --video` in < 60 s on 2 CPU cores
 TRAJECTORY_WEIGHT = 0.05  # lambda of the centroid-tracking potential, late in the schedule (early x0 are blurry)
 
 
@@ -344,12 +343,12 @@ def shapes_video_product(layout: Layout, *, frames: Optional[int] = None, fps: O
                          vlm=None, temporal=None, guidance: Optional[float] = None,
                          potential_weight: Optional[float] = None, schedule="linear", dtype: str = "auto",
                          trajectory_weight: float = TRAJECTORY_WEIGHT, region: float = 0.0,
-                         video_prior: bool = True) -> Product:
+                         video_prior: bool = True, start: Optional[float] = None) -> Product:
     """The shapes world in motion: clips (3, F, H, W) from the shapes video prior and the image prior's phrases.
 
     The motion comes from a simulation: the Layout's scene (``layout.physics``: a scene spec's, or a motion
     prompt's such as "a red ball rolls off a blue box", ``specs.for_shapes``), recorded at F = ``frames`` times
-    (fps: the given one, else the frames spread over the simulated duration; kept as ``product.fps``). Each
+    (defaults ``SHAPES_CLIP_FRAMES`` at ``SHAPES_CLIP_FPS``; kept as ``product.fps``). Each
     object's ``TrackedExpert`` puts its phrase at its simulated centroid frame by frame (the unconditional prior
     where it is out of view), over the divided-out prior; potentials: the per-frame VLM question of every object
     in view throughout and, when all are, the count questions (``PerFrame``, mean over frames), the regions'
@@ -361,7 +360,9 @@ def shapes_video_product(layout: Layout, *, frames: Optional[int] = None, fps: O
     independent frames, null^(1 - sum w) * prod phrase^w). ``region``: regional composition frame by frame
     (``regional_masks``), off by default: with ``REGION_PX`` poe's mean clip IoU over the three motion prompts of
     ``poegen eval video`` fell from 0.888 to 0.863 (4 seeds, 8 particles, 20 steps). The image ablations (counts,
-    footprint) have no meaning for clips: they are refused, not ignored."""
+    footprint) have no meaning for clips: they are refused, not ignored. ``start`` (default ``SHAPES_CLIP_START``; 0:
+    from pure noise): a simulated clip is sampled from its render noised to this sigma (``Product.start``), so the
+    simulation proposes every frame and the experts and potentials redraw it below that noise level."""
     import math
 
     import torch
@@ -372,7 +373,8 @@ def shapes_video_product(layout: Layout, *, frames: Optional[int] = None, fps: O
     from .experts.shapes.scorer import FRAMES, load_vlm
     from .product import lambda_schedule
 
-    frames = frames or SHAPES_FRAMES
+    frames = frames or defaults.SHAPES_CLIP_FRAMES
+    fps = fps or defaults.SHAPES_CLIP_FPS
     guidance = GUIDANCE if guidance is None else guidance
     potential_weight = VLM_WEIGHT if potential_weight is None else potential_weight
     prior = prior or cached("shapes-prior", "embedded", None, None, load_prior)
@@ -380,7 +382,6 @@ def shapes_video_product(layout: Layout, *, frames: Optional[int] = None, fps: O
     spec = layout.physics.spec if layout.physics is not None else None
     potentials, lambdas = [], []
     if spec is not None:
-        fps = fps or ((frames - 1) / spec.physics.duration if frames > 1 else 1.0)
         traj = trajectory(spec, frames, fps, resolution=size)
         phrases = [parse_phrase(f"{o.size} {o.colour} {o.shape}") for o in spec.objects]
         tracks, visible = list(traj.centroids.transpose(0, 1)), list(traj.visible.T)
@@ -392,7 +393,7 @@ def shapes_video_product(layout: Layout, *, frames: Optional[int] = None, fps: O
     else:
         phrases = [parse_phrase(o.phrase) for o in layout.objects]
         tracks = [torch.tensor([o.centre(size) or (math.nan, math.nan)] * frames) for o in layout.objects]
-        visible, steady, fps = [None] * len(phrases), phrases, fps or 1.0
+        visible, steady = [None] * len(phrases), phrases
     anywhere = torch.full((frames, 2), math.nan)
     null = lambda: TrackedExpert(prior.net, None, anywhere, None, dtype)  # noqa: E731
     experts, weights = _over_null(null, [TrackedExpert(prior.net, p, t, v, dtype)
@@ -416,8 +417,12 @@ def shapes_video_product(layout: Layout, *, frames: Optional[int] = None, fps: O
         scorer = vlm or cached("shapes-vlm", FRAMES, None, None, lambda: load_vlm(stem=FRAMES))
         potentials += [PerFrame(scorer.expert(q), reduce="mean") for q, _ in asked]
         lambdas += [potential_weight * m for _, m in asked]
-    return Product(experts, weights=weights, masks=masks, potentials=potentials, lambdas=lambdas, schedule=schedule,
-                   fps=fps)
+    product = Product(experts, weights=weights, masks=masks, potentials=potentials, lambdas=lambdas,
+                      schedule=schedule, fps=fps)
+    start = defaults.SHAPES_CLIP_START if start is None else start
+    if spec is not None and start > 0:  # the simulation's render, noised to ``start``: the physics proposes
+        product.start = (traj.clip(), start)
+    return product
 
 
 def shapes_prompt_product(prompt: Union[str, Prompt], **options) -> Product:

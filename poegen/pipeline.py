@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import asdict
@@ -16,6 +17,7 @@ import torch
 
 from . import __version__, anytime, samplers
 from .certificate import NotCertified
+from .defaults import DISPLAY_PX
 from .edit import replaces_known
 from .job import READS, Job
 
@@ -179,24 +181,34 @@ def write_atomic(path: Path, write):
 VIDEO_FPS = 16  # Wan 2.1's frame rate
 
 
-def write_video(clip: torch.Tensor, path: Path, metadata: dict, fps: float):
+def display_scale(width: int) -> int:
+    """The whole factor that brings an image or clip ``width`` pixels wide to at least ``DISPLAY_PX`` (1 when it is
+    already that wide): the shapes world's 32 px are written 8x, a named model's 512 px as they are."""
+    return max(1, math.ceil(DISPLAY_PX / width))
+
+
+def write_video(clip: torch.Tensor, path: Path, metadata: dict, fps: float, scale: int = 1):
     """Write a (3, F, H, W) clip in [-1, 1] atomically as a GIF (PIL; the metadata in its comment) or an MP4
-    (imageio with ffmpeg, the ``video`` extra; the metadata as its comment tag), by ``path``'s suffix."""
+    (imageio with ffmpeg, the ``video`` extra; the metadata as its comment tag), by ``path``'s suffix; with
+    ``scale`` > 1 its frames are enlarged that many times (nearest pixel) and the native clip written beside it as
+    PATH_raw.gif / .mp4, as images are."""
     from .experts.shapes.render import to_uint8
     from .images import mp4_writer
 
     if clip.dim() != 4 or clip.shape[0] != 3:
         raise ValueError(f"{path}: expected a clip (3, frames, H, W), got shape {tuple(clip.shape)}")
-    frames = [to_uint8(clip[:, f]) for f in range(clip.shape[1])]
+    native = [to_uint8(clip[:, f]) for f in range(clip.shape[1])]
     text = json.dumps(metadata, sort_keys=True)
-    if path.suffix.lower() == ".gif":
-        from PIL import Image
-        images = [Image.fromarray(f) for f in frames]
-        write_atomic(path, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
-                                                    duration=round(1000 / fps), loop=0, comment=text))
-    else:
-        data = mp4_writer()(frames, fps, text)
-        write_atomic(path, lambda f: f.write(data))
+    for where, k in ([(path.with_name(path.stem + "_raw" + path.suffix), 1)] if scale > 1 else []) + [(path, scale)]:
+        frames = [f.repeat(k, 0).repeat(k, 1) for f in native]
+        if path.suffix.lower() == ".gif":
+            from PIL import Image
+            images = [Image.fromarray(f) for f in frames]
+            write_atomic(where, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                                                         duration=round(1000 / fps), loop=0, comment=text))
+        else:
+            data = mp4_writer()(frames, fps, text)
+            write_atomic(where, lambda f: f.write(data))
 
 
 def stage_bar(progress: bool, desc: str, total: int):
@@ -228,8 +240,9 @@ class Written(list):
         return [(p, unmet) for p, (ok, unmet) in self.certified.items() if ok is False]
 
 
-def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> Written:
-    """Sample the job and write out (upscaled) and out_raw (native) per frame, plus a GIF for several
+def run(job: Job, out: Path, progress: bool = False, scale: Optional[int] = None) -> Written:
+    """Sample the job and write out (upscaled ``scale`` times, default ``display_scale``) and out_raw (native) per
+    frame, plus a GIF for several
     frames; every frame uses the same seed, so shared noise keeps the appearance consistent. A video job
     (``job.video``) writes its clip to out (.gif or .mp4, ``write_video``). Each image (a clip: as a whole) is
     certified by its product's potentials (``certificate.certify``), in its metadata (``certified``, ``unmet``)
@@ -306,12 +319,12 @@ def run(job: Job, out: Path, progress: bool = False, scale: int = 8) -> Written:
     for path, x, meta, fps in pending:
         with stage_bar(progress, "writing", 2) as bar:
             if job.video is not None:  # a clip (3, F, H, W): one file, its metadata inside
-                write_video(x, path, meta, job.fps or fps or VIDEO_FPS)
+                write_video(x, path, meta, job.fps or fps or VIDEO_FPS, scale or display_scale(x.shape[-1]))
             else:
                 img = to_pil(x)
                 save_png(img, path.with_name(path.stem + "_raw" + path.suffix), meta)
                 bar.update()
-                save_png(img, path, meta, scale)
+                save_png(img, path, meta, scale or display_scale(x.shape[-1]))
             bar.update()
         written.append(path)
     if len(built) > 1:  # a scene's frames (the first image of each) as one GIF

@@ -176,6 +176,8 @@ class Product:
         self.nfe: Dict[str, int] = {n: 0 for n in self.names + self.potential_names}
         self.edit = None  # an edit's image and mask (poegen.edit.Edit), set by families.build_product
         self.fps = fps  # a clip's frames per second (a video product's), else None
+        self.start = None  # (x, sigma): sample from x noised to sigma instead of from pure noise (a simulated clip's
+        #                    render; the engine keeps its noise levels at or below sigma), else None
 
     def _event_shape(self):
         shapes = {n: tuple(e.shape) for n, e in zip(self.names, self.experts) if getattr(e, "shape", None) is not None}

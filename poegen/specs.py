@@ -87,10 +87,11 @@ def shapes_layout(prompt, place: bool = True) -> Layout:
                   absent=p.absent_phrases())
 
 
-def for_shapes(layout: Layout, video: bool = False, place: bool = True) -> Layout:
+def for_shapes(layout: Layout, video: bool = False, place: bool = True, seed: Optional[int] = None,
+               seconds: Optional[float] = None) -> Layout:
     """The Layout the shapes world draws: one with objects or a scene as it is; a bare prompt's (``from_prompt``)
     read in the shapes world's grammar: with ``video`` a motion prompt ("a red ball rolls off a blue box",
-    ``motion_scene``) as its simulated scene, else its objects, relations and absences (``shapes_layout``; ``place``
+    ``motion_scene``, its start varied by ``seed``, simulated ``seconds``) as its simulated scene, else its objects, relations and absences (``shapes_layout``; ``place``
     as there). The questions, the typed text and an edit stay. A layout spec's boxes (objects with no typed
     prompt, ``text`` None) are read with gravity (``settle``); a prompt's placed objects are the world's own
     placement and stay, so reading a Layout twice changes nothing."""
@@ -98,7 +99,7 @@ def for_shapes(layout: Layout, video: bool = False, place: bool = True) -> Layou
         return settle(layout)
     if layout.objects or layout.physics is not None:
         return layout
-    spec = motion_scene(layout.prompt) if video else None
+    spec = motion_scene(layout.prompt, seed, seconds) if video else None
     if spec is not None:
         from .experts.physics import PhysicsExpert
         read = from_physics(PhysicsExpert(spec))
@@ -263,36 +264,20 @@ def from_physics(physics) -> Layout:
     return Layout(physics.spec.prompt, objects, relations, depth=physics.depth(), physics=physics)
 
 
-MOTION_VERBS = ("rolls", "slides", "falls")
-PUSH = {"ball": 2.5, "box": 6.5, "wedge": 6.5}  # world units / s: enough to carry it off a large box's edge
+def clip_seconds(frames: Optional[int] = None, fps: Optional[float] = None) -> float:
+    """The simulated time a shapes-world clip shows: (frames - 1) / fps, at the defaults where not given."""
+    from .defaults import SHAPES_CLIP_FPS, SHAPES_CLIP_FRAMES
+
+    return max(1, (frames or SHAPES_CLIP_FRAMES) - 1) / (fps or SHAPES_CLIP_FPS)
 
 
-def motion_scene(text: str):
-    """The scene spec of a shapes-world motion prompt "X rolls|slides|falls off Y" (None when the prompt has no
-    motion verb): Y on the floor left of centre, X on Y's top at its left edge, pushed to the right, simulated
-    4 s. X and Y are shapes-world phrases (size defaults: X small, Y large); the prompt's errors name any other word."""
-    from .experts.shapes.prompt import parse_prompt
-    from .experts.shapes.world import SIZES
-    from .experts.scene import parse_scene
+def motion_scene(text: str, seed: Optional[int] = None, seconds: Optional[float] = None):
+    """The scene spec of a shapes-world motion prompt ("a red ball rolls off a blue box", "a cyan ball falls onto a
+    magenta box", ...; ``experts.shapes.motions``) simulated ``seconds`` (default: a default clip's), its start
+    varied by ``seed``; None when the prompt names no motion."""
+    from .experts.shapes.motions import motion_scene as scene
 
-    m = re.fullmatch(rf"\s*(.+?)\s+({'|'.join(MOTION_VERBS)})\s+off\s+(.+?)\s*", text, flags=re.IGNORECASE)
-    if m is None:
-        return None
-    mover, support = (parse_prompt(part) for part in (m.group(1), m.group(3)))
-    if len(mover.objects) != 1 or len(support.objects) != 1 or mover.relations or support.relations:
-        raise ValueError(f"prompt {text[:60]!r}: '{m.group(2)} off' takes one object on each side, e.g. "
-                         "'a red ball rolls off a blue box'")
-    (a,), (b,) = mover.objects, support.objects
-    if b.shape != "box" or a.shape is None or a.colour is None or b.colour is None:
-        raise ValueError(f"prompt {text[:60]!r}: name the moving object's colour and shape and a coloured box "
-                         "beneath it, e.g. 'a red ball rolls off a blue box'")
-    sa, sb = SIZES[a.size or "small"], SIZES[b.size or "large"]
-    x = -1.2
-    return parse_scene({"objects": [
-        {"name": "support", "shape": "box", "colour": b.colour, "size": b.size or "large", "position": [x, sb / 2]},
-        {"name": "mover", "shape": a.shape, "colour": a.colour, "size": a.size or "small",
-         "position": [x - sb / 2 + sa / 2, sb + sa / 2 + 0.01], "velocity": [PUSH[a.shape], 0.0]}],
-        "physics": {"duration": 4.0}})
+    return scene(text, seed, clip_seconds() if seconds is None else seconds)
 
 # ---- edit specs ------------------------------------------------------------------------------------------
 
@@ -362,13 +347,14 @@ def load_edit(path) -> Layout:
 
 # ---- any spec file ---------------------------------------------------------------------------------------
 
-def load_target(target: str, shapes: bool = False, video: bool = False, place: bool = True) -> Layout:
+def load_target(target: str, shapes: bool = False, video: bool = False, place: bool = True,
+                seed: Optional[int] = None, seconds: Optional[float] = None) -> Layout:
     """A layout from a comparison target: an edit, scene or layout spec file (``spec_kind``), or else a prompt,
-    read for the shapes world when ``shapes`` (``for_shapes``, with ``video`` and ``place``; a layout spec's boxes
-    with gravity, ``settle``, so its objects are judged where they rest), as a job's is."""
+    read for the shapes world when ``shapes`` (``for_shapes``, with ``video``, ``place``, ``seed`` and ``seconds``;
+    a layout spec's boxes with gravity, ``settle``, so its objects are judged where they rest), as a job's is."""
     if Path(target).suffix.lower() not in (".yaml", ".yml", ".json"):
         layout = from_prompt(target)
-        return for_shapes(layout, video, place) if shapes else layout
+        return for_shapes(layout, video, place, seed, seconds) if shapes else layout
     kind = spec_kind(target)
     if kind == "edit":
         return load_edit(target)
@@ -395,7 +381,9 @@ def read_job(job, cfg: dict) -> List[Tuple[str, Layout]]:
             raise ValueError("no prompt: give one on the command line or as prompt: in the config")
         layout = from_prompt(prompt, job.compose or cfg["compose"], job.parts or cfg["parts"], questions)
         shapes = not (job.experts or cfg["experts"] or job.potentials or cfg["potentials"])
-        layouts = [("", for_shapes(layout, job.video is not None) if shapes else layout)]
+        video = job.video is not None
+        layouts = [("", for_shapes(layout, video, seed=job.seed, seconds=clip_seconds(job.frames, job.fps))
+                     if shapes else layout)]
     for _, layout in layouts:
         if questions is not None:
             layout.questions = list(questions)

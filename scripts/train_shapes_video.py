@@ -33,7 +33,7 @@ from poegen.experts.shapes.world import (COLOUR_NAMES, SHAPES, SIZES, VIEW_WIDTH
 from poegen.hardware import pick_dtype  # noqa: E402
 from poegen.product import PerFrame  # noqa: E402
 from poegen.experts.scene import SceneError, parse_scene  # noqa: E402
-from poegen.specs import PUSH  # noqa: E402
+from poegen.experts.shapes.motions import PUSH  # noqa: E402
 from train_shapes_prior import atomic_save, loss_log, optimise, resume  # noqa: E402
 
 KINDS = ("push-off", "pushed", "dropped", "still")

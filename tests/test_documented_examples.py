@@ -16,7 +16,7 @@ import pytest
 
 from poegen import compare, samplers
 from poegen.cli import build_parser
-from poegen.families import SHAPES_FRAMES
+from poegen.defaults import SHAPES_CLIP_FRAMES as SHAPES_FRAMES
 
 from test_docs import PAGES, ROOT, blocks, parse_markers
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from poegen.pipeline import display_scale
 import torch
 
 import poegen
@@ -54,7 +56,9 @@ def test_generate_video_writes_a_gif_of_the_clip(wan, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "wrote out.gif" in r.stdout and not (tmp_path / "poegen.png").exists()
     gif = Image.open(tmp_path / "out.gif")
-    assert gif.n_frames == FRAMES and gif.size == (SIDE, SIDE)  # --frames reached the model (its default is 81)
+    big = SIDE * display_scale(SIDE)  # written at display size, the native frames beside it
+    assert gif.n_frames == FRAMES and gif.size == (big, big)  # --frames reached the model (its default is 81)
+    assert Image.open(tmp_path / "out_raw.gif").size == (SIDE, SIDE)
     assert gif.info["duration"] == 100
     meta = json.loads(gif.info["comment"])
     assert meta["job"]["video"] == "gif" and meta["job"]["frames"] == FRAMES and meta["nfe"]
@@ -79,7 +83,9 @@ def test_mp4_is_written_with_the_video_extra_or_refused_naming_it(wan, tmp_path,
     pytest.importorskip("imageio_ffmpeg")
     assert main(args) == 0
     clip = iio.imread(tmp_path / "out.mp4", plugin="FFMPEG")
-    assert clip.shape == (5, SIDE, SIDE, 3)
+    big = SIDE * display_scale(SIDE)
+    assert clip.shape == (5, big, big, 3)
+    assert iio.imread(tmp_path / "out_raw.mp4", plugin="FFMPEG").shape == (5, SIDE, SIDE, 3)
     assert iio.immeta(tmp_path / "out.mp4", plugin="FFMPEG")["fps"] == 16.0
 
 

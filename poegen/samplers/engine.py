@@ -188,8 +188,9 @@ class _Run:
             raise ValueError("no expert declares a sample shape: pass shape=(...) to sample()")
         self.product, self.cfg, self.generator, self.dtype = product, cfg, generator, dtype
         self.device = torch.device(device or (generator.device if generator is not None else "cpu"))
-        self.N, self.K = num_particles, num_steps
-        self.sigmas = self._noise_levels()
+        self.N = num_particles
+        self.sigmas = self._noise_levels(num_steps)
+        self.K = len(self.sigmas) - 1
         self.sig = [torch.tensor(float(s), device=self.device, dtype=dtype) for s in self.sigmas]
         self.B = product.total_weight(self.shape, self.device, dtype)
         self._choose_moves()
@@ -202,11 +203,18 @@ class _Run:
             raise ValueError("replace_known=True needs a known-pixels potential (an edit); none is in the product")
         self.zeros = torch.zeros(self.N, device=self.device, dtype=dtype)
 
-    def _noise_levels(self) -> Tensor:
-        """The K + 1 decreasing noise levels: the config's own, else Karras's over the product's range."""
-        cfg, K = self.cfg, self.K
+    def _noise_levels(self, K: int) -> Tensor:
+        """The K + 1 decreasing noise levels: the config's own, else Karras's over the product's range; a product
+        with a ``start`` (x, sigma) keeps the levels at or below sigma, the last level above it becoming sigma (the
+        levels a run from noise would pass there, so ``num_steps`` keeps its spacing)."""
+        cfg = self.cfg
         if cfg.sigmas is None:
-            return schedules.karras(K, *self.product.sigma_range(cfg.sigma_min, cfg.sigma_max), rho=cfg.rho)
+            sigmas = schedules.karras(K, *self.product.sigma_range(cfg.sigma_min, cfg.sigma_max), rho=cfg.rho)
+            if self.product.start is not None:
+                top = float(self.product.start[1])
+                above = int((sigmas > top).sum())
+                sigmas = torch.cat([sigmas.new_tensor([top]), sigmas[above:]]) if above else sigmas
+            return sigmas
         sigmas = torch.as_tensor(cfg.sigmas, dtype=torch.float64)
         if sigmas.ndim != 1 or sigmas.shape[0] != K + 1 or not bool((sigmas[1:] < sigmas[:-1]).all()) or sigmas[-1] <= 0:
             raise ValueError(f"sigmas must be {K + 1} positive decreasing values (num_steps + 1)")
@@ -271,6 +279,11 @@ class _Run:
         cfg, N, sig = self.cfg, self.N, self.sig
         var0 = sig[0] ** 2 / self.B
         x = var0.sqrt() * torch.randn((N, *self.shape), generator=self.generator, device=self.device, dtype=self.dtype)
+        mean = torch.zeros_like(x)
+        if self.product.start is not None:  # the start noised to the first level (its own proposal density)
+            mean = self.product.start[0].to(self.device, self.dtype).expand_as(x)
+            var0 = sig[0] ** 2
+            x = mean + x * self.B.sqrt()
         for p in self.pasters:
             x = p.paste(x, sig[0], self.generator)
         ev = self.evaluate(x, sig[0])
@@ -278,7 +291,7 @@ class _Run:
         self.per = per  # the shape of an unscored level's (zero) increments
         if cfg.tempering > 0:
             f = tempered(torch.zeros_like(f), f, cfg.tempering * N)
-        g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, torch.zeros_like(x), var0) if self.exact else 0.0)
+        g = f + (ev.log_gamma - kernels.gaussian_logpdf(x, mean, var0) if self.exact else 0.0)
         start = Particles(x, self.zeros, torch.zeros((), device=self.device, dtype=self.dtype),
                           {"origin": torch.arange(N, device=self.device)})
         return self.settle(x, start, g, ev, ev.bad, f, per, float(self.sigmas[0]))
