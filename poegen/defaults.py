@@ -21,7 +21,10 @@ DISPLAY_PX = 256  # images and clips narrower than this are written enlarged (ne
 # a shapes-world clip (--video without a video model): 2 s at a rate a person watches
 SHAPES_CLIP_FRAMES = 16
 SHAPES_CLIP_FPS = 8.0
-SHAPES_CLIP_START = 0.8  # a simulated clip starts from its render noised to this sigma (0: from pure noise)
+SHAPES_CLIP_START = 0.15  # a simulated clip starts from its render noised to this sigma (0: from pure noise). The
+#                           prior knows settled, upright boxes: from higher noise it redraws a box tilting in mid-air
+#                           as a ball (tuning motion prompts, drops and topples: clips exact 0/6 from 0.3, 4/6 from
+#                           0.15; frames exact 0.85 and 0.97)
 MARGIN = 2        # an edit with a scene: pixels of change around the new objects' footprint
 
 # the weights of a job that names none (Job.guidance and the potential weight left None)

@@ -40,7 +40,8 @@ def build_product(layout: Layout, experts=(), potentials=(), *, guidance: Option
     them (``hardware.configure_threads``) unless the caller set them."""
     configure_threads()
     if video and not experts and not potentials:  # the shapes world in motion: the image prior per frame
-        layout = for_shapes(layout, video=True, place=shapes_options.pop("place", True), seconds=clip_seconds(frames, fps))
+        layout = for_shapes(layout, video=True, place=shapes_options.pop("place", True),
+                            seconds=clip_seconds(frames, fps))
         product = shapes_video_product(layout, frames=frames, fps=fps, guidance=guidance,
                                        potential_weight=potential_weight, dtype=dtype, **shapes_options)
     elif experts and video and layout.physics is not None:  # physics over time on named video models

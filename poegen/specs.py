@@ -91,8 +91,8 @@ def for_shapes(layout: Layout, video: bool = False, place: bool = True, seed: Op
                seconds: Optional[float] = None) -> Layout:
     """The Layout the shapes world draws: one with objects or a scene as it is; a bare prompt's (``from_prompt``)
     read in the shapes world's grammar: with ``video`` a motion prompt ("a red ball rolls off a blue box",
-    ``motion_scene``, its start varied by ``seed``, simulated ``seconds``) as its simulated scene, else its objects, relations and absences (``shapes_layout``; ``place``
-    as there). The questions, the typed text and an edit stay. A layout spec's boxes (objects with no typed
+    ``motion_scene``, its start varied by ``seed``, simulated ``seconds``) as its simulated scene, else its
+    objects, relations and absences (``shapes_layout``; ``place`` as there). The questions, the typed text and an edit stay. A layout spec's boxes (objects with no typed
     prompt, ``text`` None) are read with gravity (``settle``); a prompt's placed objects are the world's own
     placement and stay, so reading a Layout twice changes nothing."""
     if layout.objects and layout.text is None and layout.physics is None:
@@ -102,7 +102,7 @@ def for_shapes(layout: Layout, video: bool = False, place: bool = True, seed: Op
     spec = motion_scene(layout.prompt, seed, seconds) if video else None
     if spec is not None:
         from .experts.physics import PhysicsExpert
-        read = from_physics(PhysicsExpert(spec))
+        read = from_physics(PhysicsExpert(spec, until=spec.physics.duration))  # a clip need not settle
     else:
         read = shapes_layout(layout.prompt, place)
     read.questions, read.text, read.edit = layout.questions, layout.text, layout.edit

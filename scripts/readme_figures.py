@@ -3,9 +3,12 @@ code, and write them to docs/readme_figures.json; tests/test_ux.py checks that t
 
     python scripts/readme_figures.py                  # both: 32 minutes on 2 CPU cores beside other work
     python scripts/readme_figures.py --only demo      # the demo alone: 2 minutes there        (load average ~5)
+    python scripts/readme_figures.py --only clip      # the README's clip, timed (--runs): docs/clip.gif
 
 - demo: `make demo`'s command (`poegen generate "a red ball on a blue box"`), timed as a whole process (median of
   --runs); its image becomes docs/demo.png.
+- clip: the README's clip (`poegen generate "a red ball rolls off a blue box" --video clip.gif`, the default clip),
+  timed as a whole process (median of --runs); it becomes docs/clip.gif.
 - compare: the README's `poegen compare` of four prompts at --seeds 8 (defaults, 2 workers); its summary table,
   and a headless-Chromium screenshot of its report.html (1000 x 1400, as tests/test_compare.py renders it) becomes
   docs/compare_report.png.
@@ -27,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ROOT / "docs" / "readme_figures.json"
 DEMO = ["generate", "a red ball on a blue box"]
+CLIP = ["generate", "a red ball rolls off a blue box"]
 COMPARE = ["compare", "a red ball", "a red ball and a blue box", "a green wedge left of a yellow ball",
            "a red ball on a blue box", "--seeds", "8", "--workers", "2", "--budget", "fixed"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,6 +80,22 @@ def demo(runs: int, tmp: Path, load: float) -> dict:
             "load_before": load, "image": "docs/demo.png", "sha256": sha256(ROOT / "docs" / "demo.png")}
 
 
+def clip(runs: int, tmp: Path, load: float) -> dict:
+    from PIL import Image
+
+    walls = []
+    for i in range(runs):
+        t = time.perf_counter()
+        poegen([*CLIP, "--video", str(tmp / "clip.gif")], cwd=tmp)
+        walls.append(time.perf_counter() - t)
+    shutil.copyfile(tmp / "clip.gif", ROOT / "docs" / "clip.gif")
+    gif = Image.open(ROOT / "docs" / "clip.gif")
+    return {"command": "poegen " + " ".join(_quote(a) for a in CLIP) + " --video clip.gif", "runs": runs,
+            "seconds": round(statistics.median(walls), 1), "walls": [round(w, 2) for w in walls],
+            "frames": gif.n_frames, "fps": round(1000 / gif.info["duration"], 1), "size": list(gif.size),
+            "load_before": load, "image": "docs/clip.gif", "sha256": sha256(ROOT / "docs" / "clip.gif")}
+
+
 def compare(tmp: Path, load: float) -> dict:
     from poegen.report import table
 
@@ -103,7 +123,7 @@ def _quote(arg: str) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=("demo", "compare"), default=None)
+    ap.add_argument("--only", choices=("demo", "clip", "compare"), default=None)
     ap.add_argument("--runs", type=int, default=3, help="demo runs (median)")
     ap.add_argument("--wait", type=float, default=300, metavar="S",
                     help="before each part, wait up to S seconds for a 1-minute load average below 1 (recorded)")
@@ -112,10 +132,11 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for part in ("demo", "compare"):
+        for part, make in (("demo", lambda load: demo(args.runs, tmp, load)),
+                           ("clip", lambda load: clip(args.runs, tmp, load)), ("compare", lambda load: compare(tmp, load))):
             if args.only in (None, part):
                 load, t = wait_idle(args.wait), time.perf_counter()
-                figures[part] = demo(args.runs, tmp, load) if part == "demo" else compare(tmp, load)
+                figures[part] = make(load)
                 figures[part].update(machine=machine(), commit=commit.strip(), date=time.strftime("%Y-%m-%d"))
                 print(f"{part}: {time.perf_counter() - t:.0f} s", flush=True)
     FIGURES.write_text(json.dumps(figures, indent=1) + "\n")

@@ -252,6 +252,12 @@ def test_readme_quotes_the_figures_scripts_readme_figures_wrote():
         assert hashlib.sha256((ROOT / part["image"]).read_bytes()).hexdigest() == part["sha256"], part["image"]
         assert f"]({part['image']})" in readme
     assert compare["command"].split(" --workers")[0].replace("poegen compare ", "") in " ".join(readme.split())
+    clip = figures["clip"]  # the README's clip: its file, its size, rate and length, and its time
+    assert hashlib.sha256((ROOT / clip["image"]).read_bytes()).hexdigest() == clip["sha256"]
+    assert f"]({clip['image']})" in readme and clip["command"] in readme
+    said = re.search(r"(\d+) frames at (\d+) fps, (\d+) px, in about ([\d.]+) seconds", " ".join(readme.split()))
+    assert said and said.groups() == (str(clip["frames"]), f"{clip['fps']:.0f}", str(clip["size"][0]),
+                                      f"{clip['seconds']:.1f}"), said
 
 
 def test_the_simulator_prints_nothing():

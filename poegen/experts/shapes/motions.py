@@ -35,7 +35,7 @@ PUSH = {"ball": 3.0, "box": 6.5, "wedge": 6.5}  # world units / s: carries X off
 FLOOR_PUSH = {"ball": 2.0, "box": 4.5, "wedge": 4.5}  # along the floor: moves about 1.5 units before resting
 VERBS = r"rolls|slides|falls|drops|moves|hits|collide|collides|topples|falls over|is pushed|pushes"
 _RULES = [
-    ("off", rf"(?P<a>.+?)\s+(?:rolls|slides|falls)\s+off\s+(?:of\s+)?(?P<b>.+)"),
+    ("off", r"(?P<a>.+?)\s+(?:rolls|slides|falls)\s+off\s+(?:of\s+)?(?P<b>.+)"),
     ("drop", r"(?P<a>.+?)\s+(?:falls|drops|is dropped)\s+on(?:to|\s+to)?\s+(?P<b>.+)"),
     ("push", r"(?P<a>.+?)\s+(?:(?:rolls|slides|moves)\s+along\s+the\s+floor|is\s+pushed)"),
     ("hit", r"(?P<a>.+?)\s+(?:hits|(?:rolls|slides)\s+into)\s+(?P<b>.+)"),
@@ -164,9 +164,10 @@ def stays_in_view(spec, fps: float = 30.0) -> bool:
     base = world_objects(spec)
     ok = [True]
     step_every = max(1, round(1 / (fps * spec.physics.time_step)))
+    last = round(spec.physics.duration / spec.physics.time_step)
 
     def observe(step, poses):
-        if step % step_every == 0:
+        if step % step_every == 0 or step == last:
             ok[0] = ok[0] and all(in_view(SceneObject(o.shape, o.colour, o.size, x, y, a), margin=0.0)
                                   for o, (x, y, a) in zip(base, poses))
 
