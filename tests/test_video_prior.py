@@ -49,15 +49,16 @@ def test_untrained_correction_is_the_image_prior_frame_by_frame(prior):
     torch.testing.assert_close(got_video, got_null, atol=0, rtol=0)
 
     layout = for_shapes(from_prompt(ROLL), video=True)  # the motion prompt read as its scene
-    with_video = shapes_video_product(layout, dtype="float32", potential_weight=0.0)
-    untrained = shapes_video_product(layout, dtype="float32", potential_weight=0.0, temporal=TemporalNet())
-    plain = shapes_video_product(layout, dtype="float32", potential_weight=0.0, video_prior=False)
+    with_video = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0)
+    untrained = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, temporal=TemporalNet())
+    plain = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, video_prior=False)
     assert [e.name for e in with_video.experts][-1] == "shapes-video[null]"
     assert sum(with_video.weights) == pytest.approx(1.0) and sum(plain.weights) == pytest.approx(1.0)
     assert with_video.weights[0] == pytest.approx(plain.weights[0] - 1.0)
     torch.testing.assert_close(_x0(untrained, x, sigma), _x0(plain, x, sigma), atol=1e-5, rtol=1e-5)
     assert (_x0(with_video, x, sigma) - _x0(plain, x, sigma)).abs().max() > 1e-3  # the trained one acts
-    regional = shapes_video_product(layout, dtype="float32", potential_weight=0.0, region=5.0)  # windows per frame
+    # regional windows per frame
+    regional = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, region=5.0)
     assert len(regional.masks) == len(regional.experts) and regional.masks[-1].eq(1).all()
     torch.testing.assert_close(regional.total_weight(x.shape[1:], x.device, x.dtype), torch.ones(1, *x.shape[1:]))
 

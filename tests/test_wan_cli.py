@@ -67,12 +67,23 @@ def _pixels(path):
 
 
 def _gif_frames(path):
-    gif = Image.open(path)
-    frames = []
-    for i in range(gif.n_frames):
-        gif.seek(i)
-        frames.append(np.asarray(gif.convert("RGB")))
-    return np.stack(frames)
+    """A GIF's frames at the clip's own size: the CLI writes NAME.gif enlarged to display size and NAME_raw.gif
+    beside it (checked to be the same frames, each pixel repeated), the API's write_video the clip as it is."""
+    def read(p):
+        gif = Image.open(p)
+        frames = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            frames.append(np.asarray(gif.convert("RGB")))
+        return np.stack(frames)
+
+    raw = Path(path).with_name(Path(path).stem + "_raw.gif")
+    if not raw.exists():
+        return read(path)
+    small, big = read(raw), read(path)
+    k = big.shape[1] // small.shape[1]
+    assert k > 1 and np.array_equal(big, small.repeat(k, 1).repeat(k, 2))
+    return small
 
 
 def _api_gif(folder, expert, out, seed=0):
