@@ -68,32 +68,30 @@ def wait_idle(limit: float, below: float = 1.0) -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def demo(runs: int, tmp: Path, load: float) -> dict:
+def timed(args: list, runs: int, tmp: Path, name: str, load: float) -> dict:
+    """`poegen ARGS OUT` run ``runs`` times as whole processes (median wall), its output copied to docs/NAME."""
     walls = []
     for i in range(runs):
         t = time.perf_counter()
-        poegen([*DEMO, "--out", str(tmp / "demo.png")], cwd=tmp)
+        poegen([*args, str(tmp / name)], cwd=tmp)
         walls.append(time.perf_counter() - t)
-    shutil.copyfile(tmp / "demo.png", ROOT / "docs" / "demo.png")
-    return {"command": "poegen " + " ".join(_quote(a) for a in DEMO), "runs": runs,
-            "seconds": round(statistics.median(walls), 1), "walls": [round(w, 2) for w in walls],
-            "load_before": load, "image": "docs/demo.png", "sha256": sha256(ROOT / "docs" / "demo.png")}
+    shutil.copyfile(tmp / name, ROOT / "docs" / name)
+    return {"runs": runs, "seconds": round(statistics.median(walls), 1), "walls": [round(w, 2) for w in walls],
+            "load_before": load, "image": f"docs/{name}", "sha256": sha256(ROOT / "docs" / name)}
+
+
+def demo(runs: int, tmp: Path, load: float) -> dict:
+    return {"command": "poegen " + " ".join(_quote(a) for a in DEMO),
+            **timed([*DEMO, "--out"], runs, tmp, "demo.png", load)}
 
 
 def clip(runs: int, tmp: Path, load: float) -> dict:
     from PIL import Image
 
-    walls = []
-    for i in range(runs):
-        t = time.perf_counter()
-        poegen([*CLIP, "--video", str(tmp / "clip.gif")], cwd=tmp)
-        walls.append(time.perf_counter() - t)
-    shutil.copyfile(tmp / "clip.gif", ROOT / "docs" / "clip.gif")
-    gif = Image.open(ROOT / "docs" / "clip.gif")
-    return {"command": "poegen " + " ".join(_quote(a) for a in CLIP) + " --video clip.gif", "runs": runs,
-            "seconds": round(statistics.median(walls), 1), "walls": [round(w, 2) for w in walls],
-            "frames": gif.n_frames, "fps": round(1000 / gif.info["duration"], 1), "size": list(gif.size),
-            "load_before": load, "image": "docs/clip.gif", "sha256": sha256(ROOT / "docs" / "clip.gif")}
+    out = timed([*CLIP, "--video"], runs, tmp, "clip.gif", load)
+    gif = Image.open(ROOT / out["image"])
+    return {"command": "poegen " + " ".join(_quote(a) for a in CLIP) + " --video clip.gif", **out,
+            "frames": gif.n_frames, "fps": round(1000 / gif.info["duration"], 1), "size": list(gif.size)}
 
 
 def compare(tmp: Path, load: float) -> dict:
@@ -133,7 +131,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for part, make in (("demo", lambda load: demo(args.runs, tmp, load)),
-                           ("clip", lambda load: clip(args.runs, tmp, load)), ("compare", lambda load: compare(tmp, load))):
+                           ("clip", lambda load: clip(args.runs, tmp, load)),
+                           ("compare", lambda load: compare(tmp, load))):
             if args.only in (None, part):
                 load, t = wait_idle(args.wait), time.perf_counter()
                 figures[part] = make(load)
