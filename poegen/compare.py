@@ -107,7 +107,7 @@ def judge_scene(image, physics, tolerance: float = 2.0) -> Dict[str, bool]:
 def judge_clip(clip, traj, phrases) -> Dict[str, object]:
     """The verdict on a clip (3, F, H, W) of a motion prompt against its simulation ``traj`` (objects ``phrases``):
     ``exact``: every frame holds exactly the objects in view at that time (``checker.exactly``); ``metrics``:
-    ``iou``, the mean over frames of the foreground IoU with the simulation's masks (``motion.foreground_iou``),
+    ``iou``, the mean over frames of the foreground IoU with the simulation's render (``motion.foreground_iou``),
     ``exact_frames``, the share of exact frames, and each frame's IoU (``iou_fNN``)."""
     from .experts.motion import foreground_iou
     from .experts.shapes.checker import exactly

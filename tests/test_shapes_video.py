@@ -113,7 +113,10 @@ def test_sampled_clip_follows_the_simulation():
 
 def test_foreground_iou_scores_the_simulation_itself_near_one_and_a_blank_clip_low():
     traj = trajectory(motion_scene(ROLL, seconds=4.0), 3, 1.0, 32)
-    assert foreground_iou(traj.clip()[None], traj).min() > 0.9
+    assert foreground_iou(traj.clip()[None], traj).min() == 1
+    pushed = trajectory(motion_scene("a blue box is pushed", seed=0), 16, 8.0, 32)  # edges it once scored 0.71
+    assert foreground_iou(pushed.clip()[None], pushed).min() == 1
+    assert foreground_iou(pushed.clip()[None].roll(2, dims=-1), pushed).max() < 0.8  # two pixels off: it sees it
     blank = torch.from_numpy(render(Scene(()), 32)[0])  # background and floor only
     assert foreground_iou(blank[:, None].expand(3, 3, 32, 32)[None], traj).max() == 0
 
