@@ -6,7 +6,7 @@
   bootstrap intervals against best-of-n, ablations of poe, curves over NFE.
 - ``physics``: the example scenes; is every object where the simulation put it?
 - ``edit``: eight rendered scenes with one object dropped in by pybullet; background kept, new object placed?
-- ``video``: motion prompts as clips; the per-frame IoU against the simulation's masks and exact frames.
+- ``video``: motion prompts as clips; the per-frame IoU against the simulation's render and exact frames.
 - ``user``: the user suite (``experts.shapes.usersuite``), inputs written by hand on every route (prompts,
   relations, layout and scene specs, clips, edits); strict exact per route, and each miss with the checker's reason.
 
