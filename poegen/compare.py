@@ -104,18 +104,31 @@ def judge_scene(image, physics, tolerance: float = 2.0) -> Dict[str, bool]:
     return _verdict(image, dets, wanted, placed)
 
 
+TRACK_PX = 3.0  # a clip's object is on its track when found this close to its simulated centroid
+
+
 def judge_clip(clip, traj, phrases) -> Dict[str, object]:
     """The verdict on a clip (3, F, H, W) of a motion prompt against its simulation ``traj`` (objects ``phrases``):
     ``exact``: every frame holds exactly the objects in view at that time (``checker.exactly``); ``metrics``:
     ``iou``, the mean over frames of the foreground IoU with the simulation's render (``motion.foreground_iou``),
-    ``exact_frames``, the share of exact frames, and each frame's IoU (``iou_fNN``)."""
+    ``exact_frames``, the share of exact frames, each frame's IoU (``iou_fNN``), and ``tracked``: 1 when every object
+    in view is found (its colour and shape) within ``TRACK_PX`` of its simulated centroid in every frame, one track
+    per object with no jump, else 0."""
     from .experts.motion import foreground_iou
+    from .experts.shapes import detect
     from .experts.shapes.checker import exactly
 
     iou = foreground_iou(clip[None].float(), traj)[0].tolist()
-    exact = [exactly(clip[:, f].float(), [p for p, v in zip(phrases, traj.visible[f].tolist()) if v])
-             for f in range(clip.shape[1])]
-    metrics = {"iou": sum(iou) / len(iou), "exact_frames": sum(exact) / len(exact),
+    exact, tracked = [], True
+    size = clip.shape[-1] / traj.masks.shape[-1]  # simulated centroids are in the trajectory's pixels
+    for f in range(clip.shape[1]):
+        dets = detect(clip[:, f].float())
+        seen = [(p, c) for p, c, v in zip(phrases, traj.centroids[f].tolist(), traj.visible[f].tolist()) if v]
+        exact.append(exactly(clip[:, f].float(), [p for p, _ in seen], dets))
+        tracked = tracked and all(_near(_matching(dets, p.colour, p.shape), ((c[0] + 0.5) * size - 0.5,
+                                                                          (c[1] + 0.5) * size - 0.5), TRACK_PX)
+                                  for p, c in seen)
+    metrics = {"iou": sum(iou) / len(iou), "exact_frames": sum(exact) / len(exact), "tracked": float(tracked),
                **{f"iou_f{f:02d}": v for f, v in enumerate(iou)}}
     return {"present": None, "relation": None, "exact": all(exact), "metrics": metrics}
 

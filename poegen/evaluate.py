@@ -115,7 +115,8 @@ render at the default noise level and judged frame by frame against the simulati
 Per prompt and sampler: the mean foreground IoU per frame and the share of exact frames (the checker finds exactly
 the objects in view at that frame and nothing else). Per kind and sampler: clip exact (every frame exact), exact
 frames, IoU, and the paired bootstrap 95% interval of clip exact against best-of-n (the same prompt and seed);
-per sampler the share of frames with IoU >= 0.85, the lowest frame's, and the share of clips their potentials
+per sampler the share of frames with IoU >= 0.85, the lowest frame's, the share of clips whose every object stays
+on its simulated track (found within 3 px of its simulated centroid in every frame), and the share of clips their potentials
 certify with the precision of those (exact among them). --out also writes an HTML report with the clips as GIFs.
 
   poegen eval video --workers 2
@@ -681,6 +682,7 @@ def table_video(rows, extras, args) -> None:
               f"exact_frames={statistics.mean(r.metrics['exact_frames'] for r in rs):.3f} "
               f"iou={statistics.mean(r.metrics['iou'] for r in rs):.3f} "
               f"frames_iou_0.85={sum(v >= 0.85 for v in frames) / len(frames):.3f} min_frame_iou={min(frames):.3f} "
+              f"tracked={statistics.mean(r.metrics.get('tracked', float('nan')) for r in rs):.3f} "
               f"certified={len(sure) / len(rs):.3f} precision={sum(r.exact for r in sure) / max(1, len(sure)):.3f} "
               f"nfe={statistics.mean(r.nfe for r in rs):.0f} median_s={statistics.median(r.seconds for r in rs):.1f} "
               f"(n={len(rs)})", flush=True)

@@ -170,6 +170,7 @@ def test_judge_clip_passes_the_simulation_and_not_it_played_backwards():
     assert ok["exact"] and ok["metrics"]["exact_frames"] == 1 and ok["metrics"]["iou"] > 0.9
     assert min(ok["metrics"][f"iou_f{f:02d}"] for f in range(4)) > 0.9
     assert back["exact"] and back["metrics"]["iou"] < ok["metrics"]["iou"] - 0.2
+    assert ok["metrics"]["tracked"] == 1 and back["metrics"]["tracked"] == 0  # backwards the objects leave their tracks
 
 
 def test_compare_runs_clips_and_the_report_shows_them_as_gifs(tmp_path):
