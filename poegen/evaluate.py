@@ -217,8 +217,9 @@ def add_parsers(parser: argparse.ArgumentParser) -> None:
     v.add_argument("--frames", type=int, default=defaults.SHAPES_CLIP_FRAMES)
     v.add_argument("--region", type=float, default=None,
                    help="regional composition's window std in pixels (default 0: off; the images' is 5)")
-    v.add_argument("--no-video-prior", action="store_true",
-                   help="independent frames (the image prior per frame) instead of the shapes video prior as the base")
+    v.add_argument("--video-prior", choices=("auto", "on", "off"), default="auto",
+                   help="the base: the shapes video prior (on), the image prior frame by frame (off), or auto: the "
+                        "video prior for clips from noise, frames for clips started from their simulation")
 
     u = sub.add_parser("user", help="the user suite: hand-written inputs on every route, strict exact per route",
                        description=USER_HELP, formatter_class=raw)
@@ -639,8 +640,8 @@ def run_video(args):
         raise ValueError(f"--frames {args.frames}: must be >= 1")
     prompts = list(_video_prompts(args))
     options = {} if args.region is None else {"region": args.region}
-    if args.no_video_prior:
-        options["video_prior"] = False
+    if args.video_prior != "auto":
+        options["video_prior"] = args.video_prior == "on"
     rows, images = _compare(args, prompts, frames=args.frames, shapes_options=options)
     extras = [{} for _ in rows]
     table_video(rows, extras, args)

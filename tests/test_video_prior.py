@@ -49,8 +49,13 @@ def test_untrained_correction_is_the_image_prior_frame_by_frame(prior):
     torch.testing.assert_close(got_video, got_null, atol=0, rtol=0)
 
     layout = for_shapes(from_prompt(ROLL), video=True)  # the motion prompt read as its scene
-    with_video = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0)
-    untrained = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, temporal=TemporalNet())
+    with_video = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, video_prior=True)
+    untrained = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, temporal=TemporalNet(),
+                                     video_prior=True)
+    started = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0)  # auto
+    from_noise = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, start=0)
+    assert "shapes-video[null]" not in started.names and started.start is not None  # independent frames
+    assert from_noise.names[-1] == "shapes-video[null]" and from_noise.start is None
     plain = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, video_prior=False)
     assert [e.name for e in with_video.experts][-1] == "shapes-video[null]"
     assert sum(with_video.weights) == pytest.approx(1.0) and sum(plain.weights) == pytest.approx(1.0)
@@ -58,7 +63,8 @@ def test_untrained_correction_is_the_image_prior_frame_by_frame(prior):
     torch.testing.assert_close(_x0(untrained, x, sigma), _x0(plain, x, sigma), atol=1e-5, rtol=1e-5)
     assert (_x0(with_video, x, sigma) - _x0(plain, x, sigma)).abs().max() > 1e-3  # the trained one acts
     # regional windows per frame
-    regional = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, region=5.0)
+    regional = shapes_video_product(layout, frames=5, dtype="float32", potential_weight=0.0, region=5.0,
+                                    video_prior=True)
     assert len(regional.masks) == len(regional.experts) and regional.masks[-1].eq(1).all()
     torch.testing.assert_close(regional.total_weight(x.shape[1:], x.device, x.dtype), torch.ones(1, *x.shape[1:]))
 
