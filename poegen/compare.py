@@ -120,14 +120,13 @@ def judge_clip(clip, traj, phrases) -> Dict[str, object]:
 
     iou = foreground_iou(clip[None].float(), traj)[0].tolist()
     exact, tracked = [], True
-    size = clip.shape[-1] / traj.masks.shape[-1]  # simulated centroids are in the trajectory's pixels
+    scale = clip.shape[-1] / traj.masks.shape[-1]  # simulated centroids are in the trajectory's pixels
     for f in range(clip.shape[1]):
         dets = detect(clip[:, f].float())
-        seen = [(p, c) for p, c, v in zip(phrases, traj.centroids[f].tolist(), traj.visible[f].tolist()) if v]
+        seen = [(p, [(v + 0.5) * scale - 0.5 for v in c])
+                for p, c, v in zip(phrases, traj.centroids[f].tolist(), traj.visible[f].tolist()) if v]
         exact.append(exactly(clip[:, f].float(), [p for p, _ in seen], dets))
-        tracked = tracked and all(_near(_matching(dets, p.colour, p.shape), ((c[0] + 0.5) * size - 0.5,
-                                                                          (c[1] + 0.5) * size - 0.5), TRACK_PX)
-                                  for p, c in seen)
+        tracked = tracked and all(_near(_matching(dets, p.colour, p.shape), c, TRACK_PX) for p, c in seen)
     metrics = {"iou": sum(iou) / len(iou), "exact_frames": sum(exact) / len(exact), "tracked": float(tracked),
                **{f"iou_f{f:02d}": v for f, v in enumerate(iou)}}
     return {"present": None, "relation": None, "exact": all(exact), "metrics": metrics}

@@ -92,9 +92,10 @@ def for_shapes(layout: Layout, video: bool = False, place: bool = True, seed: Op
     """The Layout the shapes world draws: one with objects or a scene as it is; a bare prompt's (``from_prompt``)
     read in the shapes world's grammar: with ``video`` a motion prompt ("a red ball rolls off a blue box",
     ``motion_scene``, its start varied by ``seed``, simulated ``seconds``) as its simulated scene, else its
-    objects, relations and absences (``shapes_layout``; ``place`` as there). The questions, the typed text and an edit stay. A layout spec's boxes (objects with no typed
-    prompt, ``text`` None) are read with gravity (``settle``); a prompt's placed objects are the world's own
-    placement and stay, so reading a Layout twice changes nothing."""
+    objects, relations and absences (``shapes_layout``; ``place`` as there). The questions, the typed text and an
+    edit stay. A layout spec's boxes (objects with no typed prompt, ``text`` None) are read with gravity
+    (``settle``); a prompt's placed objects are the world's own placement and stay, so reading a Layout twice
+    changes nothing."""
     if layout.objects and layout.text is None and layout.physics is None:
         return settle(layout)
     if layout.objects or layout.physics is not None:
@@ -278,6 +279,7 @@ def motion_scene(text: str, seed: Optional[int] = None, seconds: Optional[float]
     from .experts.shapes.motions import motion_scene as scene
 
     return scene(text, seed, clip_seconds() if seconds is None else seconds)
+
 
 # ---- edit specs ------------------------------------------------------------------------------------------
 
