@@ -10,7 +10,7 @@ One grammar rule per kind of motion, each with an example that works (``EXAMPLES
 - topple: "a tower of X, Y and Z topples|falls": the objects stacked bottom first, leaning, so it falls.
 
 X, Y and Z are shapes-world phrases ("a red ball", "a small blue box"; the moving object is small and the one it
-meets large unless the prompt says). A ``seed`` varies where the objects start (about half a unit) and how fast they
+meets large unless the prompt says; two colliding ones small). A ``seed`` varies where the objects start (about half a unit) and how fast they
 are pushed (+-20%), so seeds give different clips of the same motion; every variation is simulated and kept only
 when every object stays in view for the whole clip (else the canonical scene, seed None, is used).
 """
@@ -32,7 +32,7 @@ EXAMPLES = {
     "topple": "a tower of a red box, a green box and a blue box topples",
 }
 PUSH = {"ball": 3.0, "box": 6.5, "wedge": 6.5}  # world units / s: carries X off a large box's top edge
-FLOOR_PUSH = {"ball": 2.0, "box": 4.5, "wedge": 4.5}  # along the floor: moves about 1.5 units before resting
+FLOOR_PUSH = {"ball": 2.0, "box": 4.5, "wedge": 4.5}  # along the floor: moves about a unit in a default clip
 VERBS = r"rolls|slides|falls|drops|moves|hits|collide|collides|topples|falls over|is pushed|pushes"
 _RULES = [
     ("off", r"(?P<a>.+?)\s+(?:rolls|slides|falls)\s+off\s+(?:of\s+)?(?P<b>.+)"),
