@@ -10,9 +10,10 @@ One grammar rule per kind of motion, each with an example that works (``EXAMPLES
 - topple: "a tower of X, Y and Z topples|falls": the objects stacked bottom first, leaning, so it falls.
 
 X, Y and Z are shapes-world phrases ("a red ball", "a small blue box"; the moving object is small and the one it
-meets large unless the prompt says; two colliding ones small). A ``seed`` varies where the objects start (about half a unit) and how fast they
-are pushed (+-20%), so seeds give different clips of the same motion; every variation is simulated and kept only
-when every object stays in view for the whole clip (else the canonical scene, seed None, is used).
+meets large unless the prompt says; two colliding ones small). A ``seed`` varies where the objects start (about
+half a unit) and how fast they are pushed (+-20%), so seeds give different clips of the same motion; every
+variation is simulated and kept only when every object stays in view for the whole clip (else the canonical scene,
+seed None, is used).
 """
 from __future__ import annotations
 
