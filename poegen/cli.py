@@ -263,7 +263,8 @@ def _add_generate(sub, common):
                         "clip (Wan: 4k + 1, default 81)")
     g.add_argument("--video", dest="video_out", default=None, metavar="PATH",
                    help="a clip: the shapes world's (a --scene or a motion prompt, 'a red ball rolls off a blue "
-                        "box', default 5 frames) or a video model's (--expert wan:PATH), written as .gif, or .mp4 "
+                        f"box', default {defaults.SHAPES_CLIP_FRAMES} frames, written at {defaults.DISPLAY_PX} px "
+                        "with NAME_raw beside) or a video model's (--expert wan:PATH), written as .gif, or .mp4 "
                         "with the video extra "
                         "(pip install 'poegen[video]'); instead of --out")
     g.add_argument("--first-frame", default=None, metavar="IMAGE",
@@ -273,8 +274,8 @@ def _add_generate(sub, common):
                    help="with --video: a control video (depth, pose; .gif, .mp4 with the video extra, or a folder of "
                         "PNG frames) steering a Wan VACE folder (its frames and size are the clip's)")
     g.add_argument("--fps", type=float, default=None,
-                   help="frames per second of --video (default 16; the shapes world: the frames over the simulated "
-                        "time) or of a scene's GIF (default 4)")
+                   help=f"frames per second of --video (default 16; the shapes world: {defaults.SHAPES_CLIP_FPS:g}) "
+                        "or of a scene's GIF (default 4)")
     g.set_defaults(fn=cmd_generate)
 
 
