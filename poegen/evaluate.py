@@ -116,8 +116,9 @@ Per prompt and sampler: the mean foreground IoU per frame and the share of exact
 the objects in view at that frame and nothing else). Per kind and sampler: clip exact (every frame exact), exact
 frames, IoU, and the paired bootstrap 95% interval of clip exact against best-of-n (the same prompt and seed);
 per sampler the share of frames with IoU >= 0.85, the lowest frame's, the share of clips whose every object stays
-on its simulated track (found within 3 px of its simulated centroid in every frame), and the share of clips their potentials
-certify with the precision of those (exact among them). --out also writes an HTML report with the clips as GIFs.
+on its simulated track (found within 3 px of its simulated centroid in every frame), and the share of clips their
+potentials certify with the precision of those (exact among them). --out also writes an HTML report with the
+clips as GIFs.
 
   poegen eval video --workers 2
   poegen eval video --per-kind 1 --seeds 1 --samplers poe --frames 8"""

@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ...hardware import in_chunks
+
 
 def resolve(path_or_id: str) -> str:
     """A local folder, or a model id already in the local Hugging Face cache; otherwise a clear error."""
@@ -205,7 +207,6 @@ def _stacked_conditioning(experts, n: int) -> dict:
 def _micro_batched(forward, rows: Tensor, t: Tensor, cond: dict, micro_batch: Optional[int], dtype) -> Tensor:
     """``forward(rows, t, **cond)`` in chunks of ``micro_batch`` rows (all at once when None): one backbone call
     per chunk, inputs cast to the model's dtype and outputs back to the rows' dtype."""
-    mb = micro_batch or rows.shape[0]
-    cond = {k: v.to(rows.device, dtype) for k, v in cond.items()}
-    return torch.cat([forward(rows[i:i + mb].to(dtype), t[i:i + mb], **{k: v[i:i + mb] for k, v in cond.items()})
-                      .to(rows.dtype) for i in range(0, rows.shape[0], mb)])
+    keys = list(cond)
+    return in_chunks(lambda r, tt, *c: forward(r.to(dtype), tt, **dict(zip(keys, c))).to(rows.dtype), micro_batch,
+                     rows, t, *(cond[k].to(rows.device, dtype) for k in keys))
